@@ -1,0 +1,3 @@
+from kgslb.cli import app
+
+app()

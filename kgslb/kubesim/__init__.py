@@ -1,0 +1,173 @@
+"""Kubernetes API simulator: one fake kube-apiserver per cluster, good enough for kubectl.
+
+It is the test double for everything that talks to Kubernetes, the embedded default for
+`kgslb up`, and `kgslb kube-sim` for driving by hand. See ClusterStore for the semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from kgslb.kubesim.ako import VipAllocator
+from kgslb.kubesim.resources import CRDS, kgslb_crds
+from kgslb.kubesim.server import ClusterServer, Faults
+from kgslb.kubesim.store import ApiError, ClusterStore
+
+__all__ = [
+    "ApiError",
+    "ClusterStore",
+    "Faults",
+    "KubeSim",
+    "cli_main",
+    "run_kubesim",
+]
+
+TOKEN = "kubesim"
+
+
+class KubeSim:
+    """Simulated clusters, each served on its own port of `host`.
+
+    `vip_pools` maps a cluster to the addresses its AKO stand-in hands out; `crds` installs
+    the kgslb.io CRDs. With `base_port` 0 every cluster gets an ephemeral port, otherwise
+    cluster i listens on base_port + i. `faults[cluster]` holds that cluster's fault switches.
+    """
+
+    def __init__(
+        self,
+        clusters: list[str],
+        host: str = "127.0.0.1",
+        vip_pools: dict[str, list[str]] | None = None,
+        crds: bool = True,
+        *,
+        base_port: int = 0,
+        history_size: int = 1000,
+        bookmark_interval: float = 1.0,
+        shared_ingress_vip: bool = True,
+    ) -> None:
+        if not clusters or len(set(clusters)) != len(clusters):
+            raise ValueError(f"need distinct cluster names, got {clusters!r}")
+        if unknown := set(vip_pools or {}) - set(clusters):
+            raise ValueError(f"VIP pools for unknown clusters: {sorted(unknown)}")
+        self.clusters = list(clusters)
+        self.host = host
+        self.base_port = base_port
+        self._servers: dict[str, ClusterServer] = {}
+        for name in clusters:
+            store = ClusterStore(history_size)
+            if crds:
+                for crd in kgslb_crds():
+                    store.create(CRDS, None, crd)
+            if pool := (vip_pools or {}).get(name):
+                store.add_controller(VipAllocator(pool, shared_ingress_vip=shared_ingress_vip))
+            self._servers[name] = ClusterServer(name, store, bookmark_interval=bookmark_interval)
+        self.faults: dict[str, Faults] = {n: s.faults for n, s in self._servers.items()}
+
+    async def start(self) -> None:
+        try:
+            for index, server in enumerate(self._servers.values()):
+                await server.start(self.host, self.base_port + index if self.base_port else 0)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for server in self._servers.values():
+            await server.stop()
+
+    async def __aenter__(self) -> KubeSim:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def url(self, cluster: str) -> str:
+        return self._server(cluster).url
+
+    def store(self, cluster: str) -> ClusterStore:
+        """Direct access to a cluster's objects; only from the simulator's event loop."""
+        return self._server(cluster).store
+
+    def write_kubeconfig(self, path: str) -> str:
+        """A kubeconfig with one context per cluster (named like it), token auth."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "clusters": [{"name": n, "cluster": {"server": self.url(n)}} for n in self.clusters],
+            "users": [{"name": TOKEN, "user": {"token": TOKEN}}],
+            "contexts": [
+                {"name": n, "context": {"cluster": n, "user": TOKEN, "namespace": "default"}}
+                for n in self.clusters
+            ],
+            "current-context": self.clusters[0],
+        }
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(yaml.safe_dump(config, sort_keys=False))
+        return str(target)
+
+    def _server(self, cluster: str) -> ClusterServer:
+        try:
+            return self._servers[cluster]
+        except KeyError:
+            raise KeyError(f"unknown cluster {cluster!r}; have {self.clusters}") from None
+
+
+async def run_kubesim(
+    clusters: list[str],
+    host: str = "127.0.0.1",
+    base_port: int = 0,
+    kubeconfig_path: str | None = None,
+    vip_pools: dict[str, list[str]] | None = None,
+    *,
+    ready: Callable[[KubeSim], None] | None = None,
+) -> None:
+    """Serve the clusters until cancelled; `ready` is called once they listen."""
+    sim = KubeSim(clusters, host, vip_pools, base_port=base_port)
+    await sim.start()
+    try:
+        if kubeconfig_path:
+            sim.write_kubeconfig(kubeconfig_path)
+        if ready is not None:
+            ready(sim)
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+
+
+def cli_main(
+    clusters: list[str],
+    host: str,
+    base_port: int,
+    kubeconfig: str,
+    vip_pool_spec: dict[str, list[str]],
+) -> None:
+    """Blocking entry for `kgslb kube-sim`; returns after SIGINT or SIGTERM."""
+
+    def announce(sim: KubeSim) -> None:
+        for name in sim.clusters:
+            pool = ", ".join(vip_pool_spec.get(name, [])) or "none"
+            print(f"kube-sim: cluster {name} at {sim.url(name)} (VIP pool: {pool})", flush=True)
+        if kubeconfig:
+            print(f"kube-sim: kubeconfig {kubeconfig}, contexts {', '.join(sim.clusters)}")
+        print("kube-sim: Ctrl-C to stop", flush=True)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await run_kubesim(clusters, host, base_port, kubeconfig, vip_pool_spec, ready=announce)
+        except asyncio.CancelledError:
+            pass  # a signal asked us to stop; run_kubesim already shut the servers down
+
+    asyncio.run(main())

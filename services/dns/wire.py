@@ -1,0 +1,271 @@
+"""DNS wire format at the edge: parse a query into a typed value, render records to bytes.
+
+Parsing is hand-written because it runs for every packet; it accepts exactly what an
+authoritative server must understand (RFC 1035 header and question, EDNS(0) OPT from RFC 6891)
+and reports anything else as a `QueryError` carrying the rcode to answer with (or None to stay
+silent). Rendering writes names uncompressed except the query name, which every answer points
+to at offset 12, so a pre-rendered record is valid in any response.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import struct
+from dataclasses import dataclass
+
+# RR types and classes we name.
+A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, OPT, AXFR, IXFR, ANY = (
+    1, 2, 5, 6, 12, 15, 16, 28, 33, 41, 252, 251, 255,
+)  # fmt: skip
+CLASS_IN = 1
+TYPE_NAMES = {
+    A: "A", NS: "NS", CNAME: "CNAME", SOA: "SOA", PTR: "PTR", MX: "MX", TXT: "TXT",
+    AAAA: "AAAA", SRV: "SRV", OPT: "OPT", AXFR: "AXFR", IXFR: "IXFR", ANY: "ANY",
+}  # fmt: skip
+TYPE_CODES = {name: code for code, name in TYPE_NAMES.items()}
+
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP",
+               5: "REFUSED", 16: "BADVERS"}  # fmt: skip
+
+FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+QUESTION_NAME_POINTER = b"\xc0\x0c"
+CLASSIC_UDP_SIZE = 512
+DEFAULT_EDNS_UDP_SIZE = 1232
+
+
+def type_name(qtype: int) -> str:
+    return TYPE_NAMES.get(qtype, f"TYPE{qtype}")
+
+
+class QueryError(Exception):
+    """A packet we will not answer normally: `rcode` to reply with, or None for silence."""
+
+    def __init__(self, reason: str, rcode: int | None, query_id: int = 0, flags: int = 0) -> None:
+        super().__init__(reason)
+        self.rcode = rcode
+        self.query_id = query_id
+        self.flags = flags
+
+
+@dataclass(slots=True)
+class Query:
+    id: int
+    flags: int
+    question: bytes
+    """The question section exactly as received (echoes the client's case)."""
+    key: bytes
+    """The query name in wire form, lowercased: the table's lookup key."""
+    label_offsets: tuple[int, ...]
+    """Offset of each label inside `key`, so every suffix (parent zone) is key[offset:]."""
+    qtype: int
+    qclass: int
+    edns: bool
+    edns_udp_size: int
+    edns_version: int
+
+    @property
+    def max_udp_size(self) -> int:
+        if not self.edns:
+            return CLASSIC_UDP_SIZE
+        return max(CLASSIC_UDP_SIZE, self.edns_udp_size)
+
+    @property
+    def qname(self) -> str:
+        return wire_to_name(self.key)
+
+
+def parse_query(packet: bytes) -> Query:
+    if len(packet) < 12:
+        raise QueryError("shorter than a DNS header", None)
+    query_id, flags, qdcount, ancount, nscount, arcount = struct.unpack_from("!6H", packet)
+    if flags & FLAG_QR:
+        raise QueryError("a response, not a query", None)
+    opcode = (flags >> 11) & 0xF
+    if opcode != 0:
+        raise QueryError(f"opcode {opcode} not implemented", NOTIMP, query_id, flags)
+    if qdcount != 1:
+        raise QueryError(f"QDCOUNT is {qdcount}, expected 1", FORMERR, query_id, flags)
+    if ancount or nscount:
+        raise QueryError("a query with answer or authority records", FORMERR, query_id, flags)
+    offset = 12
+    offsets: list[int] = []
+    end = len(packet)
+    while True:
+        if offset >= end:
+            raise QueryError("question name runs past the packet", FORMERR, query_id, flags)
+        length = packet[offset]
+        if length == 0:
+            offset += 1
+            break
+        if length & 0xC0:
+            raise QueryError("compressed or extended label in question", FORMERR, query_id, flags)
+        offsets.append(offset - 12)
+        offset += 1 + length
+    if offset - 12 > 255:
+        raise QueryError("question name longer than 255 octets", FORMERR, query_id, flags)
+    if offset + 4 > end:
+        raise QueryError("question truncated", FORMERR, query_id, flags)
+    qtype, qclass = struct.unpack_from("!2H", packet, offset)
+    name_end = offset
+    offset += 4
+    edns = False
+    udp_size = 0
+    version = 0
+    for _ in range(arcount):
+        if offset + 11 > end:
+            raise QueryError("additional record truncated", FORMERR, query_id, flags)
+        if packet[offset] != 0:
+            # Only OPT (root owner) matters to us; skip any other record by its length.
+            offset = _skip_name(packet, offset, query_id, flags)
+            if offset + 10 > end:
+                raise QueryError("additional record truncated", FORMERR, query_id, flags)
+            rdlength = struct.unpack_from("!H", packet, offset + 8)[0]
+            offset += 10 + rdlength
+            continue
+        rtype, rclass, _ext_rcode, rversion, _eflags, rdlength = struct.unpack_from(
+            "!HHBBHH", packet, offset + 1
+        )
+        if rtype == OPT:
+            if edns:
+                raise QueryError("more than one OPT record", FORMERR, query_id, flags)
+            edns, udp_size, version = True, rclass, rversion
+        offset += 11 + rdlength
+    if offset > end:
+        raise QueryError("additional section truncated", FORMERR, query_id, flags)
+    question = packet[12 : name_end + 4]
+    return Query(
+        id=query_id,
+        flags=flags,
+        question=question,
+        key=packet[12:name_end].lower(),
+        label_offsets=tuple(offsets),
+        qtype=qtype,
+        qclass=qclass,
+        edns=edns,
+        edns_udp_size=udp_size,
+        edns_version=version,
+    )
+
+
+def _skip_name(packet: bytes, offset: int, query_id: int, flags: int) -> int:
+    while offset < len(packet):
+        length = packet[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            return offset + 2
+        offset += 1 + length
+    raise QueryError("name runs past the packet", FORMERR, query_id, flags)
+
+
+# Names ----------------------------------------------------------------------------------------
+
+
+def name_to_wire(name: str) -> bytes:
+    """`Hello.Example.` -> wire form, lowercased. Raises ValueError on an invalid name."""
+    name = name.strip().rstrip(".").lower()
+    if not name:
+        return b"\x00"
+    out = bytearray()
+    for label in name.split("."):
+        raw = label.encode("ascii")
+        if not 0 < len(raw) < 64:
+            raise ValueError(f"invalid label {label!r} in {name!r}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > 255:
+        raise ValueError(f"name {name!r} is longer than 255 octets")
+    return bytes(out)
+
+
+def wire_to_name(wire: bytes) -> str:
+    labels = []
+    offset = 0
+    while offset < len(wire) and wire[offset]:
+        length = wire[offset]
+        labels.append(wire[offset + 1 : offset + 1 + length].decode("ascii", "replace"))
+        offset += 1 + length
+    return ".".join(labels) + "."
+
+
+def absolute(name: str, zone: str) -> str:
+    """A zone-file name: `@` is the zone, a name without a trailing dot is relative to it."""
+    name = name.strip()
+    if name in ("@", ""):
+        return zone
+    if name.endswith("."):
+        return name.rstrip(".").lower()
+    return f"{name}.{zone}".lower()
+
+
+# Records --------------------------------------------------------------------------------------
+
+
+def rdata(rtype: int, value: str, zone: str) -> bytes:
+    """Presentation-form RDATA (as in a zone file) to wire form."""
+    fields = value.split()
+    match rtype:
+        case 1:
+            return ipaddress.IPv4Address(value.strip()).packed
+        case 28:
+            return ipaddress.IPv6Address(value.strip()).packed
+        case 2 | 5 | 12:
+            return name_to_wire(absolute(value, zone))
+        case 15:
+            preference, exchange = fields
+            return struct.pack("!H", int(preference)) + name_to_wire(absolute(exchange, zone))
+        case 33:
+            priority, weight, port, target = fields
+            return struct.pack("!3H", int(priority), int(weight), int(port)) + name_to_wire(
+                absolute(target, zone)
+            )
+        case 16:
+            out = bytearray()
+            for chunk in shlex.split(value) or [""]:
+                raw = chunk.encode()
+                for start in range(0, max(len(raw), 1), 255):
+                    piece = raw[start : start + 255]
+                    out.append(len(piece))
+                    out += piece
+            return bytes(out)
+    raise ValueError(f"record type {type_name(rtype)} is not supported in static records")
+
+
+def soa_rdata(
+    mname: str, rname: str, serial: int, refresh: int, retry: int, expire: int, minimum: int
+) -> bytes:
+    return (
+        name_to_wire(mname)
+        + name_to_wire(rname)
+        + struct.pack("!5I", serial, refresh, retry, expire, minimum)
+    )
+
+
+def record(owner: bytes, rtype: int, ttl: int, data: bytes) -> bytes:
+    """One resource record. `owner` is wire form or QUESTION_NAME_POINTER."""
+    return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(data)) + data
+
+
+def opt_record(udp_size: int = DEFAULT_EDNS_UDP_SIZE, ext_rcode: int = 0) -> bytes:
+    return b"\x00" + struct.pack("!HHBBHH", OPT, udp_size, ext_rcode, 0, 0, 0)
+
+
+def header(
+    query_id: int, query_flags: int, rcode: int, aa: bool, counts: tuple[int, int, int, int]
+) -> bytes:
+    flags = FLAG_QR | (query_flags & FLAG_RD) | (rcode & 0xF)
+    if aa:
+        flags |= FLAG_AA
+    return struct.pack("!6H", query_id, flags, *counts)
+
+
+def error_response(query_id: int, query_flags: int, rcode: int) -> bytes:
+    """A reply with no question echoed: for packets whose question we could not read."""
+    return header(query_id, query_flags, rcode, False, (0, 0, 0, 0))

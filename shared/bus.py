@@ -1,0 +1,210 @@
+"""The one NATS helper: connect with any supported credentials, and bootstrap JetStream.
+
+`bootstrap` is idempotent and every service calls it at start, so the services can start in
+any order against an empty server.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+from shared import subjects
+from shared.settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+DAY_SECONDS = 24 * 3600.0
+
+BAD_MESSAGES = Counter(
+    "kgslb_bad_messages_total",
+    "Messages that could not be decoded, moved to the dead-letter subject",
+    ["service", "subject_prefix"],
+)
+
+
+def stream_configs() -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=subjects.STREAM_EVENTS,
+            subjects=list(subjects.EVENTS_STREAM_SUBJECTS),
+            storage=StorageType.FILE,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.OLD,
+            description="kgslb observed world and policies, last message per object",
+        ),
+        StreamConfig(
+            name=subjects.STREAM_STATUS,
+            subjects=[f"{subjects.STATUS_PREFIX}.>"],
+            storage=StorageType.FILE,
+            max_msgs_per_subject=1,
+            description="kgslb CR status for the home watcher",
+        ),
+        StreamConfig(
+            name=subjects.STREAM_DNSLOG,
+            subjects=[f"{subjects.DNSLOG_PREFIX}.>"],
+            storage=StorageType.FILE,
+            max_age=DAY_SECONDS,
+            max_bytes=1 << 30,
+            description="kgslb DNS query logs (throttled)",
+        ),
+        StreamConfig(
+            name=subjects.STREAM_DEADLETTER,
+            subjects=[f"{subjects.DEADLETTER_PREFIX}.>"],
+            storage=StorageType.FILE,
+            max_age=7 * DAY_SECONDS,
+            max_msgs=100_000,
+            description="messages kgslb services could not decode",
+        ),
+    ]
+
+
+KV_BUCKETS = (subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_HEALTH, subjects.KV_LEASES)
+
+
+def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    if not (settings.nats_tls_ca or settings.nats_tls_cert):
+        return None
+    context = ssl.create_default_context(cafile=settings.nats_tls_ca)
+    if settings.nats_tls_cert:
+        context.load_cert_chain(settings.nats_tls_cert, settings.nats_tls_key)
+    return context
+
+
+async def connect(
+    settings: NatsSettings,
+    name: str,
+    on_state: Callable[[str], Awaitable[None]] | None = None,
+) -> Client:
+    """Connect, retrying forever in the background after the first success."""
+
+    client: list[Client] = []
+
+    async def report(state: str) -> None:
+        if client and (client[0].is_draining or client[0].is_closed):
+            return
+        log.warning("nats connection %s", state, extra={"nats_state": state})
+        if on_state is not None:
+            await on_state(state)
+
+    async def disconnected() -> None:
+        await report("disconnected")
+
+    async def reconnected() -> None:
+        await report("reconnected")
+
+    async def error(exc: Exception) -> None:
+        log.debug("nats client error: %s", exc)
+
+    options: dict[str, Any] = {
+        "servers": [url.strip() for url in settings.nats_url.split(",") if url.strip()],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+        "allow_reconnect": True,
+        "disconnected_cb": disconnected,
+        "reconnected_cb": reconnected,
+        "error_cb": error,
+    }
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password
+    if settings.nats_token:
+        options["token"] = settings.nats_token
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    if settings.nats_nkey_seed:
+        options["nkeys_seed"] = settings.nats_nkey_seed
+    tls = _tls_context(settings)
+    if tls is not None:
+        options["tls"] = tls
+    client.append(await nats.connect(**options))
+    return client[0]
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return
+        except BadRequestError:
+            # Another service created it between our lookup and our create.
+            pass
+    await js.update_stream(config)
+
+
+async def bootstrap(js: JetStreamContext) -> dict[str, KeyValue]:
+    """Create or update every stream and KV bucket; return the buckets by name."""
+    for config in stream_configs():
+        await _ensure_stream(js, config)
+    buckets: dict[str, KeyValue] = {}
+    for bucket in KV_BUCKETS:
+        try:
+            buckets[bucket] = await js.key_value(bucket)
+        except BucketNotFoundError:
+            buckets[bucket] = await js.create_key_value(
+                KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+            )
+    return buckets
+
+
+async def read_last_per_subject(js: JetStreamContext, stream: str, subject: str) -> list[Msg]:
+    """The newest message of every subject matching `subject` in `stream`, read once."""
+    psub = await js.pull_subscribe(
+        subject,
+        stream=stream,
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30,
+        ),
+    )
+    try:
+        remaining = (await psub.consumer_info()).num_pending
+        messages: list[Msg] = []
+        while remaining > 0:
+            batch = await psub.fetch(min(remaining, 512), timeout=5)
+            messages.extend(batch)
+            remaining = batch[-1].metadata.num_pending if batch else 0
+        return messages
+    finally:
+        await psub.unsubscribe()
+
+
+async def dead_letter(nc: Client, service: str, subject: str, data: bytes, reason: str) -> None:
+    """Count, log and park a message that could not be used, so no consumer sticks on it."""
+    prefix = ".".join(subject.split(".")[:2])
+    BAD_MESSAGES.labels(service=service, subject_prefix=prefix).inc()
+    log.error(
+        "bad message on %s: %s", subject, reason, extra={"subject": subject, "reason": reason}
+    )
+    try:
+        await nc.publish(
+            subjects.deadletter_subject(service, subject),
+            data[: 512 * 1024],
+            headers={"Kgslb-Reason": reason[:1000], "Kgslb-Subject": subject},
+        )
+    except Exception as exc:  # the dead-letter is best effort; the message is already counted
+        log.warning("could not dead-letter message from %s: %s", subject, exc)

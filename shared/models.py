@@ -1,0 +1,343 @@
+"""Messages between kgslb services: what was observed, what is desired, what is healthy.
+
+Each model is one message kind on NATS (see `shared.wire` for the envelope and `shared.subjects`
+for where it travels). Units are in the field names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared import subjects
+from shared.wire import WireModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ip(value: str) -> str:
+    return str(ipaddress.ip_address(value))
+
+
+IPAddress = Annotated[str, AfterValidator(_ip)]
+"""An IPv4 or IPv6 address, normalised (so members deduplicate by IP)."""
+
+
+class Value(BaseModel):
+    """An immutable value nested inside a message; camelCase on the wire, like Kubernetes."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+# Observed world (watcher -> reconciler) -----------------------------------------------------
+
+
+class ObjectKind(StrEnum):
+    INGRESS = "Ingress"
+    SERVICE = "Service"
+    NAMESPACE = "Namespace"
+
+
+class ObjectRef(Value):
+    """Identity of one Kubernetes object in one member cluster."""
+
+    cluster: str = Field(description="kubeconfig context name of the member cluster")
+    kind: ObjectKind
+    namespace: str = Field(description="empty for cluster-scoped kinds (Namespace)")
+    name: str
+
+    @property
+    def subject(self) -> str:
+        return subjects.event_subject(self.cluster, self.kind, self.namespace, self.name)
+
+    @property
+    def short(self) -> str:
+        """`kind/namespace/name`, unique inside one cluster (used in sync markers)."""
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.kind.upper()}/{self.cluster}/{self.namespace}/{self.name}"
+
+
+class HostPath(Value):
+    host: str
+    path: str = "/"
+
+
+class ObservedObject(WireModel):
+    """The last observation of an Ingress, a LoadBalancer Service or a Namespace."""
+
+    KIND = "ObservedObject"
+    ref: ObjectRef
+    resource_version: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="Ingress rule hosts; for a Service, the external-dns hostname annotation",
+    )
+    paths: list[HostPath] = Field(default_factory=list)
+    tls_hosts: list[str] = Field(default_factory=list)
+    vips: list[IPAddress] = Field(
+        default_factory=list, description="IPs from status.loadBalancer.ingress"
+    )
+    ports: list[int] = Field(default_factory=list)
+    observed_at: datetime = Field(default_factory=utcnow)
+
+
+class Tombstone(WireModel):
+    """The object is gone from its cluster."""
+
+    KIND = "Tombstone"
+    ref: ObjectRef
+    resource_version: str = ""
+    deleted_at: datetime = Field(default_factory=utcnow)
+
+
+class SyncMarker(WireModel):
+    """After a (re)list, which objects of these kinds exist in the cluster: anything else the
+    reconciler holds for them was deleted while nobody watched."""
+
+    KIND = "SyncMarker"
+    cluster: str
+    kinds: list[ObjectKind]
+    present: list[str] = Field(description="`ObjectRef.short` of every object that exists")
+    listed_at: datetime = Field(default_factory=utcnow)
+
+
+# Policies (home watcher / kgslb up -> reconciler) --------------------------------------------
+
+
+class PolicyKind(StrEnum):
+    GSLB_CONFIG = "GSLBConfig"
+    GLOBAL_DEPLOYMENT_POLICY = "GlobalDeploymentPolicy"
+    GSLB_HOST_RULE = "GSLBHostRule"
+
+
+class PolicyRef(Value):
+    kind: PolicyKind
+    namespace: str
+    name: str
+
+    @property
+    def subject(self) -> str:
+        return subjects.policy_subject(self.kind, self.namespace, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class PolicyObject(WireModel):
+    """A kgslb custom resource as the home watcher saw it. The spec stays raw: the reconciler
+    validates it, so an invalid CR is Rejected with a status instead of lost on the wire."""
+
+    KIND = "PolicyObject"
+    ref: PolicyRef
+    generation: int = 1
+    resource_version: str = ""
+    spec: dict[str, Any]
+    observed_at: datetime = Field(default_factory=utcnow)
+
+
+class PolicyDeleted(WireModel):
+    KIND = "PolicyDeleted"
+    ref: PolicyRef
+    deleted_at: datetime = Field(default_factory=utcnow)
+
+
+class PolicyState(StrEnum):
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+
+
+class PolicyStatus(WireModel):
+    """Status of one CR, for the home watcher to write through the status subresource."""
+
+    KIND = "PolicyStatus"
+    ref: PolicyRef
+    state: PolicyState
+    message: str
+    observed_generation: int
+
+
+# Desired state (reconciler -> KV -> dns, health) --------------------------------------------
+
+
+class MonitorKind(StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
+    TCP = "tcp"
+    NONE = "none"
+    """Control-plane only: a member is up while it exists and has a VIP."""
+
+
+class HealthMonitorSpec(Value):
+    """How to probe a member. Defaults are AMKO's: HEAD / every 10 s, 4 s timeout, 3 and 3."""
+
+    kind: MonitorKind = MonitorKind.HTTP
+    method: str = "HEAD"
+    path: str = "/"
+    port: int | None = Field(default=None, description="None: 80 for http, 443 for https")
+    expected_codes: list[str] = Field(default_factory=lambda: ["2xx", "3xx"])
+    body_contains: str | None = None
+    tls_verify: bool = False
+    interval_seconds: float = 10.0
+    timeout_seconds: float = 4.0
+    successes_to_up: int = 3
+    failures_to_down: int = 3
+
+
+class Algorithm(StrEnum):
+    ROUND_ROBIN = "RoundRobin"
+    CONSISTENT_HASH = "ConsistentHash"
+    TOPOLOGY = "Topology"
+
+
+class DownResponseType(StrEnum):
+    NONE = "NONE"
+    """No healthy member: treat the query as unhandled (the zone's respond/drop policy)."""
+    ALL_RECORDS = "ALL_RECORDS"
+    """No healthy member: answer every member, ignoring health."""
+    FALLBACK_IP = "FALLBACK_IP"
+    EMPTY = "EMPTY"
+    """No healthy member: NOERROR with an empty answer."""
+
+
+class DownResponse(Value):
+    type: DownResponseType = DownResponseType.NONE
+    fallback_ip: IPAddress | None = None
+
+
+class Member(Value):
+    """One place that can serve the FQDN."""
+
+    ip: IPAddress = Field(description="the address answered (public IP when NATed)")
+    cluster: str = Field(description="member cluster context, or the site of a third-party")
+    weight: int = Field(ge=1, le=20)
+    monitor_ip: IPAddress | None = Field(
+        default=None, description="address to probe when it differs from the answered one"
+    )
+    sources: list[str] = Field(default_factory=list, description="objects that yield it")
+
+    @property
+    def probe_ip(self) -> str:
+        return self.monitor_ip or self.ip
+
+
+class PriorityGroup(Value):
+    priority: int = Field(ge=0, le=100, description="the highest group with a healthy member wins")
+    members: list[Member]
+
+
+class GslbService(WireModel):
+    """The desired GSLB service for one FQDN: what the DNS answers and health probes."""
+
+    KIND = "GslbService"
+    fqdn: str
+    ttl_seconds: int = Field(ge=0, le=86400)
+    algorithm: Algorithm = Algorithm.ROUND_ROBIN
+    hash_mask_bits: int | None = Field(
+        default=None, description="client prefix length for ConsistentHash (v4: 24 default)"
+    )
+    answers: int = Field(default=1, ge=1, description="distinct members per answer")
+    groups: list[PriorityGroup] = Field(description="sorted by priority, highest first")
+    health_monitor: HealthMonitorSpec = Field(default_factory=HealthMonitorSpec)
+    down_response: DownResponse = Field(default_factory=DownResponse)
+    policies: list[str] = Field(default_factory=list, description="policies that shaped it")
+
+    def all_members(self) -> list[Member]:
+        return [member for group in self.groups for member in group.members]
+
+
+class SoaSpec(Value):
+    mname: str = Field(description="primary name server, e.g. g-dns.iberia.local.")
+    rname: str = Field(description="responsible mailbox as a name, e.g. hostmaster.iberia.local.")
+    serial: int = Field(default=1, ge=0, le=2**32 - 1)
+    refresh_seconds: int = 10800
+    retry_seconds: int = 3600
+    expire_seconds: int = 86400
+    minimum_seconds: int = Field(default=30, description="negative-answer TTL (RFC 2308)")
+
+
+class NameServer(Value):
+    name: str
+    glue: list[IPAddress] = Field(default_factory=list)
+
+
+RecordType = Literal["A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS", "PTR"]
+
+
+class StaticRecord(Value):
+    name: str = Field(description="owner name, absolute or relative to the zone")
+    type: RecordType
+    value: str = Field(description="RDATA in zone-file presentation form")
+    ttl_seconds: int | None = None
+
+
+class UnhandledPolicy(StrEnum):
+    RESPOND = "respond"
+    DROP = "drop"
+
+
+class ZoneSpec(WireModel):
+    """A zone the DNS is authoritative for."""
+
+    KIND = "ZoneSpec"
+    name: str
+    soa: SoaSpec
+    nameservers: list[NameServer] = Field(default_factory=list)
+    records: list[StaticRecord] = Field(default_factory=list)
+    default_ttl_seconds: int = Field(default=30, ge=0, le=86400)
+    unhandled: UnhandledPolicy = UnhandledPolicy.RESPOND
+
+
+# Health (health -> KV -> dns) ---------------------------------------------------------------
+
+
+class HealthState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+class MemberHealth(WireModel):
+    KIND = "MemberHealth"
+    fqdn: str
+    ip: IPAddress
+    cluster: str
+    state: HealthState
+    since: datetime
+    last_probe_at: datetime | None = None
+    last_result: str = ""
+    last_error: str = ""
+    response_time_ms: float | None = None
+    replica: str = ""
+
+    @property
+    def key(self) -> str:
+        return subjects.member_key(self.fqdn, self.ip)
+
+
+# DNS query log (dns -> stream) --------------------------------------------------------------
+
+
+class DnsQueryLog(WireModel):
+    KIND = "DnsQueryLog"
+    time: datetime
+    client: str
+    qname: str
+    qtype: str
+    rcode: str
+    answers: list[str] = Field(default_factory=list)
+    clusters: list[str] = Field(default_factory=list)
+    latency_us: float
+    replica: str
+    zone: str = ""

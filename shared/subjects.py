@@ -1,0 +1,137 @@
+"""Every NATS subject, stream, consumer and KV bucket kgslb uses, in one place.
+
+Names from Kubernetes (dotted names, `user@cluster` contexts, IPv6 VIPs) are encoded with
+`encode_token` before they become a subject token or KV key, so they can never split a subject;
+the full identity always travels in the payload as well.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Streams ------------------------------------------------------------------------------------
+STREAM_EVENTS = "KGSLB_EVENTS"
+"""The observed world and the policies: last message per subject, file storage, replayable."""
+STREAM_STATUS = "KGSLB_STATUS"
+"""CR status for the home watcher to write back; last message per subject."""
+STREAM_DNSLOG = "KGSLB_DNSLOG"
+"""Throttled DNS query logs, kept for a day for `kgslb logs`."""
+STREAM_DEADLETTER = "KGSLB_DEADLETTER"
+"""Messages a service could not decode, kept for inspection with `nats stream view`."""
+
+# Subject prefixes ---------------------------------------------------------------------------
+EVENTS_PREFIX = "kgslb.events"
+SYNC_PREFIX = "kgslb.sync"
+POLICY_PREFIX = "kgslb.policy"
+STATUS_PREFIX = "kgslb.status"
+DNSLOG_PREFIX = "kgslb.dnslog"
+DEADLETTER_PREFIX = "kgslb.deadletter"
+
+EVENTS_STREAM_SUBJECTS = (f"{EVENTS_PREFIX}.>", f"{SYNC_PREFIX}.>", f"{POLICY_PREFIX}.>")
+
+# KV buckets ---------------------------------------------------------------------------------
+KV_SERVICES = "kgslb_services"
+"""key = FQDN (`fqdn_key`), value = the desired GSLB service."""
+KV_ZONES = "kgslb_zones"
+"""key = zone name (`fqdn_key`), value = the zone's SOA, NS, glue and static records."""
+KV_HEALTH = "kgslb_health"
+"""key = member id (`member_key`), value = the member's health."""
+KV_LEASES = "kgslb_leases"
+"""Leader lease of the reconciler and heartbeats of health replicas (TTL'd bucket)."""
+
+RECONCILER_LEASE_KEY = "reconciler"
+
+_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_ESCAPE = "="
+
+
+def encode_token(value: str) -> str:
+    """Encode any string into one NATS subject token that is also a valid KV key part.
+
+    Characters outside ``[A-Za-z0-9_-]`` become ``=HH`` per UTF-8 byte; the empty string
+    becomes a lone ``=``, which no other input produces.
+    """
+    if value == "":
+        return _ESCAPE
+    out: list[str] = []
+    for char in value:
+        if _SAFE.fullmatch(char):
+            out.append(char)
+        else:
+            out.extend(f"{_ESCAPE}{byte:02X}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    """Invert `encode_token`; raises ValueError on a token it could not have produced."""
+    if token == _ESCAPE:
+        return ""
+    raw = bytearray()
+    index = 0
+    while index < len(token):
+        char = token[index]
+        if char == _ESCAPE:
+            hex_digits = token[index + 1 : index + 3]
+            if len(hex_digits) != 2 or not re.fullmatch(r"[0-9A-F]{2}", hex_digits):
+                raise ValueError(f"bad escape at {index} in subject token {token!r}")
+            raw.append(int(hex_digits, 16))
+            index += 3
+        elif _SAFE.fullmatch(char):
+            raw.extend(char.encode("ascii"))
+            index += 1
+        else:
+            raise ValueError(f"character {char!r} cannot appear in an encoded token {token!r}")
+    return raw.decode("utf-8")
+
+
+def normalize_fqdn(fqdn: str) -> str:
+    """DNS names compare case-insensitively and without the root dot."""
+    return fqdn.strip().rstrip(".").lower()
+
+
+def fqdn_key(fqdn: str) -> str:
+    """KV key for a DNS name: labels stay readable (`hello.avi.iberia.local`), each escaped."""
+    return ".".join(encode_token(label) for label in normalize_fqdn(fqdn).split("."))
+
+
+def fqdn_from_key(key: str) -> str:
+    return ".".join(decode_token(label) for label in key.split("."))
+
+
+def member_key(fqdn: str, ip: str) -> str:
+    """Health is per (FQDN, member IP): the monitor sends the FQDN as Host header."""
+    return f"{encode_token(normalize_fqdn(fqdn))}.{encode_token(ip)}"
+
+
+def event_subject(cluster: str, kind: str, namespace: str, name: str) -> str:
+    tokens = (cluster, kind, namespace, name)
+    return f"{EVENTS_PREFIX}." + ".".join(encode_token(token) for token in tokens)
+
+
+def events_of_cluster(cluster: str) -> str:
+    """Wildcard for every event of one cluster (used to purge or inspect a cluster)."""
+    return f"{EVENTS_PREFIX}.{encode_token(cluster)}.>"
+
+
+def sync_subject(cluster: str) -> str:
+    return f"{SYNC_PREFIX}.{encode_token(cluster)}"
+
+
+def policy_subject(kind: str, namespace: str, name: str) -> str:
+    return f"{POLICY_PREFIX}." + ".".join(encode_token(t) for t in (kind, namespace, name))
+
+
+def status_subject(kind: str, namespace: str, name: str) -> str:
+    return f"{STATUS_PREFIX}." + ".".join(encode_token(t) for t in (kind, namespace, name))
+
+
+def dnslog_subject(zone: str) -> str:
+    return f"{DNSLOG_PREFIX}.{encode_token(normalize_fqdn(zone))}"
+
+
+def deadletter_subject(service: str, original_subject: str) -> str:
+    return f"{DEADLETTER_PREFIX}.{encode_token(service)}.{encode_token(original_subject)}"
+
+
+def health_replica_key(replica: str) -> str:
+    return f"health.{encode_token(replica)}"

@@ -1,0 +1,87 @@
+"""Versioned JSON envelopes: how every kgslb message travels on NATS.
+
+On the wire a message is ``{"schema_version": 1, "kind": "<Kind>", "data": {...}}``. The kind
+names the pydantic model; the version lets a consumer refuse what it does not understand with
+a clear reason instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+SCHEMA_VERSION = 1
+
+
+class WireError(ValueError):
+    """A message that cannot be decoded; the text says why, for logs and the dead-letter."""
+
+
+class WireModel(BaseModel):
+    """Base of every message model. `KIND` is the envelope's kind."""
+
+    KIND: ClassVar[str] = ""
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def encode(message: WireModel) -> bytes:
+    envelope = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": message.KIND,
+        "data": message.model_dump(mode="json", by_alias=True),
+    }
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def _envelope(raw: bytes) -> tuple[str, Any]:
+    try:
+        envelope = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"not JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise WireError("envelope is not a JSON object")
+    version = envelope.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise WireError(f"schema_version {version!r} is not supported (this build reads 1)")
+    kind = envelope.get("kind")
+    if not isinstance(kind, str):
+        raise WireError("envelope has no string 'kind'")
+    return kind, envelope.get("data")
+
+
+def _validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        raise WireError(f"invalid {model.KIND}: {problems}") from None
+
+
+def decode(raw: bytes, model: type[M]) -> M:
+    """Decode a message that must be of one kind."""
+    kind, data = _envelope(raw)
+    if kind != model.KIND:
+        raise WireError(f"expected kind {model.KIND}, got {kind!r}")
+    return _validate(model, data)
+
+
+def decode_any(raw: bytes, models: tuple[type[WireModel], ...]) -> WireModel:
+    """Decode a message whose kind is one of several (an event subject carries an object or
+    its tombstone)."""
+    kind, data = _envelope(raw)
+    for model in models:
+        if kind == model.KIND:
+            return _validate(model, data)
+    allowed = ", ".join(m.KIND for m in models)
+    raise WireError(f"kind {kind!r} is not expected here (allowed: {allowed})")

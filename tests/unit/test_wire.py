@@ -1,0 +1,50 @@
+"""Versioned envelopes: what decodes, and the reason given for what does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import wire
+from shared.models import ObjectKind, ObjectRef, ObservedObject, Tombstone
+
+REF = ObjectRef(cluster="s1az1", kind=ObjectKind.INGRESS, namespace="default", name="hello")
+
+
+def test_a_message_round_trips_with_kind_and_version() -> None:
+    message = ObservedObject(ref=REF, resource_version="7", vips=["127.10.25.46"])
+    raw = wire.encode(message)
+    envelope = json.loads(raw)
+    assert envelope["schema_version"] == 1 and envelope["kind"] == "ObservedObject"
+    assert wire.decode(raw, ObservedObject) == message
+
+
+def test_decode_any_picks_the_model_by_kind() -> None:
+    raw = wire.encode(Tombstone(ref=REF))
+    assert isinstance(wire.decode_any(raw, (ObservedObject, Tombstone)), Tombstone)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"schema_version": 2, "kind": "Tombstone", "data": {}}', "schema_version 2"),
+        (b'{"schema_version": 1, "kind": "Nope", "data": {}}', "not expected here"),
+        (
+            json.dumps(
+                {"schema_version": 1, "kind": "Tombstone", "data": {"ref": {}, "extra": 1}}
+            ).encode(),
+            "invalid Tombstone",
+        ),
+    ],
+)
+def test_bad_messages_are_refused_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(wire.WireError, match=reason):
+        wire.decode_any(raw, (ObservedObject, Tombstone))
+
+
+def test_ipv6_vips_are_normalised_so_members_deduplicate() -> None:
+    message = ObservedObject(ref=REF, resource_version="1", vips=["2001:DB8:0::1"])
+    assert message.vips == ["2001:db8::1"]
