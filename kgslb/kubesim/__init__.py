@@ -7,6 +7,7 @@ It is the test double for everything that talks to Kubernetes, the embedded defa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -165,9 +166,8 @@ def cli_main(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        try:
+        # A signal cancels us; run_kubesim shuts the servers down on the way out.
+        with contextlib.suppress(asyncio.CancelledError):
             await run_kubesim(clusters, host, base_port, kubeconfig, vip_pool_spec, ready=announce)
-        except asyncio.CancelledError:
-            pass  # a signal asked us to stop; run_kubesim already shut the servers down
 
     asyncio.run(main())

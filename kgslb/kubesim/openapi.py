@@ -43,7 +43,9 @@ def group_version_doc(registry: Registry, group: str, version: str) -> Obj | Non
                     for name in _QUERY_PARAMS
                 ],
                 "requestBody": {
-                    "content": {media: {"schema": {"type": "object"}} for media in _PATCH_MEDIA_TYPES}
+                    "content": {
+                        media: {"schema": {"type": "object"}} for media in _PATCH_MEDIA_TYPES
+                    }
                 },
                 "responses": {"200": {"description": "OK"}},
             }

@@ -96,7 +96,12 @@ def _smp_list(
         if not isinstance(item, dict) or merge_key not in item:
             raise PatchError(f"map in list at {'.'.join(path)} lacks merge key {merge_key!r}")
         index = next(
-            (i for i, old in enumerate(result) if old.get(merge_key) == item[merge_key]), None
+            (
+                i
+                for i, old in enumerate(result)
+                if isinstance(old, dict) and old.get(merge_key) == item[merge_key]
+            ),
+            None,
         )
         if item.get("$patch") == "delete":
             if index is not None:

@@ -14,6 +14,7 @@ import yaml
 from aiohttp import web
 
 from kgslb.kubesim import openapi
+from kgslb.kubesim.protobuf import ProtobufError, decode_namespace
 from kgslb.kubesim.resources import Obj, ResourceType
 from kgslb.kubesim.selectors import FieldSelector, LabelSelector, SelectorError
 from kgslb.kubesim.store import (
@@ -65,16 +66,17 @@ class _Drop:
     abrupt: bool
 
 
-class _Watch:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[WatchEvent | _Drop] = asyncio.Queue()
+_WatchQueue = asyncio.Queue[WatchEvent | _Drop]
 
 
 class Faults:
-    """Fault switches of one cluster, settable from Python (any thread) or POST /kubesim/faults.
+    """Fault switches of one cluster, settable from Python (any thread) or over HTTP.
 
     `refuse` answers every API request with 503, `unauthorized` with 401, and
-    `latency_seconds` delays every response; the actions take effect immediately.
+    `latency_seconds` delays every response; the two actions take effect immediately.
+    Over HTTP, `POST /kubesim/faults` takes a JSON object with any of `refuse`,
+    `unauthorized`, `latency_seconds`, `drop_watches` (true, or "abrupt") and
+    `expire_history` (true); `GET /kubesim/faults` reports the switches. Both bypass the faults.
     """
 
     def __init__(self, server: ClusterServer) -> None:
@@ -123,7 +125,7 @@ class ClusterServer:
         self.bookmark_interval = bookmark_interval
         self.port: int | None = None
         self._host = "127.0.0.1"
-        self._watches: set[_Watch] = set()
+        self._watches: set[_WatchQueue] = set()
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.app = web.Application(middlewares=[self._errors, self._apply_faults])
@@ -174,7 +176,7 @@ class ClusterServer:
 
     def drop_watches(self, *, abrupt: bool = False) -> int:
         for watch in self._watches:
-            watch.queue.put_nowait(_Drop(abrupt))
+            watch.put_nowait(_Drop(abrupt))
         count = len(self._watches)
         self._watches.clear()
         return count
@@ -226,7 +228,10 @@ class ClusterServer:
         if "unauthorized" in body:
             self.faults.unauthorized = bool(body["unauthorized"])
         if "latency_seconds" in body:
-            self.faults.latency_seconds = float(body["latency_seconds"])
+            try:
+                self.faults.latency_seconds = float(body["latency_seconds"])
+            except (TypeError, ValueError):
+                raise bad_request("latency_seconds must be a number") from None
         dropped = 0
         if body.get("drop_watches"):
             dropped = self.drop_watches(abrupt=body["drop_watches"] == "abrupt")
@@ -254,9 +259,14 @@ class ClusterServer:
         if path == "/openapi/v3":
             return _json(openapi.root_doc(self.store.registry))
         if path.startswith("/openapi/v3/"):
-            gv = path.removeprefix("/openapi/v3/").split("/")
-            group, version = ("", gv[1]) if gv[0] == "api" else (gv[1], gv[2])
-            if (doc := openapi.group_version_doc(self.store.registry, group, version)) is None:
+            match path.removeprefix("/openapi/v3/").split("/"):
+                case ["api", version]:
+                    doc = openapi.group_version_doc(self.store.registry, "", version)
+                case ["apis", group, version]:
+                    doc = openapi.group_version_doc(self.store.registry, group, version)
+                case _:
+                    doc = None
+            if doc is None:
                 raise _not_found()
             return _json(doc)
         parts = path.strip("/").split("/")
@@ -267,7 +277,10 @@ class ClusterServer:
                         "kind": "APIVersions",
                         "versions": ["v1"],
                         "serverAddressByClientCIDRs": [
-                            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self._host}:{self.port}"}
+                            {
+                                "clientCIDR": "0.0.0.0/0",
+                                "serverAddress": f"{self._host}:{self.port}",
+                            }
                         ],
                     }
                 )
@@ -326,7 +339,13 @@ class ClusterServer:
                 return _json(self._list_body(rtype, deleted, self.store.rv))
             raise _method_not_allowed(method)
         if method == "GET":
-            return _json(_present(rtype, self.store.get(rtype, namespace, name)))
+            obj = _present(rtype, self.store.get(rtype, namespace, name))
+            if _wants_table(request) and target.subresource is None:
+                include = query.get("includeObject", "Metadata")
+                metadata = {"resourceVersion": obj["metadata"]["resourceVersion"]}
+                table = render_table(rtype, [obj], include, metadata)
+                return _json(table, content_type=TABLE_MEDIA_TYPE)
+            return _json(obj)
         if method == "PUT":
             updated = self.store.update(
                 rtype,
@@ -357,7 +376,9 @@ class ClusterServer:
             return _json(_present(rtype, patched))
         if method == "DELETE" and target.subresource is None:
             options = await _read_body(request) if request.can_read_body else {}
-            preconditions = (options or {}).get("preconditions") if isinstance(options, dict) else None
+            preconditions = (
+                (options or {}).get("preconditions") if isinstance(options, dict) else None
+            )
             dry_run = dry_run or "All" in ((options or {}).get("dryRun") or [])
             obj, gone = self.store.delete(
                 rtype, namespace, name, preconditions=preconditions, dry_run=dry_run
@@ -467,7 +488,7 @@ class ClusterServer:
                 for obj in self.store.iter_objects(rtype, namespace)
                 if visible(obj)
             ]
-        if rv_param not in ("", "0"):
+        else:
             try:
                 since = int(rv_param)
             except ValueError:
@@ -477,13 +498,12 @@ class ClusterServer:
             except ApiError as error:
                 failure = error
             else:
-                if not send_initial:
-                    backlog = [t for e in history if (t := _translate(e, visible))]
-        watch = _Watch()
-        unsubscribe: Callable[[], None] = lambda: None  # noqa: E731
+                backlog = [t for e in history if (t := _translate(e, visible))]
+        watch: _WatchQueue = asyncio.Queue()
+        unsubscribe: Callable[[], None] | None = None
         if failure is None:
             unsubscribe = self.store.subscribe(
-                lambda e: watch.queue.put_nowait(e) if e.resource == rtype.key else None
+                lambda e: watch.put_nowait(e) if e.resource == rtype.key else None
             )
             self._watches.add(watch)
 
@@ -521,14 +541,14 @@ class ClusterServer:
                     waits.append(deadline)
                 try:
                     async with asyncio.timeout_at(min(waits) if waits else None):
-                        item = await watch.queue.get()
+                        item = await watch.get()
                 except TimeoutError:
                     if deadline is not None and loop.time() >= deadline:
                         # Like the watch cache, tell the client how far it got before closing.
-                        if bookmarks and watch.queue.empty():
+                        if bookmarks and watch.empty():
                             await send("BOOKMARK", bookmark())
                         break
-                    if bookmarks and watch.queue.empty():
+                    if bookmarks and watch.empty():
                         await send("BOOKMARK", bookmark())
                     next_bookmark = loop.time() + self.bookmark_interval
                     continue
@@ -542,7 +562,8 @@ class ClusterServer:
         except ConnectionResetError:
             pass  # the client went away; nothing left to tell it
         finally:
-            unsubscribe()
+            if unsubscribe is not None:
+                unsubscribe()
             self._watches.discard(watch)
         return response
 
@@ -552,9 +573,7 @@ class ClusterServer:
         return {
             "kind": "APIGroupList",
             "apiVersion": "v1",
-            "groups": [
-                self._group(group) for group in self.store.registry.groups() if group
-            ],
+            "groups": [self._group(group) for group in self.store.registry.groups() if group],
         }
 
     def _group(self, group: str) -> Obj:
@@ -571,9 +590,7 @@ class ClusterServer:
         }
 
     def _resource_list(self, group: str, version: str) -> Obj:
-        types = [
-            t for t in self.store.registry.all() if (t.group, t.version) == (group, version)
-        ]
+        types = [t for t in self.store.registry.all() if (t.group, t.version) == (group, version)]
         if not types:
             raise _not_found()
         resources: list[Obj] = []
@@ -641,6 +658,15 @@ def _wants_table(request: web.Request) -> bool:
 
 async def _read_body(request: web.Request) -> Any:
     raw = await request.read()
+    if "protobuf" in request.content_type:
+        try:
+            return decode_namespace(raw)
+        except ProtobufError as error:
+            message = (
+                f"kubesim reads JSON and YAML bodies, and protobuf only for a Namespace ({error});"
+                " use `kubectl apply -f` instead of typed `kubectl create` commands"
+            )
+            raise ApiError(415, "UnsupportedMediaType", message) from None
     if not raw.strip():
         return None
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import copy
 import itertools
 import json
@@ -24,6 +25,7 @@ from typing import Any
 from kgslb.kubesim.patch import PatchError, json_merge_patch, json_patch, strategic_merge_patch
 from kgslb.kubesim.resources import (
     CRDS,
+    DEPLOYMENTS,
     NAMESPACES,
     SERVICES,
     Obj,
@@ -311,10 +313,12 @@ class ClusterStore:
         for transient in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
             meta.pop(transient, None)
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
-        if rtype.initial_status is None:
-            obj.pop("status", None)
-        else:
-            obj["status"] = copy.deepcopy(rtype.initial_status)
+        if rtype.has_status:
+            # Status belongs to the status subresource; create cannot set it.
+            if rtype.initial_status is None:
+                obj.pop("status", None)
+            else:
+                obj["status"] = copy.deepcopy(rtype.initial_status)
         self._default(rtype, obj, None)
         self._validate(rtype, obj)
         if dry_run:
@@ -426,7 +430,7 @@ class ClusterStore:
         namespace: str | None,
         label_selector: LabelSelector,
         field_selector: FieldSelector,
-    ) -> list[Obj]:
+    ) -> builtins.list[Obj]:
         page = self.list(
             rtype, namespace, label_selector=label_selector, field_selector=field_selector
         )
@@ -656,7 +660,7 @@ class ClusterStore:
             for port in spec.get("ports") or []:
                 port.setdefault("protocol", "TCP")
                 port.setdefault("targetPort", port.get("port"))
-        elif rtype.kind == "Deployment" and not rtype.custom:
+        elif rtype is DEPLOYMENTS:
             obj.setdefault("spec", {}).setdefault("replicas", 1)
 
     def _validate(self, rtype: ResourceType, obj: Obj) -> None:

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
-from typing import TypeVar
 
 from kgslb.kubesim import KubeSim
-
-T = TypeVar("T")
 
 
 class BackgroundKubeSim:
     """Context manager: starts `sim` on its own thread and stops it (and the thread) on exit.
 
-    Fault switches are thread-safe; anything else that touches the stores goes through
-    `call`, which runs a function on the simulator's loop and returns its result.
+    Talk to it over HTTP (kubeconfig, kubectl, the kubernetes client); its fault switches
+    are thread-safe. Its stores belong to its loop and are not for other threads.
     """
 
     def __init__(self, sim: KubeSim) -> None:
@@ -26,22 +22,23 @@ class BackgroundKubeSim:
 
     def start(self) -> KubeSim:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.sim.start(), self._loop).result(timeout=10)
+        try:
+            asyncio.run_coroutine_threadsafe(self.sim.start(), self._loop).result(timeout=10)
+        except BaseException:
+            self._stop_loop()
+            raise
         return self.sim
 
     def stop(self) -> None:
         try:
             asyncio.run_coroutine_threadsafe(self.sim.stop(), self._loop).result(timeout=10)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            self._stop_loop()
 
-    def call(self, fn: Callable[[], T]) -> T:
-        async def run() -> T:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
     def __enter__(self) -> KubeSim:
         return self.start()
