@@ -1,19 +1,24 @@
 """The one NATS helper: connect with any supported credentials, and bootstrap JetStream.
 
 `bootstrap` is idempotent and every service calls it at start, so the services can start in
-any order against an empty server.
+any order against an empty server. A service whose NATS user may not create streams (dns, see
+deploy/nats/) looks them up instead and waits until a service that may has created them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -80,6 +85,24 @@ def stream_configs() -> list[StreamConfig]:
 
 KV_BUCKETS = (subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_HEALTH, subjects.KV_LEASES)
 
+LOOKUP_INTERVAL_SECONDS = 1.0
+
+
+def redact_url(urls: str) -> str:
+    """`nats://dns:secret@host:4222` -> `nats://dns:***@host:4222`, for logs and errors."""
+
+    def redact(url: str) -> str:
+        parts = urlsplit(url.strip())
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if not at:
+            return url.strip()
+        user, colon, _ = userinfo.partition(":")
+        # A userinfo without a colon is a token: hide it whole.
+        shown = f"{user}:***" if colon else "***"
+        return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
+
+    return ",".join(redact(url) for url in urls.split(","))
+
 
 def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     if not (settings.nats_tls_ca or settings.nats_tls_cert):
@@ -113,7 +136,12 @@ async def connect(
         await report("reconnected")
 
     async def error(exc: Exception) -> None:
-        log.debug("nats client error: %s", exc)
+        # A permissions violation is a deployment mistake the operator must see; the rest are
+        # reconnect noise that `report` already summarises.
+        if "permissions violation" in str(exc).lower():
+            log.warning("nats refused: %s", exc, extra={"nats_user": settings.nats_user or ""})
+        else:
+            log.debug("nats client error: %s", exc)
 
     options: dict[str, Any] = {
         "servers": [url.strip() for url in settings.nats_url.split(",") if url.strip()],
@@ -142,32 +170,86 @@ async def connect(
     return client[0]
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    try:
-        await js.stream_info(config.name or "")
-    except NotFoundError:
+def _differs(desired: StreamConfig, actual: StreamConfig) -> list[str]:
+    """Fields this build sets that the server holds differently (others are the operator's,
+    such as `num_replicas` after `nats stream edit --replicas 3`)."""
+    return [
+        field.name
+        for field in dataclasses.fields(desired)
+        if (value := getattr(desired, field.name)) not in (None, field.default)
+        and getattr(actual, field.name) != value
+    ]
+
+
+class _Provisioner:
+    """Creates what is missing, or, once NATS refuses a create (a read-only user), waits for
+    a service that may create it."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self.may_create = True
+
+    async def stream(self, config: StreamConfig) -> None:
+        name = config.name or ""
         try:
-            await js.add_stream(config)
+            info = await self.js.stream_info(name)
+        except NotFoundError:
+            await self._create_or_wait(name, lambda: self.js.add_stream(config))
             return
-        except BadRequestError:
-            # Another service created it between our lookup and our create.
-            pass
-    await js.update_stream(config)
+        changed = _differs(config, info.config)
+        if not changed:
+            return
+        update = dataclasses.replace(config, num_replicas=info.config.num_replicas)
+        try:
+            await self.js.update_stream(update)
+        except NatsTimeoutError:
+            log.warning(
+                "stream %s differs from this version (%s) and this NATS user may not update it "
+                "(needs publish on $JS.API.STREAM.UPDATE.%s); the reconciler updates it",
+                name, ", ".join(changed), name,
+            )  # fmt: skip
+
+    async def bucket(self, bucket: str) -> KeyValue:
+        try:
+            return await self.js.key_value(bucket)
+        except BucketNotFoundError:
+            config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+            await self._create_or_wait(f"KV_{bucket}", lambda: self.js.create_key_value(config))
+            return await self.js.key_value(bucket)
+
+    async def _create_or_wait(self, stream: str, create: Callable[[], Awaitable[object]]) -> None:
+        if self.may_create:
+            try:
+                await create()
+                return
+            except BadRequestError:
+                # Another service created it between our lookup and our create.
+                return
+            except NatsTimeoutError:
+                self.may_create = False
+        log.warning(
+            "waiting for stream %s: this NATS user may not create it "
+            "(needs publish on $JS.API.STREAM.CREATE.%s); the reconciler creates it",
+            stream, stream,
+        )  # fmt: skip
+        while True:
+            try:
+                await self.js.stream_info(stream)
+                return
+            except NotFoundError:
+                await asyncio.sleep(LOOKUP_INTERVAL_SECONDS)
 
 
 async def bootstrap(js: JetStreamContext) -> dict[str, KeyValue]:
-    """Create or update every stream and KV bucket; return the buckets by name."""
+    """Create or update every stream and KV bucket; return the buckets by name.
+
+    A user that may only read gets the same result once they exist: lookups only, and no
+    update unless a field this build sets differs from what the server holds.
+    """
+    provisioner = _Provisioner(js)
     for config in stream_configs():
-        await _ensure_stream(js, config)
-    buckets: dict[str, KeyValue] = {}
-    for bucket in KV_BUCKETS:
-        try:
-            buckets[bucket] = await js.key_value(bucket)
-        except BucketNotFoundError:
-            buckets[bucket] = await js.create_key_value(
-                KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
-            )
-    return buckets
+        await provisioner.stream(config)
+    return {bucket: await provisioner.bucket(bucket) for bucket in KV_BUCKETS}
 
 
 async def read_last_per_subject(js: JetStreamContext, stream: str, subject: str) -> list[Msg]:
@@ -182,7 +264,7 @@ async def read_last_per_subject(js: JetStreamContext, stream: str, subject: str)
         ),
     )
     try:
-        remaining = (await psub.consumer_info()).num_pending
+        remaining = (await psub.consumer_info()).num_pending or 0
         messages: list[Msg] = []
         while remaining > 0:
             batch = await psub.fetch(min(remaining, 512), timeout=5)

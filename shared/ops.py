@@ -12,10 +12,17 @@ log = logging.getLogger(__name__)
 
 
 class OpsServer:
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        detail: Callable[[], str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self._ready = ready
+        self._detail = detail
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -27,9 +34,9 @@ class OpsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
         log.info("ops endpoint listening", extra={"ops": f"http://{self.host}:{self.port}"})
         return self.port
 
@@ -41,9 +48,10 @@ class OpsServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
+        detail = f" ({self._detail()})" if self._detail is not None else ""
         if self._ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+            return web.Response(text=f"ready{detail}\n")
+        return web.Response(status=503, text=f"not ready{detail}\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(REGISTRY)
