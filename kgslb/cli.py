@@ -121,3 +121,23 @@ def status(ctx: typer.Context) -> None:
         print(f"kgslb status: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     run(show_status(settings))
+
+
+@app.command()
+def check(
+    fqdn: str = typer.Argument(..., help="the GSLB name, e.g. hello.avi.iberia.local"),
+    interval: float = typer.Option(2.0, "--interval", "-i", help="seconds between checks"),
+    count: int | None = typer.Option(None, "--count", "-n", help="stop after N checks"),
+    server: str = typer.Option("127.0.0.1", help="the kgslb DNS address"),
+    port: int = typer.Option(1053, help="the kgslb DNS port"),
+    http_port: int = typer.Option(80, help="port of the application behind each answer"),
+    nats_url: str = typer.Option(
+        "nats://127.0.0.1:4222", envvar="KGSLB_NATS_URL", help="for the configured weights"
+    ),
+) -> None:
+    """Resolve FQDN through kgslb, fetch the page from the answer, show which site served it."""
+    import asyncio
+
+    from kgslb.check import run_check
+
+    asyncio.run(run_check(fqdn, server, port, http_port, interval, count, nats_url))
