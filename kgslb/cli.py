@@ -141,3 +141,135 @@ def check(
     from kgslb.check import run_check
 
     asyncio.run(run_check(fqdn, server, port, http_port, interval, count, nats_url))
+
+
+@app.command()
+def backend(
+    action: str = typer.Argument(..., help="stop | start | error | hang | heal"),
+    cluster: str = typer.Argument(..., help="the site's cluster, e.g. s2"),
+    state_dir: Path = typer.Option(Path(".kgslb"), help="the state directory of `kgslb up`"),
+) -> None:
+    """Stop, start or break one site's hello backend in a running `kgslb up`."""
+    from kgslb.backends import ACTIONS, control_site
+    from kgslb.embedded import StartupError
+    from kgslb.up import read_state
+
+    if action not in ACTIONS:
+        print(
+            f"kgslb backend: action {action!r} is not one of {', '.join(ACTIONS)}", file=sys.stderr
+        )
+        raise typer.Exit(2)
+    try:
+        state = read_state(state_dir)
+        result = control_site(state["backends_control"], cluster, action)
+    except (StartupError, OSError, RuntimeError) as exc:
+        print(f"kgslb backend: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print(f"{cluster}: {result}")
+
+
+# ----- watcher and kube-sim (issue 4) -------------------------------------------------------
+
+_service_command(
+    "watcher", "services.watcher.service", "WatcherSettings",
+    "List and watch one member cluster (a kubeconfig context) and publish what it holds.",
+)  # fmt: skip
+
+SEED_VIP_POOLS = "s1az1=127.10.25.46,s1az2=127.10.26.40,s2=127.10.23.40"
+
+
+def parse_vip_pools(specs: list[str], clusters: list[str]) -> dict[str, list[str]]:
+    """`s1az1=127.10.25.46,s2=127.10.23.40` (a cluster may repeat) -> {cluster: [ip, ...]}."""
+    import ipaddress
+
+    pools: dict[str, list[str]] = {}
+    for entry in (e.strip() for spec in specs for e in spec.split(",")):
+        if not entry:
+            continue
+        cluster, equals, ip = entry.partition("=")
+        if not equals or cluster not in clusters:
+            raise typer.BadParameter(
+                f"{entry!r}: expected CLUSTER=IP with CLUSTER one of {', '.join(clusters)}",
+                param_hint="--vip-pool",
+            )
+        try:
+            pools.setdefault(cluster, []).append(str(ipaddress.ip_address(ip.strip())))
+        except ValueError:
+            raise typer.BadParameter(f"{entry!r}: {ip!r} is not an IP address") from None
+    return pools
+
+
+@app.command("kube-sim")
+def kube_sim(
+    clusters: str = typer.Option("s1az1,s1az2,s2", help="comma-separated cluster names"),
+    host: str = typer.Option("127.0.0.1", help="listen address (loopback)"),
+    port: int = typer.Option(0, help="port of the first cluster, the next ones follow; 0: any"),
+    kubeconfig: Path = typer.Option(
+        Path(".kgslb/kube-sim.kubeconfig"), help="where to write the kubeconfig (a context each)"
+    ),
+    vip_pool: list[str] = typer.Option(
+        [SEED_VIP_POOLS], help="CLUSTER=IP,... addresses the AKO stand-in hands out (repeatable)"
+    ),
+) -> None:
+    """Run the Kubernetes API simulator: one fake API server per cluster, for kubectl and the
+    watchers. A simulator for trying kgslb and for tests, not a Kubernetes."""
+    from kgslb.kubesim import cli_main
+
+    names = [name.strip() for name in clusters.split(",") if name.strip()]
+    if not names:
+        raise typer.BadParameter("at least one cluster name", param_hint="--clusters")
+    cli_main(names, host, port, str(kubeconfig), parse_vip_pools(vip_pool, names))
+
+
+# ----- import-amko (issue 5) ----------------------------------------------------------------
+
+
+@app.command("import-amko")
+def import_amko(
+    source: Path = typer.Argument(
+        ..., help="AMKO helm values (values_amko.yaml) or AMKO GSLBConfig/GDP/GSLBHostRule YAML"
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="write the kgslb resources here (default: stdout)"
+    ),
+    namespace: str = typer.Option(
+        "avi-system", help="namespace of the resources made from helm values"
+    ),
+) -> None:
+    """Convert AMKO configuration to kgslb custom resources (kgslb.io/v1alpha1).
+
+    Every AMKO field is mapped or listed on stderr as unsupported, with the reason; likely
+    mistakes (a cluster listed twice, a member cluster left out) are listed as warnings.
+    """
+    from kgslb.amko_import import AmkoInputError, convert, describe, load, render
+
+    try:
+        report = convert(load(source), namespace)
+    except AmkoInputError as exc:
+        print(f"kgslb import-amko: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    text = render(report.resources, source.name)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+    print(describe(report, str(source)), file=sys.stderr)
+
+
+# --- asyncapi (deploy and operate) -------------------------------------------------------------
+
+
+@app.command("asyncapi")
+def asyncapi(
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="write the document here (default: stdout)"
+    ),
+) -> None:
+    """Print the AsyncAPI document of every kgslb subject and KV bucket (docs/asyncapi.yaml)."""
+    from kgslb.asyncapi import render as render_asyncapi
+
+    text = render_asyncapi()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)

@@ -1,16 +1,20 @@
-"""`kgslb up`: the whole system on one machine, on embedded defaults.
+"""`kgslb up`: the seed's whole topology on one machine, on embedded defaults.
 
-Starts a JetStream nats-server, the reconciler, health and DNS services, then feeds the
-GSLBConfig, the GlobalDeploymentPolicies and the observed `hello` Ingresses of the stack file
-through the same NATS subjects the watchers use. Ctrl-C or SIGTERM stops every process.
+Starts a JetStream nats-server, the Kubernetes API simulator with the member clusters, one
+watcher per cluster, the reconciler, the health and DNS services, and a hello backend per site
+on its loopback VIP; then applies the seed's manifests (GSLBConfig, global-gdp, the hello
+Deployment/Service/Ingress in each cluster) through the Kubernetes API, exactly as a user would
+with kubectl. Ctrl-C or SIGTERM stops every process.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,11 @@ from kgslb.embedded import (
     ManagedProcess,
     NatsServer,
     StartupError,
+    free_port,
     port_in_use,
     service_process,
 )
-from shared import bus, wire
+from shared import wire
 from shared.models import (
     ObjectKind,
     ObjectRef,
@@ -34,10 +39,10 @@ from shared.models import (
     PolicyRef,
     SyncMarker,
 )
-from shared.settings import NatsSettings
 from shared.subjects import sync_subject
 
 DEFAULT_STACK_FILE = Path("examples/seed/kgslb.yaml")
+STATE_FILE = "stack.json"
 
 
 class _Strict(BaseModel):
@@ -46,18 +51,24 @@ class _Strict(BaseModel):
 
 class Listen(_Strict):
     host: str = "127.0.0.1"
-    port: int = Field(ge=0, le=65535)
-
-
-class NamedPolicy(_Strict):
-    name: str
-    namespace: str = "avi-system"
-    spec: dict[str, Any]
+    port: int = Field(ge=0, le=65535, description="0 picks a free port")
 
 
 class ClusterSpec(_Strict):
     vip_pool: list[str] = Field(default_factory=list, alias="vipPool")
     site: str = ""
+    apply: list[str] = Field(default_factory=list, description="manifests, relative to the file")
+
+
+class BackendsSpec(_Strict):
+    port: int = Field(default=80, ge=0, le=65535)
+    hosts: list[str] = Field(default_factory=list, description="virtual hosts served")
+
+
+class NamedPolicy(_Strict):
+    name: str
+    namespace: str = "default"
+    spec: dict[str, Any]
 
 
 class ObservedSeed(_Strict):
@@ -70,35 +81,70 @@ class ObservedSeed(_Strict):
     vips: list[str] = Field(default_factory=list)
 
 
+DERIVED_FIELDS = ("gslbConfig", "globalDeploymentPolicies", "gslbHostRules", "observed")
+
+
 class StackConfig(_Strict):
+    """The stack file, plus the typed content of the manifests it applies (the derived
+    fields, filled by `load_stack_config`, are what the watchers will report)."""
+
     dns: Listen = Field(default_factory=lambda: Listen(port=1053))
     nats: Listen = Field(default_factory=lambda: Listen(port=4222))
+    kube_api: Listen = Field(default_factory=lambda: Listen(port=16443), alias="kubeApi")
+    backends: BackendsSpec = Field(default_factory=BackendsSpec)
+    home_cluster: str = Field(alias="homeCluster")
+    clusters: dict[str, ClusterSpec]
     gslb_config: NamedPolicy | None = Field(default=None, alias="gslbConfig")
     global_deployment_policies: list[NamedPolicy] = Field(
         default_factory=list, alias="globalDeploymentPolicies"
     )
     host_rules: list[NamedPolicy] = Field(default_factory=list, alias="gslbHostRules")
-    clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
     observed: list[ObservedSeed] = Field(default_factory=list)
+    source: Path = Field(default=DEFAULT_STACK_FILE, exclude=True)
 
 
-def load_stack_config(path: Path) -> StackConfig:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise StartupError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise StartupError(f"{path}: not valid YAML: {exc}") from None
-    try:
-        return StackConfig.model_validate(raw or {})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise StartupError(f"{path}: {where}: {err['msg']}") from None
+_POLICY_KINDS = {
+    "GSLBConfig": "gslb_config",
+    "GlobalDeploymentPolicy": "global_deployment_policies",
+    "GSLBHostRule": "host_rules",
+}
+
+
+def _derive(config: StackConfig) -> None:
+    """Fill the derived fields from the manifests: policies from the kgslb CRs, and one
+    observation per Ingress with the VIP the cluster's ingress controller will assign."""
+    for cluster, spec in config.clusters.items():
+        for document in manifests(config, config.source, cluster):
+            kind = document.get("kind")
+            meta = document.get("metadata", {})
+            if kind in _POLICY_KINDS:
+                policy = NamedPolicy(
+                    name=meta["name"],
+                    namespace=meta.get("namespace", "default"),
+                    spec=document.get("spec", {}),
+                )
+                if kind == "GSLBConfig":
+                    config.gslb_config = policy
+                else:
+                    getattr(config, _POLICY_KINDS[kind]).append(policy)
+            elif kind == "Ingress" and spec.vip_pool:
+                rules = document.get("spec", {}).get("rules", [])
+                config.observed.append(
+                    ObservedSeed(
+                        cluster=cluster,
+                        kind=ObjectKind.INGRESS,
+                        namespace=meta.get("namespace", "default"),
+                        name=meta["name"],
+                        labels=meta.get("labels", {}),
+                        hosts=[rule["host"] for rule in rules if rule.get("host")],
+                        vips=spec.vip_pool[:1],
+                    )
+                )
 
 
 def seed_messages(config: StackConfig) -> list[tuple[str, wire.WireModel]]:
-    """The policies and observed objects of a stack file, as (subject, message)."""
+    """The stack's policies and observed objects as the watchers would publish them (subject,
+    message): for tests and benchmarks that feed NATS without Kubernetes."""
     messages: list[tuple[str, wire.WireModel]] = []
     policies: list[tuple[PolicyKind, NamedPolicy]] = []
     if config.gslb_config is not None:
@@ -128,23 +174,73 @@ def seed_messages(config: StackConfig) -> list[tuple[str, wire.WireModel]]:
     return messages
 
 
-async def publish_seed(nats_url: str, config: StackConfig) -> int:
-    nc = await bus.connect(NatsSettings(nats_url=nats_url), "kgslb-up-seed")
+def load_stack_config(path: Path) -> StackConfig:
     try:
-        js = nc.jetstream()
-        await bus.bootstrap(js)
-        messages = seed_messages(config)
-        for subject, message in messages:
-            await js.publish(subject, wire.encode(message))
-        return len(messages)
-    finally:
-        await nc.drain()
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise StartupError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise StartupError(f"{path}: not valid YAML: {exc}") from None
+    derived = [key for key in DERIVED_FIELDS if key in (raw or {})]
+    if derived:
+        raise StartupError(
+            f"{path}: {derived[0]}: comes from the manifests listed in clusters.*.apply"
+        )
+    try:
+        config = StackConfig.model_validate({**(raw or {}), "source": path})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise StartupError(f"{path}: {where}: {err['msg']}") from None
+    if config.home_cluster not in config.clusters:
+        raise StartupError(
+            f"{path}: homeCluster {config.home_cluster!r} is not one of the clusters "
+            f"({', '.join(config.clusters)})"
+        )
+    _derive(config)
+    return config
+
+
+def manifests(config: StackConfig, stack_file: Path, cluster: str) -> list[dict[str, Any]]:
+    """The objects to apply in one cluster, in file order."""
+    documents: list[dict[str, Any]] = []
+    for name in config.clusters[cluster].apply:
+        path = stack_file.parent / name
+        try:
+            documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
+        except (OSError, yaml.YAMLError) as exc:
+            raise StartupError(f"{stack_file}: clusters.{cluster}.apply: {path}: {exc}") from None
+    return documents
+
+
+def apply_manifests(kubeconfig: Path, cluster: str, documents: list[dict[str, Any]]) -> None:
+    """Create (or replace) objects through the Kubernetes API, like `kubectl apply`."""
+    from kubernetes import config as kube_config
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import ConflictError
+
+    client = DynamicClient(
+        kube_config.new_client_from_config(config_file=str(kubeconfig), context=cluster)
+    )
+    for document in documents:
+        resource = client.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        namespace = (
+            document["metadata"].get("namespace", "default") if resource.namespaced else None
+        )
+        try:
+            resource.create(body=document, namespace=namespace)
+        except ConflictError:
+            resource.patch(
+                body=document,
+                name=document["metadata"]["name"],
+                namespace=namespace,
+                content_type="application/merge-patch+json",
+            )
 
 
 def wait_for_answer(host: str, port: int, qname: str, timeout_seconds: float) -> list[str]:
     import dns.message
     import dns.query
-    import dns.rdatatype
 
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
@@ -160,66 +256,210 @@ def wait_for_answer(host: str, port: int, qname: str, timeout_seconds: float) ->
 
 
 class Stack:
-    """The running processes of `kgslb up`."""
+    """The running parts of `kgslb up`."""
 
     def __init__(self, config: StackConfig, state_dir: Path) -> None:
         self.config = config
         self.state_dir = state_dir
+        self.logs = state_dir / "logs"
+        self.kubeconfig = state_dir / "kubeconfig"
         self.nats: NatsServer | None = None
+        self.kubesim: Any = None
         self.services: dict[str, ManagedProcess] = {}
+        self.ops_ports: dict[str, int] = {}
+        self.backends_control = ""
 
     def check_ports(self) -> None:
-        dns, nats = self.config.dns, self.config.nats
+        config = self.config
+        wanted = [
+            ("dns (udp)", config.dns.host, config.dns.port, True),
+            ("dns (tcp)", config.dns.host, config.dns.port, False),
+            ("nats", config.nats.host, config.nats.port, False),
+        ]
+        for index, cluster in enumerate(config.clusters):
+            if config.kube_api.port:
+                wanted.append(
+                    (
+                        f"kube-api {cluster}",
+                        config.kube_api.host,
+                        config.kube_api.port + index,
+                        False,
+                    )
+                )
+            for ip in config.clusters[cluster].vip_pool[:1]:
+                if config.backends.port:
+                    wanted.append((f"hello backend {cluster}", ip, config.backends.port, False))
         busy = [
             f"{what} {host}:{port}"
-            for what, host, port, udp in (
-                ("dns (udp)", dns.host, dns.port, True),
-                ("dns (tcp)", dns.host, dns.port, False),
-                ("nats", nats.host, nats.port, False),
-            )
-            if port and port_in_use(host, port, udp)
+            for what, host, port, udp in wanted
+            if port_in_use(host, port, udp)
         ]
         if busy:
             raise StartupError(f"port already in use: {', '.join(busy)}")
 
-    def start(self, progress: Any = print) -> None:
+    def start(self, progress: Callable[[str], None]) -> None:
         self.check_ports()
-        logs = self.state_dir / "logs"
+        config = self.config
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        documents = {c: manifests(config, config.source, c) for c in config.clusters}
+
         progress(f"starting nats-server (JetStream in {self.state_dir / 'jetstream'})")
-        self.nats = NatsServer(
-            self.state_dir / "jetstream", self.config.nats.host, self.config.nats.port
-        )
-        self.nats.log_path = logs / "nats-server.log"
+        self.nats = NatsServer(self.state_dir / "jetstream", config.nats.host, config.nats.port)
+        self.nats.log_path = self.logs / "nats-server.log"
         self.nats.start()
+
+        progress(f"starting the Kubernetes API simulator ({', '.join(config.clusters)})")
+        self._start_kubesim()
+
+        sites = [
+            f"{cluster}={spec.vip_pool[0]}={spec.site or cluster.upper()}"
+            for cluster, spec in config.clusters.items()
+            if spec.vip_pool
+        ]
+        progress("starting hello backends: " + ", ".join(s.split("=")[1] for s in sites))
+        control_file = self.state_dir / "backends.url"
+        control_file.unlink(missing_ok=True)
+        args = [sys.executable, "-m", "kgslb.backends", "--port", str(config.backends.port)]
+        args += [a for host in config.backends.hosts for a in ("--host", host)]
+        args += [a for site in sites for a in ("--site", site)]
+        args += ["--control-file", str(control_file)]
+        backends = ManagedProcess("backends", args, self.logs / "backends.log", _env({}))
+        backends.start()
+        self.services["backends"] = backends
+        self.backends_control = _wait_for_file(control_file, backends, 10)
+
         env = {"KGSLB_NATS_URL": self.nats.url}
-        dns = self.config.dns
-        for name, args in (
-            ("reconciler", ["reconciler"]),
-            ("health", ["health"]),
-            ("dns", ["dns", "--dns-host", dns.host, "--dns-port", str(dns.port)]),
-        ):
-            progress(f"starting {name}")
-            process = service_process(name, args, logs, env)
-            process.start()
-            self.services[name] = process
-        progress("feeding policies and observed objects")
-        asyncio.run(publish_seed(self.nats.url, self.config))
+        for cluster in config.clusters:
+            home = ["--home", "true"] if cluster == config.home_cluster else []
+            self._start_service(
+                f"watcher-{cluster}",
+                ["watcher", "--kubeconfig", str(self.kubeconfig), "--context", cluster, *home],
+                env,
+            )
+        self._start_service("reconciler", ["reconciler"], env)
+        self._start_service("health", ["health"], env)
+        dns = config.dns
+        self._start_service(
+            "dns", ["dns", "--dns-host", dns.host, "--dns-port", str(dns.port)], env
+        )
+        progress("applying the seed manifests through the Kubernetes API")
+        for cluster, docs in documents.items():
+            apply_manifests(self.kubeconfig, cluster, docs)
+        self._write_state()
+
+    def _start_kubesim(self) -> None:
+        from kgslb.kubesim import KubeSim
+        from kgslb.kubesim.threaded import BackgroundKubeSim
+
+        config = self.config
+        sim = KubeSim(
+            list(config.clusters),
+            host=config.kube_api.host,
+            vip_pools={c: spec.vip_pool for c, spec in config.clusters.items()},
+            base_port=config.kube_api.port,
+        )
+        self.kubesim = BackgroundKubeSim(sim)
+        self.kubesim.start()
+        sim.write_kubeconfig(str(self.kubeconfig))
+
+    def _start_service(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        port = free_port()
+        self.ops_ports[name] = port
+        process = service_process(name, args, self.logs, {**env, "KGSLB_OPS_PORT": str(port)})
+        process.start()
+        self.services[name] = process
+
+    def _write_state(self) -> None:
+        assert self.nats is not None
+        state = {
+            "nats_url": self.nats.url,
+            "kubeconfig": str(self.kubeconfig.resolve()),
+            "backends_control": self.backends_control,
+            "dns": f"{self.config.dns.host}:{self.config.dns.port}",
+            "ops": {name: f"http://127.0.0.1:{port}" for name, port in self.ops_ports.items()},
+        }
+        (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     def check_alive(self) -> None:
         for name, process in self.services.items():
             if not process.running:
-                raise StartupError(f"{name} exited:\n{process.tail()}")
+                raise StartupError(f"{name} exited; its last lines:\n{process.tail()}")
 
     def stop(self) -> None:
         for process in reversed(list(self.services.values())):
             process.stop()
+        if self.kubesim is not None:
+            self.kubesim.stop()
         if self.nats is not None:
             self.nats.stop()
+        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _wait_for_file(path: Path, process: ManagedProcess, timeout_seconds: float) -> str:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        if not process.running:
+            raise StartupError(f"{process.name} exited; its last lines:\n{process.tail()}")
+        time.sleep(0.05)
+    raise StartupError(f"{process.name} did not start in {timeout_seconds:.0f} s")
+
+
+def summary(stack: Stack) -> str:
+    config = stack.config
+    assert stack.nats is not None
+    dns = config.dns
+    kube_ports = ", ".join(
+        f"{c} :{config.kube_api.port + i}" if config.kube_api.port else c
+        for i, c in enumerate(config.clusters)
+    )
+    backends = ", ".join(
+        f"{c} http://{spec.vip_pool[0]}:{config.backends.port}/"
+        for c, spec in config.clusters.items()
+        if spec.vip_pool
+    )
+    ops = [f"{name} http://127.0.0.1:{port}/metrics" for name, port in stack.ops_ports.items()]
+    kubectl = f"kubectl --kubeconfig {stack.kubeconfig}"
+    lines = [
+        "",
+        "kgslb is up.",
+        f"  DNS         {dns.host}:{dns.port} (udp+tcp), zone avi.iberia.local",
+        f"  NATS        {stack.nats.url}",
+        f"  Kubernetes  simulator ({kube_ports}); kubeconfig {stack.kubeconfig}",
+        f"  backends    {backends}",
+        f"              control {stack.backends_control}",
+        *(f"  {'metrics' if i == 0 else '':<12}{line}" for i, line in enumerate(ops)),
+        f"  logs        {stack.logs}",
+        "",
+        "Try:",
+        f"  dig @{dns.host} -p {dns.port} hello.avi.iberia.local +short",
+        f"  dig @{dns.host} -p {dns.port} avi.iberia.local SOA",
+        f"  kgslb status --nats-url {stack.nats.url}",
+        f"  kgslb check hello.avi.iberia.local --port {dns.port} --http-port "
+        f"{config.backends.port} --nats-url {stack.nats.url}",
+        f"  {kubectl} --context {config.home_cluster} get gdp -A",
+        f"  {kubectl} --context {config.home_cluster} -n avi-system patch gdp global-gdp "
+        '--type merge -p \'{"spec":{"trafficSplit":[{"cluster":"s1az1","weight":6},'
+        '{"cluster":"s1az2","weight":3},{"cluster":"s2","weight":1}]}}\'',
+        f"  kgslb backend stop s2 --state-dir {stack.state_dir}",
+        "Ctrl-C stops everything.",
+    ]
+    missing = [
+        f"  note: `{tool}` is not installed (Debian package {package})"
+        for tool, package in (("dig", "bind9-dnsutils"), ("dnsperf", "dnsperf"))
+        if shutil.which(tool) is None
+    ]
+    return "\n".join(lines + missing)
 
 
 def run_up(stack_file: Path, state_dir: Path) -> int:
-    config = load_stack_config(stack_file)
-    stack = Stack(config, state_dir)
     stop_requested = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -228,24 +468,14 @@ def run_up(stack_file: Path, state_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    stack: Stack | None = None
     try:
+        config = load_stack_config(stack_file)
+        stack = Stack(config, state_dir)
         stack.start(progress=lambda line: print(f"… {line}", flush=True))
-        dns = config.dns
-        first = wait_for_answer(dns.host, dns.port, "hello.avi.iberia.local", 30)
-        assert stack.nats is not None
-        print(
-            "\nkgslb is up.\n"
-            f"  DNS         {dns.host}:{dns.port} (udp+tcp), zone avi.iberia.local\n"
-            f"  NATS        {stack.nats.url}  (nats sub 'kgslb.>' -s {stack.nats.url})\n"
-            f"  logs        {state_dir / 'logs'}\n"
-            f"  first answer for hello.avi.iberia.local: {', '.join(first)}\n\n"
-            "Try:\n"
-            f"  dig @{dns.host} -p {dns.port} hello.avi.iberia.local +short\n"
-            f"  dig @{dns.host} -p {dns.port} avi.iberia.local SOA\n"
-            f"  kgslb status --nats-url {stack.nats.url}\n"
-            "Ctrl-C stops everything.",
-            flush=True,
-        )
+        first = wait_for_answer(config.dns.host, config.dns.port, "hello.avi.iberia.local", 30)
+        print(summary(stack), flush=True)
+        print(f"\nfirst answer for hello.avi.iberia.local: {', '.join(first)}", flush=True)
         while not stop_requested:
             stack.check_alive()
             time.sleep(0.5)
@@ -254,4 +484,14 @@ def run_up(stack_file: Path, state_dir: Path) -> int:
         print(f"kgslb up: {exc}", file=sys.stderr)
         return 2
     finally:
-        stack.stop()
+        if stack is not None:
+            stack.stop()
+
+
+def read_state(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / STATE_FILE
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except OSError:
+        raise StartupError(f"no running `kgslb up` found ({path} is missing)") from None
+    return state

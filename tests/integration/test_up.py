@@ -19,9 +19,14 @@ SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "kgslb.yaml"
 
 
 def stack_file(tmp_path: Path, dns_port: int, nats_port: int) -> Path:
+    """The seed stack on free ports, its manifests referenced from examples/seed."""
     config = yaml.safe_load(SEED.read_text())
     config["dns"]["port"] = dns_port
     config["nats"]["port"] = nats_port
+    config["kubeApi"]["port"] = 0
+    config["backends"]["port"] = free_port()
+    for cluster in config["clusters"].values():
+        cluster["apply"] = [str(SEED.parent / name) for name in cluster["apply"]]
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -63,7 +68,7 @@ def test_up_answers_the_seed_within_30_seconds_and_ctrl_c_leaves_nothing(tmp_pat
             wait_for_line(process, "Ctrl-C", 5)
         )
         children = children_of(process.pid)
-        assert len(children) == 4, "nats-server, reconciler, health and dns"
+        assert len(children) == 8, "nats-server, backends, 3 watchers, reconciler, health, dns"
 
         hello = query(dns_port, "hello.avi.iberia.local")
         soa = query(dns_port, "avi.iberia.local", "SOA")
