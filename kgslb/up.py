@@ -386,7 +386,9 @@ class Stack:
                 raise StartupError(f"{name} exited; its last lines:\n{process.tail()}")
 
     def stop(self) -> None:
-        for process in reversed(list(self.services.values())):
+        for process in self.services.values():
+            process.terminate()
+        for process in self.services.values():
             process.stop()
         if self.kubesim is not None:
             self.kubesim.stop()

@@ -18,7 +18,9 @@ from kgslb.embedded import free_port, port_in_use
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "kgslb.yaml"
 
 
-def stack_file(tmp_path: Path, dns_port: int, nats_port: int) -> Path:
+def stack_file(
+    tmp_path: Path, dns_port: int, nats_port: int, monitor: dict[str, object] | None = None
+) -> Path:
     """The seed stack on free ports, its manifests referenced from examples/seed."""
     config = yaml.safe_load(SEED.read_text())
     config["dns"]["port"] = dns_port
@@ -27,6 +29,17 @@ def stack_file(tmp_path: Path, dns_port: int, nats_port: int) -> Path:
     config["backends"]["port"] = free_port()
     for cluster in config["clusters"].values():
         cluster["apply"] = [str(SEED.parent / name) for name in cluster["apply"]]
+    if monitor is not None:
+        documents = list(yaml.safe_load_all((SEED.parent / "global-gdp.yaml").read_text()))
+        documents[-1]["spec"]["healthMonitorTemplate"] = {
+            **monitor,
+            "port": config["backends"]["port"],
+        }
+        gdp = tmp_path / "global-gdp.yaml"
+        gdp.write_text(yaml.safe_dump_all(documents))
+        home = config["clusters"][config["homeCluster"]]
+        home["apply"] = [str(gdp) if name.endswith("global-gdp.yaml") else name
+                         for name in home["apply"]]  # fmt: skip
     path = tmp_path / "stack.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -102,3 +115,44 @@ def test_up_refuses_a_busy_port_in_one_line_and_starts_nothing(tmp_path: Path) -
         f"kgslb up: port already in use: dns (udp) 127.0.0.1:{dns_port}"
     )
     assert not (tmp_path / "state" / "logs" / "nats-server.log").exists()
+
+
+def answers(port: int, count: int) -> set[str]:
+    return {query(port, "hello.avi.iberia.local").answer[0][0].address for _ in range(count)}
+
+
+def wait_until(check: object, timeout_seconds: float) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout_seconds} s")
+
+
+def test_stopping_the_s2_backend_takes_s2_out_of_the_answers_and_starting_it_brings_it_back(
+    tmp_path: Path,
+) -> None:
+    dns_port, nats_port = free_port(), free_port()
+    fast = {"intervalSeconds": 0.5, "timeoutSeconds": 0.4, "successesToUp": 2, "failuresToDown": 2}
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kgslb", "up", "-c",
+         str(stack_file(tmp_path, dns_port, nats_port, fast)), "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    backend = [sys.executable, "-m", "kgslb", "backend", "--state-dir", str(state)]
+    s2 = "127.10.23.40"
+    try:
+        wait_for_line(process, "Ctrl-C", 30)
+        wait_until(lambda: s2 in answers(dns_port, 12), 15)
+
+        subprocess.run([*backend, "stop", "s2"], check=True, capture_output=True)
+        wait_until(lambda: s2 not in answers(dns_port, 12), 10)
+        assert answers(dns_port, 12) == {"127.10.25.46", "127.10.26.40"}
+
+        subprocess.run([*backend, "start", "s2"], check=True, capture_output=True)
+        wait_until(lambda: s2 in answers(dns_port, 12), 10)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(20)
