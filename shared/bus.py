@@ -104,7 +104,9 @@ def redact_url(urls: str) -> str:
     return ",".join(redact(url) for url in urls.split(","))
 
 
-def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    """The client side of TLS: verify the server against `nats_tls_ca` and, for mutual TLS,
+    present `nats_tls_cert`/`nats_tls_key`."""
     if not (settings.nats_tls_ca or settings.nats_tls_cert):
         return None
     context = ssl.create_default_context(cafile=settings.nats_tls_ca)
@@ -163,7 +165,7 @@ async def connect(
         options["user_credentials"] = settings.nats_creds
     if settings.nats_nkey_seed:
         options["nkeys_seed"] = settings.nats_nkey_seed
-    tls = _tls_context(settings)
+    tls = tls_context(settings)
     if tls is not None:
         options["tls"] = tls
     client.append(await nats.connect(**options))

@@ -40,7 +40,7 @@ async def connect_until_up(settings: ServiceSettings, name: str) -> Client:
         try:
             return await bus.connect(settings, name)
         except Exception as exc:
-            log.warning("waiting for NATS at %s: %s", settings.nats_url, exc)
+            log.warning("waiting for NATS at %s: %s", bus.redact_url(settings.nats_url), exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -56,7 +56,9 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
     nc = await connect_until_up(settings, f"kgslb-{name}-{replica}")
     service = await build(nc)
-    ops = OpsServer(settings.ops_host, settings.ops_port, lambda: service.ready)
+    # A service may say more than ready/not ready (the reconciler: leader or standby).
+    detail = getattr(service, "readiness_detail", None)
+    ops = OpsServer(settings.ops_host, settings.ops_port, lambda: service.ready, detail)
     await ops.start()
     log.info("%s started", name, extra={"replica": replica})
     task = asyncio.create_task(service.run())

@@ -1,0 +1,37 @@
+# One image for every kgslb service: `kgslb watcher|reconciler|health|dns`.
+# Builds from PyPI packages only:  docker build -t kgslb:0.1.0 .   (or podman build)
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/kgslb
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY services ./services
+COPY kgslb ./kgslb
+RUN /opt/kgslb/bin/pip install --no-compile . \
+    && /opt/kgslb/bin/python -m compileall -q /opt/kgslb/lib
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="kgslb" \
+      org.opencontainers.image.description="Multi-cluster GSLB for Kubernetes on NATS" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# A fixed numeric user, so Kubernetes can check runAsNonRoot without a passwd lookup.
+RUN groupadd --system --gid 10001 kgslb \
+    && useradd --system --uid 10001 --gid kgslb --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin kgslb
+COPY --from=build /opt/kgslb /opt/kgslb
+# Bytecode is compiled at build time: the root filesystem can be read-only.
+ENV PATH=/opt/kgslb/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    KGSLB_OPS_HOST=0.0.0.0 \
+    KGSLB_OPS_PORT=8080
+USER 10001:10001
+# /healthz /readyz /metrics; DNS listens on 1053 (unprivileged) behind Service port 53.
+EXPOSE 8080 1053/udp 1053/tcp
+ENTRYPOINT ["kgslb"]
+CMD ["--help"]
