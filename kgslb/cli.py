@@ -273,3 +273,61 @@ def asyncapi(
         sys.stdout.write(text)
     else:
         output.write_text(text)
+
+
+# ----- logs (issue 3) ------------------------------------------------------------------------
+
+logs_app = typer.Typer(
+    help="Read DNS query logs back from stream KGSLB_DNSLOG.", no_args_is_help=True
+)
+app.add_typer(logs_app, name="logs")
+
+
+def _logs_settings(ctx: typer.Context) -> Any:
+    from kgslb.logs import LogsSettings
+
+    try:
+        return load_settings(LogsSettings, parse_flags(ctx.args, LogsSettings))
+    except SettingsError as exc:
+        print(f"kgslb logs {ctx.info_name}: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@logs_app.command("export", context_settings=SETTINGS_CONTEXT)
+def logs_export(
+    ctx: typer.Context,
+    fqdn: str = typer.Option(..., "--fqdn", help="the GSLB name whose queries to export"),
+    since: str = typer.Option("1h", "--since", help="how far back: 90s, 10m, 2h, 1d"),
+    csv_path: Path = typer.Option(..., "--csv", help="the CSV file to write"),
+) -> None:
+    """Write the query logs of one name as CSV (one row per query). NATS flags: --nats-url..."""
+    from kgslb.logs import LogsError, export_command
+    from shared.runtime import run
+
+    settings = _logs_settings(ctx)
+    try:
+        run(export_command(settings, fqdn, since, csv_path))
+    except LogsError as exc:
+        print(f"kgslb logs export: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@logs_app.command("split", context_settings=SETTINGS_CONTEXT)
+def logs_split(
+    ctx: typer.Context,
+    fqdn: str = typer.Argument(..., help="the GSLB name to analyse"),
+    since: str = typer.Option("1h", "--since", help="how far back: 90s, 10m, 2h, 1d"),
+    png: Path | None = typer.Option(None, "--png", help="also draw a bar and pie chart here"),
+    qtype: str = typer.Option("A", "--qtype", help="A or AAAA answers"),
+) -> None:
+    """Observed share per member and cluster against the configured weights, with a
+    chi-square p-value (needs scipy; --png needs matplotlib: pip install scipy matplotlib)."""
+    from kgslb.logs import LogsError, split_command
+    from shared.runtime import run
+
+    settings = _logs_settings(ctx)
+    try:
+        run(split_command(settings, fqdn, since, png, qtype.upper()))
+    except LogsError as exc:
+        print(f"kgslb logs split: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None

@@ -166,6 +166,31 @@ class PolicyStatus(WireModel):
     state: PolicyState
     message: str
     observed_generation: int
+    accepted_generation: int | None = Field(
+        default=None,
+        description="generation of the version in force (None: no version is in force); "
+        "a Rejected edit keeps an older generation in force",
+    )
+    accepted_spec: dict[str, Any] | None = Field(
+        default=None,
+        description="the spec in force, so a restarted or new leader reconciler keeps it",
+    )
+
+
+class ClusterState(StrEnum):
+    CONNECTED = "Connected"
+    UNREACHABLE = "Unreachable"
+
+
+class ClusterStatus(WireModel):
+    """A member cluster as its watcher reaches it (list and watch working, or the last API
+    error). The home watcher writes every cluster's state into the GSLBConfig status."""
+
+    KIND = "ClusterStatus"
+    cluster: str = Field(description="kubeconfig context name of the member cluster")
+    state: ClusterState
+    message: str = Field(default="", description="why it is unreachable: the API errors")
+    since: datetime = Field(description="when the cluster entered this state")
 
 
 # Desired state (reconciler -> KV -> dns, health) --------------------------------------------
@@ -226,10 +251,22 @@ class Member(Value):
         default=None, description="address to probe when it differs from the answered one"
     )
     sources: list[str] = Field(default_factory=list, description="objects that yield it")
+    control_plane_only: bool = Field(
+        default=False,
+        description="not probed: up while it exists and has a VIP (GDP matchClusters "
+        "syncVipOnly: the cluster syncs only its VIP, so it gets no active monitor)",
+    )
 
     @property
     def probe_ip(self) -> str:
         return self.monitor_ip or self.ip
+
+
+class TopologyEntry(Value):
+    """Topology routing: clients inside `client_subnet` are answered from `site`."""
+
+    client_subnet: str = Field(description="CIDR, normalised (e.g. 10.10.0.0/16)")
+    site: str = Field(description="a member cluster, or the site of a third-party member")
 
 
 class PriorityGroup(Value):
@@ -248,6 +285,18 @@ class GslbService(WireModel):
         default=None, description="client prefix length for ConsistentHash (v4: 24 default)"
     )
     answers: int = Field(default=1, ge=1, description="distinct members per answer")
+    topology: list[TopologyEntry] = Field(
+        default_factory=list,
+        description="Topology: client subnet -> site; the most specific subnet wins",
+    )
+    fallback_algorithm: Algorithm | None = Field(
+        default=None,
+        description="decides when the algorithm cannot: Topology with no matching subnet or "
+        "no healthy member in the mapped site; ConsistentHash without a client address",
+    )
+    fallback_hash_mask_bits: int | None = Field(
+        default=None, description="client prefix length when the fallback is ConsistentHash"
+    )
     groups: list[PriorityGroup] = Field(description="sorted by priority, highest first")
     health_monitor: HealthMonitorSpec = Field(default_factory=HealthMonitorSpec)
     down_response: DownResponse = Field(default_factory=DownResponse)
@@ -324,6 +373,33 @@ class MemberHealth(WireModel):
     @property
     def key(self) -> str:
         return subjects.member_key(self.fqdn, self.ip)
+
+
+class HealthHeartbeat(WireModel):
+    """A health replica is alive. Rewritten to KV `kgslb_leases` (`health_replica_key`) every
+    heartbeat period; a replica silent for `expires_at - heartbeat_at` is dead and its members
+    move. A `MemberHealth` whose `replica` has no live heartbeat is stale."""
+
+    KIND = "HealthHeartbeat"
+    replica: str
+    heartbeat_at: datetime
+    expires_at: datetime
+    members: int = Field(default=0, ge=0, description="members this replica probes")
+
+
+# Leadership (reconciler replicas -> KV kgslb_leases) ------------------------------------------
+
+
+class Lease(WireModel):
+    """The reconciler leader lease. Replicas change it only by compare-and-set on the KV
+    revision; a standby takes over a lease whose revision stayed unchanged for a whole TTL."""
+
+    KIND = "Lease"
+    holder: str = Field(description="replica that leads; empty when released on shutdown")
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime = Field(description="renewed_at + ttl_seconds, for humans")
+    ttl_seconds: float
 
 
 # DNS query log (dns -> stream) --------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The specs of the kgslb custom resources: GSLBConfig, GlobalDeploymentPolicy, GSLBHostRule.
 
 Field names follow AMKO's CRDs where they mean the same (camelCase on the wire, snake_case in
-Python), so an AMKO user finds every knob where they expect it. Range checks live here; checks
-that need the whole world (a cluster that is not a member) live in the reconciler's `plan`.
+Python), so an AMKO user finds every knob where they expect it. Types and ranges live here and
+become the CRD schemas in deploy/crds/; checks that need more than one field or the whole world
+(a cluster that is not a member) live in the reconciler's validation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from shared.models import (
     UnhandledPolicy,
 )
 
+API_GROUP = "kgslb.io"
+API_VERSION = "v1alpha1"
+
 
 class Spec(BaseModel):
     model_config = ConfigDict(
@@ -36,6 +40,14 @@ def _cidr(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
+"""An IPv4 or IPv6 network, normalised (host bits cleared)."""
+
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+DNS_NAME_PATTERN = rf"^({_LABEL}\.)*{_LABEL}\.?$"
+DnsName = Annotated[str, Field(pattern=DNS_NAME_PATTERN, max_length=253)]
+"""A DNS name (labels of 1-63 letters, digits, `-` or `_`), no wildcard."""
+
+ClusterName = Annotated[str, Field(min_length=1, max_length=253)]
 
 _AMKO_ALGORITHMS = {
     "GSLB_ALGORITHM_ROUND_ROBIN": "RoundRobin",
@@ -48,29 +60,39 @@ _AMKO_DOWN = {
 }
 
 
-def _amko_name(table: dict[str, str]) -> AfterValidator | BeforeValidator:
+def _amko_name(table: dict[str, str]) -> BeforeValidator:
+    """Accept AMKO's enum spellings (GSLB_ALGORITHM_ROUND_ROBIN) for the kgslb ones."""
     return BeforeValidator(
         lambda value: table.get(value, value) if isinstance(value, str) else value
     )
 
 
+# GlobalDeploymentPolicy ---------------------------------------------------------------------
+
+
 class LabelSelectorRequirement(Spec):
-    key: str
+    """A Kubernetes label selector requirement."""
+
+    key: str = Field(min_length=1, description="label key")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[str] = Field(default_factory=list)
+    values: list[str] = Field(
+        default_factory=list,
+        description="non-empty for In and NotIn, empty for Exists and DoesNotExist",
+    )
 
 
 class Selector(Spec):
-    """AMKO's `{label: {k: v}}` form, ANDed with Kubernetes `matchExpressions`."""
+    """Labels to match: AMKO's `label` map, the Kubernetes `matchLabels` map and
+    `matchExpressions`, all ANDed. Every label must match, not just one."""
 
-    label: dict[str, str] = Field(default_factory=dict)
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    label: dict[str, str] = Field(default_factory=dict, description="AMKO form: key: value")
+    match_labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes form")
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
 
     def matches(self, labels: dict[str, str]) -> bool:
-        wanted = {**self.label, **self.match_labels}
-        if any(labels.get(key) != value for key, value in wanted.items()):
-            return False
+        for wanted in (self.label, self.match_labels):
+            if any(labels.get(key) != value for key, value in wanted.items()):
+                return False
         for req in self.match_expressions:
             present = req.key in labels
             if req.operator == "In" and labels.get(req.key) not in req.values:
@@ -89,84 +111,169 @@ class Selector(Spec):
 
 
 class MatchRules(Spec):
-    app_selector: Selector = Field(default_factory=Selector)
-    namespace_selector: Selector = Field(default_factory=Selector)
+    """Which Ingresses and LoadBalancer Services are selected: both selectors must match.
+    With neither, nothing is selected (as in AMKO)."""
+
+    app_selector: Selector = Field(
+        default_factory=Selector, description="labels of the Ingress or Service"
+    )
+    namespace_selector: Selector = Field(
+        default_factory=Selector, description="labels of the object's Namespace"
+    )
 
 
 class MatchCluster(Spec):
-    cluster: str
-    sync_vip_only: bool = False
+    cluster: ClusterName = Field(description="a member cluster (kubeconfig context)")
+    sync_vip_only: bool = Field(
+        default=False,
+        description="only the VIP is synced: members from this cluster get no active health "
+        "monitor and are up while they exist and have a VIP (control-plane only)",
+    )
 
 
 class TrafficSplit(Spec):
-    cluster: str
-    weight: int = Field(default=1, ge=1, le=20)
-    priority: int = Field(default=10, ge=0, le=100)
+    cluster: ClusterName = Field(
+        description="a member cluster, or (in a GSLBHostRule) the site of a third-party member"
+    )
+    weight: int = Field(default=1, ge=1, le=20, description="share inside its priority group")
+    priority: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="the highest priority with a healthy member answers; the others stand by",
+    )
 
 
 class HealthMonitorTemplate(Spec):
-    """An inline monitor. Durations in seconds."""
+    """An inline health monitor. Durations in seconds."""
 
-    kind: MonitorKind = MonitorKind.HTTP
-    method: Literal["HEAD", "GET"] = "HEAD"
-    path: str = "/"
-    port: int | None = Field(default=None, ge=1, le=65535)
-    expected_codes: list[Annotated[str, Field(pattern=r"^([1-5]xx|[1-5][0-9]{2})$")]] = Field(
-        default_factory=lambda: ["2xx", "3xx"]
+    kind: MonitorKind = Field(
+        default=MonitorKind.HTTP, description="none: control-plane only, never probed"
     )
-    body_contains: str | None = None
-    tls_verify: bool = False
+    method: Literal["HEAD", "GET"] = "HEAD"
+    path: str = Field(default="/", description="HTTP path; the Host header is the FQDN")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="default 80 for http, 443 for https"
+    )
+    expected_codes: list[Annotated[str, Field(pattern=r"^([1-5]xx|[1-5][0-9]{2})$")]] = Field(
+        default_factory=lambda: ["2xx", "3xx"], description="status codes (200) or classes (2xx)"
+    )
+    body_contains: str | None = Field(default=None, description="text the body must contain")
+    tls_verify: bool = Field(default=False, description="verify the server certificate (https)")
     interval_seconds: float = Field(default=10.0, gt=0, le=3600)
-    timeout_seconds: float = Field(default=4.0, gt=0, le=3600)
+    timeout_seconds: float = Field(default=4.0, gt=0, le=3600, description="at most the interval")
     successes_to_up: int = Field(default=3, ge=1, le=50)
     failures_to_down: int = Field(default=3, ge=1, le=50)
 
 
 class TopologyRule(Spec):
-    client_subnet: Cidr
-    site: str
+    client_subnet: Cidr = Field(description="clients in this CIDR (the most specific wins)")
+    site: ClusterName = Field(
+        description="are answered from this member cluster or third-party site"
+    )
+
+
+class FallbackAlgorithm(Spec):
+    """What decides when the main algorithm cannot (see PoolAlgorithmSettings)."""
+
+    lb_algorithm: Annotated[
+        Literal["RoundRobin", "ConsistentHash"], _amko_name(_AMKO_ALGORITHMS)
+    ] = "RoundRobin"
+    hash_mask: int | None = Field(
+        default=None, ge=1, le=128, description="client prefix length, for ConsistentHash only"
+    )
 
 
 class PoolAlgorithmSettings(Spec):
-    lb_algorithm: Annotated[Algorithm, _amko_name(_AMKO_ALGORITHMS)] = Algorithm.ROUND_ROBIN
-    hash_mask: int | None = Field(default=None, ge=1, le=128)
-    fallback_algorithm: PoolAlgorithmSettings | None = None
-    topology: list[TopologyRule] = Field(default_factory=list)
+    """How members of the winning priority group are chosen."""
+
+    lb_algorithm: Annotated[Algorithm, _amko_name(_AMKO_ALGORITHMS)] = Field(
+        default=Algorithm.ROUND_ROBIN,
+        description="RoundRobin (weighted), ConsistentHash (client subnet) or Topology",
+    )
+    hash_mask: int | None = Field(
+        default=None,
+        ge=1,
+        le=128,
+        description="client prefix length for ConsistentHash (default /24 IPv4, /56 IPv6)",
+    )
+    topology: list[TopologyRule] = Field(
+        default_factory=list, description="client subnet -> site map, for Topology only"
+    )
+    fallback_algorithm: FallbackAlgorithm | None = Field(
+        default=None,
+        description="Topology: for clients no rule maps, or whose site has no healthy member "
+        "(default RoundRobin); ConsistentHash: for queries without a client address",
+    )
 
 
 class DownResponseSpec(Spec):
-    type: Annotated[DownResponseType, _amko_name(_AMKO_DOWN)] = DownResponseType.NONE
-    fallback_ip: IPAddress | None = Field(default=None, alias="fallbackIP")
+    """The answer when no member of the service is healthy."""
+
+    type: Annotated[DownResponseType, _amko_name(_AMKO_DOWN)] = Field(
+        default=DownResponseType.NONE,
+        description="NONE: unhandled query; ALL_RECORDS: every member; FALLBACK_IP; "
+        "EMPTY: NOERROR without answer",
+    )
+    fallback_ip: IPAddress | None = Field(
+        default=None, alias="fallbackIP", description="the address answered for FALLBACK_IP"
+    )
 
 
 class GlobalDeploymentPolicySpec(Spec):
+    """Selects objects in member clusters; one GSLB service per FQDN gathers their VIPs."""
+
     match_rules: MatchRules = Field(default_factory=MatchRules)
-    match_clusters: list[MatchCluster] = Field(default_factory=list)
-    traffic_split: list[TrafficSplit] = Field(default_factory=list)
-    ttl: int | None = Field(default=None, ge=0, le=86400)
-    health_monitor_refs: list[str] = Field(default_factory=list)
+    match_clusters: list[MatchCluster] = Field(
+        default_factory=list, description="clusters the rules apply to (default: every member)"
+    )
+    traffic_split: list[TrafficSplit] = Field(
+        default_factory=list, description="per cluster weight and priority (default 1 and 10)"
+    )
+    ttl: int | None = Field(
+        default=None, ge=0, le=86400, description="seconds (default: the zone's default TTL)"
+    )
+    health_monitor_refs: list[str] = Field(
+        default_factory=list,
+        description="AMKO's references to controller monitors: not supported, use "
+        "healthMonitorTemplate",
+    )
     health_monitor_template: HealthMonitorTemplate | None = None
     pool_algorithm_settings: PoolAlgorithmSettings | None = None
     down_response: DownResponseSpec | None = None
-    default_domain: str | None = None
-    answers: int = Field(default=1, ge=1, le=16)
+    default_domain: DnsName | None = Field(
+        default=None,
+        description="LoadBalancer Services without a hostname get <name>.<namespace>.<this>",
+    )
+    answers: int = Field(default=1, ge=1, le=16, description="distinct members per answer")
+
+
+# GSLBHostRule -------------------------------------------------------------------------------
 
 
 class ThirdPartyMember(Spec):
-    vip: IPAddress
-    site: str
+    """A member outside Kubernetes."""
+
+    vip: IPAddress = Field(description="its address, answered and probed")
+    site: ClusterName = Field(description="its site name (usable in trafficSplit and topology)")
 
 
 class PublicIP(Spec):
-    cluster: str
+    """Answer `ip` instead of the VIPs of `cluster` (a NATed VIP); the VIP is still probed."""
+
+    cluster: ClusterName
     ip: IPAddress
 
 
 class GSLBHostRuleSpec(Spec):
-    fqdn: str
-    ttl: int | None = Field(default=None, ge=0, le=86400)
+    """Overrides for one FQDN. Each field set here replaces the GDP's whole field."""
+
+    fqdn: DnsName = Field(description="the GSLB service this rule governs")
+    ttl: int | None = Field(default=None, ge=0, le=86400, description="seconds")
     traffic_split: list[TrafficSplit] | None = None
-    health_monitor_refs: list[str] = Field(default_factory=list)
+    health_monitor_refs: list[str] = Field(
+        default_factory=list, description="not supported, use healthMonitorTemplate"
+    )
     health_monitor_template: HealthMonitorTemplate | None = None
     pool_algorithm_settings: PoolAlgorithmSettings | None = None
     down_response: DownResponseSpec | None = None
@@ -174,21 +281,42 @@ class GSLBHostRuleSpec(Spec):
     public_ip: list[PublicIP] = Field(default_factory=list, alias="publicIP")
 
 
+# GSLBConfig ---------------------------------------------------------------------------------
+
+
 class MemberCluster(Spec):
-    cluster_context: str
+    cluster_context: ClusterName = Field(description="kubeconfig context of a member cluster")
 
 
 class ZoneConfig(Spec):
-    name: str
+    """A zone the DNS service is authoritative for (delegated to it by the company DNS)."""
+
+    name: DnsName
     soa: SoaSpec
-    nameservers: list[NameServer] = Field(default_factory=list)
-    records: list[StaticRecord] = Field(default_factory=list)
+    nameservers: list[NameServer] = Field(
+        default_factory=list, description="NS records, with glue addresses"
+    )
+    records: list[StaticRecord] = Field(default_factory=list, description="static records")
     default_ttl_seconds: int = Field(default=30, ge=0, le=86400)
-    unhandled: UnhandledPolicy = UnhandledPolicy.RESPOND
+    unhandled: UnhandledPolicy = Field(
+        default=UnhandledPolicy.RESPOND,
+        description="respond: NXDOMAIN/NODATA with SOA; drop: no reply (clients wait)",
+    )
 
 
 class GSLBConfigSpec(Spec):
-    member_clusters: list[MemberCluster] = Field(default_factory=list)
-    refresh_interval: int = Field(default=1800, ge=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "WARN", "ERROR"] = "INFO"
+    """The one active GSLB configuration: member clusters, zones, runtime knobs."""
+
+    member_clusters: list[MemberCluster] = Field(
+        default_factory=list, description="clusters whose objects can become members"
+    )
+    refresh_interval: int = Field(
+        default=1800,
+        ge=0,
+        le=86400,
+        description="seconds between full resyncs that repair drift in KV (0: never)",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "WARN", "ERROR"] = Field(
+        default="INFO", description="reconciler log level, applied at runtime"
+    )
     zones: list[ZoneConfig] = Field(default_factory=list)

@@ -1,5 +1,10 @@
-"""The reconciler's shell: replay the events stream into memory, run `plan`, and write to KV
-only what changed. Restarting rebuilds everything from the stream and writes nothing new."""
+"""The reconciler's shell: replay the events stream into the `Planner`, hold the leader lease,
+and, as leader, write to KV only the services that changed and publish policy statuses.
+
+Every replica replays the stream and plans, so a standby that takes over has the world in
+memory already: it reloads what the buckets and the status stream hold, and writes only what
+differs (nothing, when the old leader had converged). A restart is a takeover by a new replica.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,18 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import Field
 
-from services.reconciler.plan import Plan, plan
+from services.reconciler.lease import Leadership, Step
+from services.reconciler.plan import Planner
 from shared import bus, subjects, wire
 from shared.logs import set_level
 from shared.models import (
-    ObjectRef,
+    GslbService,
+    Lease,
     ObservedObject,
     PolicyDeleted,
     PolicyObject,
@@ -28,19 +37,31 @@ from shared.models import (
     PolicyStatus,
     SyncMarker,
     Tombstone,
+    utcnow,
 )
-from shared.runtime import run_service
+from shared.runtime import replica_name, run_service
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
 
 EVENTS_APPLIED = Counter("kgslb_reconciler_events_total", "Events applied", ["kind"])
-PLANS = Counter("kgslb_reconciler_plans_total", "Plans computed")
+PLANS = Counter(
+    "kgslb_reconciler_plans_total", "Plans computed (full: the policies changed)", ["kind"]
+)
 PLAN_SECONDS = Histogram("kgslb_reconciler_plan_seconds", "Time to compute one plan")
+REPLANNED = Counter("kgslb_reconciler_replanned_fqdns_total", "FQDNs re-planned")
 KV_WRITES = Counter("kgslb_reconciler_kv_writes_total", "KV writes", ["bucket", "op"])
 REJECTED = Gauge("kgslb_reconciler_rejected_objects", "Policy objects currently Rejected")
 SERVICES = Gauge("kgslb_reconciler_services", "Desired GSLB services")
+LEADER = Gauge("kgslb_reconciler_leader", "1 while this replica is the leader and writes")
+LEADERSHIP = Counter(
+    "kgslb_reconciler_leadership_changes_total", "Leadership acquired or lost", ["change"]
+)
+RESYNCS = Counter("kgslb_reconciler_resyncs_total", "Full resyncs (GSLBConfig refreshInterval)")
+DRIFT_REPAIRS = Counter(
+    "kgslb_reconciler_drift_repairs_total", "KV keys a full resync found changed by hand"
+)
 
 EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     ObservedObject,
@@ -49,69 +70,73 @@ EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     PolicyObject,
     PolicyDeleted,
 )
+DEFAULT_REFRESH_INTERVAL_SECONDS = 1800
 
 
 class ReconcilerSettings(ServiceSettings):
-    debounce_seconds: float = 0.005
+    debounce_seconds: float = Field(default=0.005, ge=0, description="coalesce event bursts")
+    lease_ttl_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="leader lease TTL: a standby takes over within 2 x TTL of a leader's death",
+    )
 
 
-class World:
-    """Everything observed and every policy, as the events stream says now."""
-
-    def __init__(self) -> None:
-        self.observed: dict[ObjectRef, ObservedObject] = {}
-        self.policies: dict[PolicyRef, PolicyObject] = {}
-
-    def apply(self, message: wire.WireModel) -> None:
-        match message:
-            case ObservedObject(ref=ref):
-                self.observed[ref] = message
-            case Tombstone(ref=ref):
-                self.observed.pop(ref, None)
-            case SyncMarker(cluster=cluster, kinds=kinds, present=present):
-                keep = set(present)
-                for ref in [
-                    r
-                    for r in self.observed
-                    if r.cluster == cluster and r.kind in kinds and r.short not in keep
-                ]:
-                    del self.observed[ref]
-            case PolicyObject(ref=ref):
-                self.policies[ref] = message
-            case PolicyDeleted(ref=ref):
-                self.policies.pop(ref, None)
+class LostLeadership(Exception):
+    """The lease ran out while writing: stop, another replica may lead now."""
 
 
 class KvMirror:
     """A KV bucket and what we know it holds, so unchanged values are never rewritten."""
 
-    def __init__(self, kv: KeyValue, bucket: str) -> None:
+    def __init__(self, kv: KeyValue, bucket: str, leading: Leadership) -> None:
         self.kv = kv
         self.bucket = bucket
+        self.leading = leading
         self.values: dict[str, bytes] = {}
 
     async def load(self) -> None:
+        """Read what the bucket holds now (edits and deletes by hand included)."""
+        values: dict[str, bytes] = {}
         watcher = await self.kv.watchall(ignore_deletes=True)
         async for entry in watcher:
             if entry is None:
                 break
             if entry.value:
-                self.values[entry.key] = entry.value
+                values[entry.key] = entry.value
         await watcher.stop()
+        self.values = values
+
+    def _check_leader(self) -> None:
+        if not self.leading.is_leader(time.monotonic()):
+            raise LostLeadership(self.bucket)
+
+    async def put(self, key: str, value: bytes) -> bool:
+        if self.values.get(key) == value:
+            return False
+        self._check_leader()
+        await self.kv.put(key, value)
+        self.values[key] = value
+        KV_WRITES.labels(self.bucket, "put").inc()
+        return True
+
+    async def delete(self, key: str) -> bool:
+        if key not in self.values:
+            return False
+        self._check_leader()
+        await self.kv.delete(key)
+        del self.values[key]
+        KV_WRITES.labels(self.bucket, "delete").inc()
+        return True
 
     async def converge(self, desired: dict[str, bytes]) -> int:
+        """Make the bucket hold exactly `desired`; return the number of writes."""
         writes = 0
         for key, value in desired.items():
-            if self.values.get(key) != value:
-                await self.kv.put(key, value)
-                self.values[key] = value
-                KV_WRITES.labels(self.bucket, "put").inc()
-                writes += 1
+            writes += await self.put(key, value)
         for key in [k for k in self.values if k not in desired]:
-            await self.kv.delete(key)
-            del self.values[key]
-            KV_WRITES.labels(self.bucket, "delete").inc()
-            writes += 1
+            writes += await self.delete(key)
         return writes
 
 
@@ -120,26 +145,40 @@ class Reconciler:
         self.settings = settings
         self.nc = nc
         self.js = js
-        self.world = World()
-        self.accepted: dict[PolicyRef, PolicyObject] = {}
+        self.replica = replica_name(settings)
+        self.planner = Planner()
+        self.leadership = Leadership(self.replica, settings.lease_ttl_seconds)
         self.published_status: dict[PolicyRef, PolicyStatus] = {}
         self.caught_up = asyncio.Event()
         self._dirty = asyncio.Event()
-        self.last_plan: Plan | None = None
+        self._planned = False
+        self._leading = False
+        """Leader and converged: the bucket mirrors are current and writes go out."""
+        self._resync_due = False
+        self._converge_all_due = False
+        self._last_resync = time.monotonic()
+        self._log_level = ""
         self._services: KvMirror | None = None
         self._zones: KvMirror | None = None
+        self._leases: KeyValue | None = None
 
     @property
     def ready(self) -> bool:
-        return self.caught_up.is_set() and self.last_plan is not None
+        """Caught up with the stream and planned: able to lead at once. Leadership is not
+        readiness (a standby is a healthy replica); it shows in `readiness_detail`."""
+        return self.caught_up.is_set() and self._planned
+
+    def readiness_detail(self) -> str:
+        return "leader" if self._leading else "standby"
 
     async def run(self) -> None:
         buckets = await bus.bootstrap(self.js)
-        self._services = KvMirror(buckets[subjects.KV_SERVICES], subjects.KV_SERVICES)
-        self._zones = KvMirror(buckets[subjects.KV_ZONES], subjects.KV_ZONES)
-        await self._services.load()
-        await self._zones.load()
-        await self._load_published_status()
+        self._leases = buckets[subjects.KV_LEASES]
+        self._services = KvMirror(
+            buckets[subjects.KV_SERVICES], subjects.KV_SERVICES, self.leadership
+        )
+        self._zones = KvMirror(buckets[subjects.KV_ZONES], subjects.KV_ZONES, self.leadership)
+        await self._load_statuses()
         sub = await self.js.subscribe(
             subjects.EVENTS_STREAM_SUBJECTS[0],
             stream=subjects.STREAM_EVENTS,
@@ -153,20 +192,34 @@ class Reconciler:
             self.caught_up.set()
             self._dirty.set()
         try:
-            await self._plan_loop()
+            await asyncio.gather(self._plan_loop(), self._lease_loop(), self._resync_loop())
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+            await self._release()
 
-    async def _load_published_status(self) -> None:
-        """Statuses already in the stream, so a restart does not republish them."""
+    # Inputs ---------------------------------------------------------------------------------
+
+    async def _load_statuses(self) -> None:
+        """Statuses already published: not republished, and the versions they say are in
+        force stay in force while a newer version is invalid, across restarts and takeovers."""
         messages = await bus.read_last_per_subject(
             self.js, subjects.STREAM_STATUS, f"{subjects.STATUS_PREFIX}.>"
         )
+        adopted = []
         for msg in messages:
             with contextlib.suppress(wire.WireError):
                 status = wire.decode(msg.data, PolicyStatus)
                 self.published_status[status.ref] = status
+                if status.accepted_spec is not None and status.accepted_generation is not None:
+                    adopted.append(
+                        PolicyObject(
+                            ref=status.ref,
+                            generation=status.accepted_generation,
+                            spec=status.accepted_spec,
+                        )
+                    )
+        self.planner.adopt_accepted(adopted)
 
     async def _on_event(self, msg: Msg) -> None:
         try:
@@ -174,16 +227,98 @@ class Reconciler:
         except wire.WireError as exc:
             await bus.dead_letter(self.nc, SERVICE, msg.subject, msg.data, str(exc))
         else:
-            self.world.apply(message)
+            self.planner.apply(message)
             EVENTS_APPLIED.labels(message.KIND).inc()
         if not self.caught_up.is_set() and msg.metadata.num_pending == 0:
             log.info(
                 "replayed events stream",
-                extra={"observed": len(self.world.observed), "policies": len(self.world.policies)},
+                extra={
+                    "observed": len(self.planner.observed),
+                    "policies": len(self.planner.policy_objects),
+                },
             )
             self.caught_up.set()
         if self.caught_up.is_set():
             self._dirty.set()
+
+    # Leadership -----------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        """Renew or contend for the lease four times per TTL."""
+        assert self._leases is not None
+        period = self.settings.lease_ttl_seconds / 4
+        while True:
+            try:
+                await self._lease_step(self._leases)
+            except Exception as exc:  # NATS away: the belief simply runs out
+                log.warning("lease step failed: %s", exc)
+            leader = self.leadership.is_leader(time.monotonic())
+            LEADER.set(1 if leader and self._leading else 0)
+            if leader and not self._leading:
+                self._dirty.set()
+            if not leader and self._leading:
+                self._step_down()
+            await asyncio.sleep(period)
+
+    async def _lease_step(self, leases: KeyValue) -> None:
+        lease: Lease | None = None
+        revision: int | None = None
+        try:
+            entry = await leases.get(subjects.RECONCILER_LEASE_KEY)
+        except KeyNotFoundError:
+            pass
+        else:
+            revision = entry.revision
+            with contextlib.suppress(wire.WireError):
+                lease = wire.decode(entry.value or b"", Lease)
+        step = self.leadership.next_step(time.monotonic(), lease, revision)
+        if step == Step.WAIT:
+            return
+        value = self.leadership.value(utcnow())
+        sent = time.monotonic()
+        try:
+            if step == Step.CREATE:
+                written = await leases.create(subjects.RECONCILER_LEASE_KEY, wire.encode(value))
+            else:
+                written = await leases.update(
+                    subjects.RECONCILER_LEASE_KEY, wire.encode(value), last=revision
+                )
+        except KeyWrongLastSequenceError:
+            self.leadership.lost()
+            return
+        self.leadership.written(sent, written, value)
+
+    def _step_down(self) -> None:
+        LEADER.set(0)
+        if self._leading:
+            self._leading = False
+            LEADERSHIP.labels("lost").inc()
+            log.warning("lost the leader lease; standing by")
+
+    async def _release(self) -> None:
+        """On shutdown, hand the lease over at once instead of after a TTL."""
+        revision = self.leadership.revision
+        if self._leases is None or revision is None:
+            return
+        with contextlib.suppress(Exception):
+            released = self.leadership.released(utcnow())
+            await self._leases.update(
+                subjects.RECONCILER_LEASE_KEY, wire.encode(released), last=revision
+            )
+            log.info("released the leader lease")
+        self.leadership.lost()
+
+    async def _resync_loop(self) -> None:
+        """Ask for a full resync every GSLBConfig refreshInterval while leading."""
+        while True:
+            await asyncio.sleep(0.25)
+            config = self.planner.policies.config
+            interval = config.refresh_interval if config else DEFAULT_REFRESH_INTERVAL_SECONDS
+            if interval and self._leading and time.monotonic() - self._last_resync >= interval:
+                self._resync_due = True
+                self._dirty.set()
+
+    # Planning and writing -------------------------------------------------------------------
 
     async def _plan_loop(self) -> None:
         while True:
@@ -191,44 +326,152 @@ class Reconciler:
             # Coalesce a burst of events into one plan.
             await asyncio.sleep(self.settings.debounce_seconds)
             self._dirty.clear()
+            if not self.caught_up.is_set():
+                continue
             try:
                 await self.reconcile()
+            except LostLeadership:
+                self._step_down()
             except Exception:
                 log.exception("reconcile failed; retrying")
+                # The plan moved on but some writes may not have landed: compare every key.
+                self._converge_all_due = True
                 await asyncio.sleep(1)
                 self._dirty.set()
 
     async def reconcile(self) -> None:
-        assert self._services is not None and self._zones is not None
         started = time.perf_counter()
-        result = plan(self.world.observed, self.world.policies, self.accepted)
+        delta = self.planner.replan()
         PLAN_SECONDS.observe(time.perf_counter() - started)
-        PLANS.inc()
-        self.accepted = result.accepted
-        set_level(result.log_level)
-        writes = await self._services.converge(
-            {subjects.fqdn_key(f): wire.encode(s) for f, s in result.services.items()}
+        PLANS.labels("full" if delta.full else "incremental").inc()
+        REPLANNED.inc(delta.replanned)
+        self._planned = True
+        self._apply_log_level()
+        log.debug(
+            "planned",
+            extra={
+                "replanned": delta.replanned,
+                "changed": len(delta.services),
+                "full": delta.full,
+            },
         )
-        writes += await self._zones.converge(
-            {subjects.fqdn_key(z): wire.encode(spec) for z, spec in result.zones.items()}
-        )
-        await self._publish_statuses(result)
-        SERVICES.set(len(result.services))
-        REJECTED.set(sum(s.state == PolicyState.REJECTED for s in result.statuses.values()))
-        self.last_plan = result
-        if writes:
-            log.info("applied plan", extra={"kv_writes": writes, "services": len(result.services)})
+        SERVICES.set(len(self.planner.services))
+        REJECTED.set(sum(s.state == PolicyState.REJECTED for s in self.planner.statuses.values()))
+        if not self.leadership.is_leader(time.monotonic()):
+            if self._leading:
+                self._step_down()
+            return
+        if not self._leading:
+            await self._take_over()
+        elif self._resync_due:
+            await self._resync()
+        elif self._converge_all_due:
+            self._converge_all_due = False
+            await self._converge_all()
+        else:
+            writes = 0
+            for fqdn, service in delta.services.items():
+                writes += await self._write_service(fqdn, service)
+            writes += await self._write_zones()
+            await self._publish_statuses()
+            if writes:
+                log.info(
+                    "applied plan",
+                    extra={"kv_writes": writes, "services": len(self.planner.services)},
+                )
 
-    async def _publish_statuses(self, result: Plan) -> None:
-        for ref, status in result.statuses.items():
+    def _apply_log_level(self) -> None:
+        config = self.planner.policies.config
+        level = config.log_level if config else self.settings.log_level
+        if level != self._log_level:
+            set_level(level)
+            self._log_level = level
+
+    async def _write_service(self, fqdn: str, service: GslbService | None) -> int:
+        assert self._services is not None
+        key = subjects.fqdn_key(fqdn)
+        if service is None:
+            return int(await self._services.delete(key))
+        return int(await self._services.put(key, wire.encode(service)))
+
+    async def _write_zones(self) -> int:
+        assert self._zones is not None
+        return await self._zones.converge(
+            {subjects.fqdn_key(z): wire.encode(s) for z, s in self.planner.policies.zones.items()}
+        )
+
+    async def _converge_all(self) -> int:
+        """Make both buckets hold exactly the plan, comparing every key."""
+        assert self._services is not None
+        writes = await self._services.converge(
+            {subjects.fqdn_key(f): wire.encode(s) for f, s in self.planner.services.items()}
+        )
+        writes += await self._write_zones()
+        await self._publish_statuses()
+        return writes
+
+    async def _take_over(self) -> None:
+        """Become the writer: learn what the buckets and statuses hold now (the previous
+        leader wrote them), then write only the differences."""
+        assert self._services is not None and self._zones is not None
+        await self._services.load()
+        await self._zones.load()
+        await self._load_statuses()
+        self.planner.replan()
+        writes = await self._converge_all()
+        self._leading = True
+        self._last_resync = time.monotonic()
+        LEADER.set(1)
+        LEADERSHIP.labels("acquired").inc()
+        log.info(
+            "leading",
+            extra={"kv_writes": writes, "services": len(self.planner.services)},
+        )
+
+    async def _resync(self) -> None:
+        """Full resync: re-read the buckets and re-plan everything; keys edited or deleted
+        by hand are written back."""
+        assert self._services is not None and self._zones is not None
+        self._resync_due = False
+        self._last_resync = time.monotonic()
+        await self._services.load()
+        await self._zones.load()
+        self.planner.invalidate()
+        self.planner.replan()
+        writes = await self._converge_all()
+        RESYNCS.inc()
+        if writes:
+            DRIFT_REPAIRS.inc(writes)
+            log.warning("resync repaired drift", extra={"kv_writes": writes})
+
+    async def _publish_statuses(self) -> None:
+        statuses = self.planner.statuses
+        for ref, status in statuses.items():
             if self.published_status.get(ref) == status:
                 continue
             if status.state == PolicyState.REJECTED:
                 log.warning("policy rejected: %s", status.message, extra={"policy": str(ref)})
+            if not self.leadership.is_leader(time.monotonic()):
+                raise LostLeadership("status")
             await self.js.publish(
                 subjects.status_subject(ref.kind, ref.namespace, ref.name), wire.encode(status)
             )
             self.published_status[ref] = status
+        for ref in [r for r in self.published_status if r not in statuses]:
+            # The object is gone: so is its status, so a CR created again under the same
+            # name never inherits the spec its predecessor had in force.
+            del self.published_status[ref]
+            subject = subjects.status_subject(ref.kind, ref.namespace, ref.name)
+            try:
+                await self.js.purge_stream(subjects.STREAM_STATUS, subject=subject)
+            except Exception as exc:
+                log.warning(
+                    "could not purge the status of deleted %s (needs publish on "
+                    "$JS.API.STREAM.PURGE.%s): %s",
+                    ref,
+                    subjects.STREAM_STATUS,
+                    exc,
+                )
 
 
 async def main(settings: ReconcilerSettings) -> None:
