@@ -104,7 +104,12 @@ GRANTS: dict[str, Grant] = {
     ),
     "reconciler": Grant(
         summary="owns the streams and buckets, writes desired state and CR status",
-        publishes=(f"{subjects.STATUS_PREFIX}.>", dead_letter("reconciler")),
+        publishes=(
+            f"{subjects.STATUS_PREFIX}.>",
+            # Purging the status of a deleted CR, so a new CR of that name starts clean.
+            f"$JS.API.STREAM.PURGE.{subjects.STREAM_STATUS}",
+            dead_letter("reconciler"),
+        ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
         writes_buckets=(subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_LEASES),
         owns_streams=True,
