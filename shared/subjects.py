@@ -125,12 +125,22 @@ def status_subject(kind: str, namespace: str, name: str) -> str:
     return f"{STATUS_PREFIX}." + ".".join(encode_token(t) for t in (kind, namespace, name))
 
 
+def cluster_status_subject(cluster: str) -> str:
+    """A member cluster's reachability (`ClusterStatus`), kept in the status stream; one token
+    shorter than a CR's status subject, so `kgslb.status.*.*.*` matches only CR statuses."""
+    return f"{STATUS_PREFIX}.cluster.{encode_token(cluster)}"
+
+
 def dnslog_subject(zone: str) -> str:
     return f"{DNSLOG_PREFIX}.{encode_token(normalize_fqdn(zone))}"
 
 
 def deadletter_subject(service: str, original_subject: str) -> str:
     return f"{DEADLETTER_PREFIX}.{encode_token(service)}.{encode_token(original_subject)}"
+
+
+HEALTH_REPLICA_KEYS = "health.*"
+"""KV `kgslb_leases` filter matching the heartbeat of every health replica."""
 
 
 def health_replica_key(replica: str) -> str:

@@ -1,0 +1,1 @@
+"""The health service: active monitors of GSLB members, sharded across replicas."""

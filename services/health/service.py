@@ -1,24 +1,96 @@
-"""The health service (foundation stage): every member of every desired service is reported
-`up` once, so the DNS answers them. Active HTTP/TCP monitors replace this in the health issue."""
+"""The health service's shell: follow the desired services, the member health and the replica
+heartbeats in KV, probe this replica's rendezvous share of the members, and write a member's
+health only when its state changes (or when it claims a member from a dead replica)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import logging
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 
 from nats.aio.client import Client
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from pydantic import Field
 
+from services.health.monitor import (
+    MemberState,
+    ProbeResult,
+    ProbeTarget,
+    Sighting,
+    advance,
+    health_record,
+    initial_state,
+    live_replicas,
+    needs_write,
+    orphan_keys,
+    owner,
+    targets_of,
+)
+from services.health.probes import Prober
+from services.health.scheduler import ProbeScheduler
 from shared import bus, subjects, wire
-from shared.models import GslbService, HealthState, MemberHealth, utcnow
+from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth, utcnow
 from shared.runtime import replica_name, run_service
 from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "health"
+WRITE_BATCH = 256
+
+PROBES = Counter(
+    "kgslb_health_probes_total", "Probes by monitor kind and outcome", ["kind", "outcome"]
+)
+TRANSITIONS = Counter("kgslb_health_transitions_total", "Member state changes", ["state"])
+KV_WRITES = Counter(
+    "kgslb_health_kv_writes_total",
+    "Writes to KV kgslb_health (conflict: another replica wrote first)",
+    ["op"],
+)
+BAD_VALUES = Counter(
+    "kgslb_health_bad_values_total", "KV values that could not be decoded", ["bucket"]
+)
 
 
 class HealthSettings(ServiceSettings):
-    pass
+    heartbeat_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="how often this replica announces itself"
+    )
+    dead_after_heartbeats: int = Field(
+        default=3,
+        ge=2,
+        le=100,
+        description="a replica silent this many heartbeats is dead and its members move",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="probes (one connection each) in flight; needs probes/s x timeout",
+    )
+    tls_ca_file: str | None = Field(
+        default=None, description="CA bundle for https monitors with tlsVerify (default: system)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """The newest value of a key in KV kgslb_health as this replica knows it."""
+
+    health: MemberHealth | None
+    """None when the value could not be decoded."""
+    revision: int
+
+
+def _deleted(entry: KeyValue.Entry) -> bool:
+    return entry.operation in ("DEL", "PURGE") or not entry.value
 
 
 class HealthService:
@@ -26,40 +98,366 @@ class HealthService:
         self.settings = settings
         self.nc = nc
         self.replica = replica_name(settings)
-        self._ready = False
+        self.scheduler = ProbeScheduler(
+            Prober(settings.tls_ca_file).probe, self._on_result, settings.max_connections
+        )
+        self.targets: dict[str, ProbeTarget] = {}
+        self.members_of: dict[str, set[str]] = {}
+        """KV kgslb_services key -> keys of its members."""
+        self.known: dict[str, Known] = {}
+        self.owned: dict[str, MemberState] = {}
+        self.sightings: dict[str, Sighting] = {}
+        self.live: frozenset[str] = frozenset({self.replica})
+        self._loaded: set[str] = set()
+        self._all_loaded = asyncio.Event()
+        self._started = False
+        self._pending_writes: dict[str, None] = {}
+        self._write_wanted = asyncio.Event()
+        self._reannounce = asyncio.Event()
+        self._orphans_seen: set[str] = set()
+        self._health_kv: KeyValue | None = None
+        self._leases_kv: KeyValue | None = None
+        REGISTRY.register(_StateCollector(self))
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._started
+
+    @property
+    def _valid_for_seconds(self) -> float:
+        return self.settings.heartbeat_seconds * self.settings.dead_after_heartbeats
 
     async def run(self) -> None:
         buckets = await bus.bootstrap(self.nc.jetstream())
-        health = buckets[subjects.KV_HEALTH]
-        watcher = await buckets[subjects.KV_SERVICES].watchall()
-        async for entry in watcher:
-            if entry is None:
-                self._ready = True
-                continue
-            if entry.value:
-                await self._report_up(health, entry.key, entry.value)
-
-    async def _report_up(self, health: KeyValue, key: str, value: bytes) -> None:
+        self._health_kv = buckets[subjects.KV_HEALTH]
+        self._leases_kv = buckets[subjects.KV_LEASES]
+        # Announce first: peers re-shard before this replica probes anything.
+        await self._heartbeat()
         try:
-            service = wire.decode(value, GslbService)
-        except wire.WireError as exc:
-            log.error("ignoring bad service %s: %s", key, exc)
-            return
-        for member in service.all_members():
-            state = MemberHealth(
-                fqdn=service.fqdn,
-                ip=member.probe_ip,
-                cluster=member.cluster,
-                state=HealthState.UP,
-                since=utcnow(),
-                last_result="assumed up (no monitor yet)",
-                replica=self.replica,
+            await asyncio.gather(
+                self._follow(
+                    buckets[subjects.KV_LEASES], subjects.HEALTH_REPLICA_KEYS, self._apply_lease
+                ),
+                self._follow(self._health_kv, ">", self._apply_health),
+                self._follow(buckets[subjects.KV_SERVICES], ">", self._apply_service),
+                self._start_when_loaded(),
+                self._heartbeat_loop(),
+                self._sweep_loop(),
+                self._write_loop(),
+                self.scheduler.run(),
             )
-            await health.put(state.key, wire.encode(state))
+        finally:
+            # Leave at once rather than after missed heartbeats: peers take over right away.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await self._leases_kv.delete(subjects.health_replica_key(self.replica))
+
+    # Following KV ---------------------------------------------------------------------------
+
+    async def _follow(
+        self, kv: KeyValue, keys: str, apply: Callable[[KeyValue.Entry], None]
+    ) -> None:
+        """Mirror one bucket forever; a watch broken by a NATS outage starts over."""
+        bucket = kv._name
+        while True:
+            try:
+                watcher = await kv.watch(keys)
+                async for entry in watcher:
+                    if entry is None:
+                        self._loaded.add(bucket)
+                        if len(self._loaded) == 3:
+                            self._all_loaded.set()
+                        continue
+                    apply(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watch of %s interrupted (%s); probing on", bucket, exc)
+                await asyncio.sleep(1)
+
+    def _decode(self, entry: KeyValue.Entry, model: type[wire.M]) -> wire.M | None:
+        try:
+            return wire.decode(entry.value or b"", model)
+        except wire.WireError as exc:
+            BAD_VALUES.labels(entry.bucket).inc()
+            log.error("ignoring bad %s value for %s: %s", entry.bucket, entry.key, exc)
+            return None
+
+    async def _start_when_loaded(self) -> None:
+        await self._all_loaded.wait()
+        self._started = True
+        self._reshard()
+        log.info(
+            "probing",
+            extra={
+                "members": len(self.targets),
+                "owned": len(self.owned),
+                "live": sorted(self.live),
+            },
+        )
+
+    def _apply_service(self, entry: KeyValue.Entry) -> None:
+        targets: dict[str, ProbeTarget] = {}
+        if not _deleted(entry):
+            service = self._decode(entry, GslbService)
+            if service is None:
+                return
+            targets = targets_of(service)
+        for key in self.members_of.pop(entry.key, set()) - targets.keys():
+            del self.targets[key]
+            self._release(key)
+        self.targets.update(targets)
+        if targets:
+            self.members_of[entry.key] = set(targets)
+        if self._started:
+            for key in targets:
+                self._place(key)
+
+    def _apply_health(self, entry: KeyValue.Entry) -> None:
+        key = entry.key
+        current = self.known.get(key)
+        if current is not None and (entry.revision or 0) <= current.revision:
+            return
+        if _deleted(entry):
+            self.known.pop(key, None)
+            if key in self.owned:
+                self._request_write(key)
+            return
+        health = self._decode(entry, MemberHealth)
+        self.known[key] = Known(health, entry.revision or 0)
+        if health is not None and key in self.owned and health.replica != self.replica:
+            # Another replica probes it too while ownership moves: go on from its verdict.
+            self.owned[key] = initial_state(health, utcnow())
+
+    def _apply_lease(self, entry: KeyValue.Entry) -> None:
+        try:
+            replica = subjects.decode_token(entry.key.split(".", 1)[1])
+        except ValueError:
+            return
+        if replica == self.replica:
+            if _deleted(entry):
+                self._reannounce.set()
+            return
+        if _deleted(entry):
+            self.sightings.pop(replica, None)
+        else:
+            heartbeat = self._decode(entry, HealthHeartbeat)
+            if heartbeat is None:
+                return
+            valid_for = (heartbeat.expires_at - heartbeat.heartbeat_at).total_seconds()
+            self.sightings[replica] = Sighting(asyncio.get_running_loop().time(), valid_for)
+        self._refresh_live()
+
+    # Sharding -------------------------------------------------------------------------------
+
+    def _refresh_live(self) -> None:
+        now = asyncio.get_running_loop().time()
+        live = live_replicas(self.sightings, self.replica, now)
+        if live == self.live:
+            return
+        log.info("live replicas changed", extra={"live": sorted(live), "was": sorted(self.live)})
+        self.live = live
+        if self._started:
+            self._reshard()
+
+    def _reshard(self) -> None:
+        for key in [key for key in self.owned if key not in self.targets]:
+            self._release(key)
+        for key in self.targets:
+            self._place(key)
+
+    def _place(self, key: str) -> None:
+        if owner(key, self.live) != self.replica:
+            self._release(key)
+            return
+        if key not in self.owned:
+            known = self.known.get(key)
+            self.owned[key] = initial_state(known.health if known else None, utcnow())
+        # Claims the member if its recorded prober is gone, writes `unknown` if it is new.
+        self._request_write(key)
+        self.scheduler.schedule(self.targets[key])
+
+    def _release(self, key: str) -> None:
+        self.owned.pop(key, None)
+        self.scheduler.cancel(key)
+
+    # Probing --------------------------------------------------------------------------------
+
+    def _on_result(self, target: ProbeTarget, result: ProbeResult) -> None:
+        state = self.owned.get(target.key)
+        if state is None:
+            return
+        PROBES.labels(target.monitor.kind.value, result.outcome.value).inc()
+        new = advance(state, result, target.monitor, utcnow())
+        self.owned[target.key] = new
+        if new.state is not state.state:
+            TRANSITIONS.labels(new.state.value).inc()
+            log.info(
+                "%s %s -> %s",
+                target.key,
+                state.state.value,
+                new.state.value,
+                extra={
+                    "member": target.key,
+                    "fqdn": target.fqdn,
+                    "ip": target.ip,
+                    "cluster": target.cluster,
+                    "result": result.summary,
+                    "error": result.error,
+                },
+            )
+        known = self.known.get(target.key)
+        if needs_write(known.health if known else None, new, self.live):
+            self._request_write(target.key)
+
+    # Writing --------------------------------------------------------------------------------
+
+    def _request_write(self, key: str) -> None:
+        self._pending_writes[key] = None
+        self._write_wanted.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted.clear()
+            while self._pending_writes:
+                batch = list(itertools.islice(self._pending_writes, WRITE_BATCH))
+                for key in batch:
+                    del self._pending_writes[key]
+                await asyncio.gather(*(self._write(key) for key in batch))
+
+    async def _write(self, key: str) -> None:
+        state, target = self.owned.get(key), self.targets.get(key)
+        if state is None or target is None or self._health_kv is None:
+            return
+        known = self.known.get(key)
+        previous = known.health if known else None
+        if not needs_write(previous, state, self.live):
+            return
+        record = health_record(target, state, self.replica, previous)
+        data = wire.encode(record)
+        try:
+            if known is None:
+                revision = await self._health_kv.create(key, data)
+                KV_WRITES.labels("create").inc()
+            else:
+                revision = await self._health_kv.update(key, data, last=known.revision)
+                KV_WRITES.labels("update").inc()
+        except KeyWrongLastSequenceError:
+            KV_WRITES.labels("conflict").inc()
+            await self._reload(key)
+            return
+        except Exception as exc:
+            # The next probe of this member tries again.
+            log.warning("could not write health of %s: %s", key, exc, extra={"member": key})
+            return
+        current = self.known.get(key)
+        if current is None or current.revision < revision:
+            self.known[key] = Known(record, revision)
+
+    async def _reload(self, key: str) -> None:
+        """Another replica wrote first: take its value as the truth and go on from it."""
+        assert self._health_kv is not None
+        try:
+            entry = await self._health_kv.get(key)
+        except (KeyNotFoundError, KeyDeletedError):
+            self.known.pop(key, None)
+            return
+        except Exception as exc:
+            log.warning("could not read health of %s: %s", key, exc, extra={"member": key})
+            return
+        health = self._decode(entry, MemberHealth)
+        self.known[key] = Known(health, entry.revision or 0)
+        if health is not None and key in self.owned:
+            self.owned[key] = initial_state(health, utcnow())
+
+    # Heartbeats -----------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        assert self._leases_kv is not None
+        now = utcnow()
+        heartbeat = HealthHeartbeat(
+            replica=self.replica,
+            heartbeat_at=now,
+            expires_at=now + timedelta(seconds=self._valid_for_seconds),
+            members=len(self.owned),
+        )
+        try:
+            await self._leases_kv.put(
+                subjects.health_replica_key(self.replica), wire.encode(heartbeat)
+            )
+        except Exception as exc:
+            log.warning("heartbeat not written: %s", exc)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.heartbeat_seconds):
+                    await self._reannounce.wait()
+            self._reannounce.clear()
+            await self._heartbeat()
+            await self._bury_dead_peers()
+
+    async def _bury_dead_peers(self) -> None:
+        assert self._leases_kv is not None
+        now = asyncio.get_running_loop().time()
+        dead = [r for r, s in self.sightings.items() if now - s.seen_at > s.valid_for_seconds]
+        for replica in dead:
+            del self.sightings[replica]
+            log.warning("replica %s stopped heartbeating; its members move", replica)
+            # Every survivor deletes it; the duplicates are harmless and keep the bucket clean.
+            with contextlib.suppress(Exception):
+                await self._leases_kv.delete(subjects.health_replica_key(replica))
+        self._refresh_live()
+
+    async def _sweep_loop(self) -> None:
+        """Delete the health of members no service lists any more, once they were orphans at
+        two sweeps in a row (a service being replaced is not an orphan). Apart from the
+        heartbeat, so deleting a large service never delays it."""
+        await self._all_loaded.wait()
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            orphans = orphan_keys(self.known, self.targets, self.live, self.replica)
+            doomed = sorted(orphans & self._orphans_seen)
+            for start in range(0, len(doomed), WRITE_BATCH):
+                await asyncio.gather(
+                    *(self._delete(k) for k in doomed[start : start + WRITE_BATCH])
+                )
+            self._orphans_seen = orphans
+
+    async def _delete(self, key: str) -> None:
+        assert self._health_kv is not None
+        try:
+            await self._health_kv.delete(key)
+            KV_WRITES.labels("delete").inc()
+        except Exception as exc:
+            log.warning("could not delete health of %s: %s", key, exc, extra={"member": key})
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time from the live maps, so probes never update them."""
+
+    def __init__(self, service: HealthService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        members = GaugeMetricFamily(
+            "kgslb_health_members", "Members this replica probes, by state", labels=["state"]
+        )
+        tally = Tally(state.state for state in self.service.owned.values())
+        for state in HealthState:
+            members.add_metric([state.value], tally[state])
+        yield members
+        yield GaugeMetricFamily(
+            "kgslb_health_replicas_live",
+            "Health replicas this one counts as alive, itself included",
+            value=len(self.service.live),
+        )
+        yield GaugeMetricFamily(
+            "kgslb_health_probes_in_flight",
+            "Probes waiting for an answer",
+            value=self.service.scheduler.in_flight,
+        )
 
 
 async def main(settings: HealthSettings) -> None:
