@@ -160,11 +160,12 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walkthrough]:
         if "Ctrl-C" in line or not line:
             break
     assert any("kgslb is up" in line for line in lines), "".join(lines)
-    if TRANSCRIPT:
-        Path(TRANSCRIPT).write_text("### make up\n\n```\n$ make up\n" + "".join(lines) + "```\n")
     walk = Walkthrough(
         state, dns_port, f"nats://127.0.0.1:{nats_port}", state / "kubeconfig", http_port, process
     )
+    if TRANSCRIPT:
+        started = walk.shown("$ make up\n" + "".join(lines))
+        Path(TRANSCRIPT).write_text(f"### make up\n\n```\n{started}```\n")
     wait_until(lambda: set(picks(dns_port, 12)) == set(VIPS.values()), 30, "all three sites")
     yield walk
     process.send_signal(signal.SIGINT)
