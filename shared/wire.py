@@ -2,18 +2,25 @@
 
 On the wire a message is ``{"schema_version": 1, "kind": "<Kind>", "data": {...}}``. The kind
 names the pydantic model; the version lets a consumer refuse what it does not understand with
-a clear reason instead of misreading it.
+a clear reason instead of misreading it. A large message (a sync marker listing thousands of
+objects) may travel gzip-compressed; `decode` recognises the gzip magic bytes, which no JSON
+text starts with, so small messages stay plain JSON for `nats sub`.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION = 1
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECOMPRESSED_BYTES = 64 << 20
+"""A compressed message may expand to this much; more is refused rather than held in memory."""
 
 
 class WireError(ValueError):
@@ -32,16 +39,35 @@ class WireModel(BaseModel):
 M = TypeVar("M", bound=WireModel)
 
 
-def encode(message: WireModel) -> bytes:
+def encode(message: WireModel, *, compress_over_bytes: int | None = None) -> bytes:
+    """The envelope as JSON bytes; gzip-compressed when longer than `compress_over_bytes`."""
     envelope = {
         "schema_version": SCHEMA_VERSION,
         "kind": message.KIND,
         "data": message.model_dump(mode="json", by_alias=True),
     }
-    return json.dumps(envelope, separators=(",", ":")).encode()
+    raw = json.dumps(envelope, separators=(",", ":")).encode()
+    if compress_over_bytes is not None and len(raw) > compress_over_bytes:
+        return gzip.compress(raw, compresslevel=6, mtime=0)
+    return raw
+
+
+def _decompress(raw: bytes) -> bytes:
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        data = inflater.decompress(raw, MAX_DECOMPRESSED_BYTES)
+    except zlib.error as exc:
+        raise WireError(f"not valid gzip: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise WireError(f"gzip message expands beyond {MAX_DECOMPRESSED_BYTES} bytes")
+    if not inflater.eof:
+        raise WireError("gzip message is truncated")
+    return data
 
 
 def _envelope(raw: bytes) -> tuple[str, Any]:
+    if raw[:2] == GZIP_MAGIC:
+        raw = _decompress(raw)
     try:
         envelope = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -1,0 +1,372 @@
+"""The Kubernetes side of the watcher: list-then-watch loops on worker threads (the official
+`kubernetes` client is synchronous), and the CR status writes of the home watcher.
+
+Each resource gets one daemon thread that lists (paged), then watches from the list's
+resourceVersion with bookmarks, and hands decoded JSON to the event loop through `Sink`.
+Raw responses (`_preload_content=False`) skip the client's model classes, which would cost
+more than everything else the watcher does per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from services.watcher.backoff import Backoff
+from services.watcher.translate import POLICY_PLURALS
+from shared.models import ObjectKind, PolicyKind, PolicyRef
+from shared.policies import API_GROUP, API_VERSION
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+CONNECT_TIMEOUT_SECONDS = 5.0
+REQUEST_TIMEOUT_SECONDS = 30.0
+WATCH_READ_MARGIN_SECONDS = 30.0
+"""A watch read that stays silent this long past the server's own timeout is a dead link."""
+QUICK_CLOSE_SECONDS = 1.0
+
+ListCall = Callable[..., Any]
+
+
+class KubeConfigError(ValueError):
+    """The kubeconfig or in-cluster config cannot be used; the text says which and why."""
+
+
+# Messages from the threads to the event loop -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listed:
+    resource: str
+    items: list[dict[str, Any]]
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Changed:
+    resource: str
+    type: str
+    obj: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The list or watch of `resource` ended badly; a relist follows after `retry_in_seconds`.
+
+    `reason`: `expired` (410 Gone: the resourceVersion was compacted), `dropped` (the stream
+    broke mid-way), or `error` (the API refused or could not be reached)."""
+
+    resource: str
+    reason: str
+    error: str
+    retry_in_seconds: float
+
+
+Item = Listed | Changed | Failed
+
+
+class Sink:
+    """Thread-safe hand-over to an asyncio queue, with back-pressure: a thread may run at
+    most `max_pending` items ahead of the consumer, which calls `done` for each it finished."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_pending: int) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._credits = threading.Semaphore(max_pending)
+
+    def put(self, item: Item, stop: threading.Event) -> bool:
+        """Block until there is room; False once `stop` is set or the loop is gone."""
+        while not self._credits.acquire(timeout=0.5):
+            if stop.is_set():
+                return False
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:
+            return False
+        return True
+
+    def done(self, count: int = 1) -> None:
+        self._credits.release(count)
+
+
+# Configuration ------------------------------------------------------------------------------
+
+
+def _check_file(kubeconfig: str) -> None:
+    if not Path(kubeconfig).is_file():
+        raise KubeConfigError(f"kubeconfig {kubeconfig}: no such file")
+
+
+def load_api_client(kubeconfig: str, context: str) -> client.ApiClient:
+    """An API client from a kubeconfig file and context, or in-cluster config without one."""
+    if kubeconfig:
+        _check_file(kubeconfig)
+    configuration = client.Configuration()
+    try:
+        if kubeconfig:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig,
+                context=context or None,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+        else:
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+    except (ConfigException, OSError, ValueError) as exc:
+        source = f"kubeconfig {kubeconfig}" if kubeconfig else "in-cluster config"
+        where = f", context {context!r}" if context else ""
+        raise KubeConfigError(f"{source}{where}: {exc}") from None
+    # One pooled connection per watch thread plus status writes.
+    configuration.connection_pool_maxsize = 16
+    return client.ApiClient(configuration)
+
+
+def current_context(kubeconfig: str) -> str:
+    _check_file(kubeconfig)
+    try:
+        _, current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig
+        )
+    except (ConfigException, OSError, ValueError) as exc:
+        raise KubeConfigError(f"kubeconfig {kubeconfig}: {exc}") from None
+    return str(current["name"])
+
+
+def list_calls(api: client.ApiClient, home: bool) -> dict[str, ListCall]:
+    """The list/watch call of every watched resource, by kind name."""
+    core = client.CoreV1Api(api)
+    calls: dict[str, ListCall] = {
+        ObjectKind.INGRESS: client.NetworkingV1Api(api).list_ingress_for_all_namespaces,
+        ObjectKind.SERVICE: core.list_service_for_all_namespaces,
+        ObjectKind.NAMESPACE: core.list_namespace,
+    }
+    if home:
+        custom = client.CustomObjectsApi(api)
+        for kind, plural in POLICY_PLURALS.items():
+            calls[kind] = functools.partial(
+                custom.list_cluster_custom_object, API_GROUP, API_VERSION, plural
+            )
+    return calls
+
+
+def patch_status(api: client.ApiClient, ref: PolicyRef, patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch a CR's status subresource; returns the status the server now holds."""
+    updated = client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
+        API_GROUP,
+        API_VERSION,
+        ref.namespace,
+        POLICY_PLURALS[ref.kind],
+        ref.name,
+        patch,
+        _content_type=MERGE_PATCH,
+        _request_timeout=(CONNECT_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS),
+    )
+    return dict(cast(dict[str, Any], updated).get("status") or {})
+
+
+def describe_error(exc: BaseException, cluster: str, resource: str) -> str:
+    """One line an operator can act on: which cluster, what failed, and what to check."""
+    if isinstance(exc, ApiException):
+        reason = f"{exc.status} {exc.reason}".strip()
+        message = ""
+        if exc.body:
+            try:
+                message = json.loads(exc.body).get("message", "")
+            except (ValueError, AttributeError):
+                message = str(exc.body)[:200]
+        hint = {
+            401: "the credentials of the kubeconfig user or service account were refused",
+            403: f"the identity may not list/watch {resource}; check its RBAC",
+            404: (
+                "the kgslb CRDs are not installed (kubectl apply -f deploy/crds/)"
+                if resource in set(PolicyKind)
+                else "the API does not serve this resource"
+            ),
+        }.get(exc.status or 0, "")
+        detail = "; ".join(part for part in (message, hint) if part)
+        return f"cluster {cluster}: {resource}: {reason}" + (f" ({detail})" if detail else "")
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    return f"cluster {cluster}: {resource}: {type(exc).__name__}: {exc}"
+
+
+# List, then watch ---------------------------------------------------------------------------
+
+
+class Expired(Exception):
+    """410 Gone: the resourceVersion to watch from was compacted away."""
+
+
+class WatchBroken(Exception):
+    """The server ended a watch with an ERROR event other than 410."""
+
+
+def _lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:
+    """Newline-delimited watch events as they arrive on a chunked response."""
+    buffer = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from (line for line in lines if line.strip())
+    if buffer.strip():
+        yield buffer
+
+
+class ListWatch:
+    """List, then watch from the list's resourceVersion, on a daemon thread.
+
+    A watch the server closes cleanly (its timeout) resumes from the last resourceVersion
+    seen (events and bookmarks); 410 Gone, a broken stream or any API error reports `Failed`,
+    backs off and relists, so nothing between the old and the new list is lost.
+    """
+
+    def __init__(
+        self,
+        cluster: str,
+        resource: str,
+        list_call: ListCall,
+        sink: Sink,
+        backoff: Backoff,
+        *,
+        page_size: int,
+        watch_timeout_seconds: int,
+    ) -> None:
+        self.cluster = cluster
+        self.resource = resource
+        self.list_call = list_call
+        self.sink = sink
+        self.backoff = backoff
+        self.page_size = page_size
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self.stopping = threading.Event()
+        self._response: urllib3.HTTPResponse | None = None
+        self._thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        response = self._response
+        if response is not None:
+            # Unblocks a read in progress on the worker thread.
+            response.shutdown()
+
+    def _emit(self, item: Item) -> bool:
+        return self.sink.put(item, self.stopping)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            watching = False
+            try:
+                version = self._list()
+                self.backoff.reset()
+                watching = True
+                while not self.stopping.is_set():
+                    version = self._watch(version)
+            except Expired as exc:
+                failure = ("expired", f"cluster {self.cluster}: {self.resource}: {exc}")
+            except (
+                urllib3.exceptions.ProtocolError,
+                urllib3.exceptions.ReadTimeoutError,
+            ) as exc:
+                # A watch stream that breaks is routine; a list that does is the API failing.
+                reason = "dropped" if watching else "error"
+                failure = (reason, describe_error(exc, self.cluster, self.resource))
+            except Exception as exc:  # any API or transport error: report, back off, relist
+                failure = ("error", describe_error(exc, self.cluster, self.resource))
+            else:
+                return
+            if self.stopping.is_set():
+                return
+            delay = self.backoff.next_delay()
+            if not self._emit(Failed(self.resource, *failure, retry_in_seconds=delay)):
+                return
+            self.stopping.wait(delay)
+
+    def _call(self, **kwargs: Any) -> urllib3.HTTPResponse:
+        try:
+            return cast(urllib3.HTTPResponse, self.list_call(_preload_content=False, **kwargs))
+        except ApiException as exc:
+            # An expired continue token, or a server that answers an old watch with 410
+            # itself instead of an ERROR event.
+            if exc.status == 410:
+                raise Expired(f"410 {exc.reason}") from None
+            raise
+
+    def _list(self) -> str:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            response = self._call(
+                limit=self.page_size,
+                _continue=token,
+                _request_timeout=(CONNECT_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS),
+            )
+            try:
+                page = json.loads(response.data)
+            finally:
+                response.release_conn()
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or None
+            if token is None:
+                version = str(meta.get("resourceVersion") or "")
+                break
+        if not self._emit(Listed(self.resource, items, version)):
+            self.stopping.set()
+        return version
+
+    def _watch(self, version: str) -> str:
+        # Jitter spreads the reconnects of many watchers, as client-go does.
+        timeout = random.randint(self.watch_timeout_seconds, 2 * self.watch_timeout_seconds)
+        started = time.monotonic()
+        response = self._call(
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=timeout,
+            _request_timeout=(CONNECT_TIMEOUT_SECONDS, timeout + WATCH_READ_MARGIN_SECONDS),
+        )
+        self._response = response
+        events = 0
+        try:
+            for line in _lines(response):
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Expired(obj.get("message") or "410 Gone")
+                    raise WatchBroken(
+                        f"watch ended with {obj.get('code')} {obj.get('reason')}: "
+                        f"{obj.get('message')}"
+                    )
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                events += 1
+                if kind != "BOOKMARK" and not self._emit(Changed(self.resource, kind, obj)):
+                    break
+        finally:
+            self._response = None
+            # Closed, not returned to the pool: an unfinished chunked stream cannot be reused.
+            response.close()
+        if events == 0 and time.monotonic() - started < QUICK_CLOSE_SECONDS:
+            # A server that closes every watch at once would otherwise be re-asked in a loop.
+            self.stopping.wait(self.backoff.next_delay())
+        return version

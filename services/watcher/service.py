@@ -1,0 +1,428 @@
+"""The watcher's shell: one member cluster's Ingresses, LoadBalancer Services and Namespaces
+(and, with `--home true`, the kgslb CRs) onto the events stream; CR status back to the cluster.
+
+Worker threads list and watch (see `kube`), the event loop decides what to publish (`view`)
+and publishes it in order with JetStream acks (`publisher`). An unreachable or unauthorised
+cluster is logged, counted (`kgslb_watcher_api_errors_total`), turns /readyz false, is
+retried with backoff, and is published as a `ClusterStatus` that the home watcher writes into
+the GSLBConfig's `status.clusters`; each cluster has its own watcher process, so the others
+keep flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from prometheus_client import Counter, Gauge
+from pydantic import Field
+
+from services.watcher import kube
+from services.watcher.backoff import Backoff
+from services.watcher.publisher import OrderedPublisher
+from services.watcher.translate import Skip
+from services.watcher.view import ClusterView, Decision, PolicyView
+from shared import bus, subjects, wire
+from shared.models import (
+    ClusterState,
+    ClusterStatus,
+    ObjectKind,
+    PolicyDeleted,
+    PolicyKind,
+    PolicyObject,
+    PolicyStatus,
+    SyncMarker,
+    utcnow,
+)
+from shared.runtime import run_service
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+SERVICE = "watcher"
+BATCH = 512
+"""Queue items decided and published together (a list result counts as one)."""
+
+PUBLISHED = Counter(
+    "kgslb_watcher_events_published_total",
+    "Messages stored in JetStream, by message kind",
+    ["cluster", "kind"],
+)
+KUBE_EVENTS = Counter(
+    "kgslb_watcher_kube_events_total",
+    "Watch events received from the Kubernetes API",
+    ["cluster", "resource", "type"],
+)
+RELISTS = Counter(
+    "kgslb_watcher_relists_total",
+    "Relists after a failed list or watch, by reason (expired, dropped, error)",
+    ["cluster", "resource", "reason"],
+)
+API_ERRORS = Counter(
+    "kgslb_watcher_api_errors_total",
+    "Kubernetes API requests that failed (unreachable, refused, unauthorised)",
+    ["cluster", "resource"],
+)
+REACHABLE = Gauge(
+    "kgslb_watcher_cluster_reachable", "1 while every list/watch of the cluster works", ["cluster"]
+)
+SKIPPED = Counter(
+    "kgslb_watcher_skipped_objects_total",
+    "Objects not published because no policy could use them",
+    ["cluster", "reason"],
+)
+BAD_OBJECTS = Counter(
+    "kgslb_watcher_bad_objects_total", "Objects that could not be read", ["cluster"]
+)
+SYNC_MARKER_BYTES = Gauge(
+    "kgslb_watcher_sync_marker_bytes", "Size on the wire of the last sync marker", ["cluster"]
+)
+STATUS_WRITES = Counter(
+    "kgslb_watcher_status_writes_total",
+    "CR status writes through the status subresource, by result (ok, gone, error)",
+    ["result"],
+)
+
+KINDS: dict[str, ObjectKind | PolicyKind] = {
+    **{kind.value: kind for kind in ObjectKind},
+    **{kind.value: kind for kind in PolicyKind},
+}
+
+
+class WatcherSettings(ServiceSettings):
+    kubeconfig: str = Field(
+        default="",
+        description="kubeconfig file, e.g. the seed's multi-cluster gslb-members; "
+        "empty: in-cluster config",
+    )
+    context: str = Field(default="", description="kubeconfig context; empty: its current context")
+    cluster: str = Field(
+        default="", description="member cluster name in events; default: the context name"
+    )
+    home: bool = Field(
+        default=False,
+        description="the home cluster: also watch the kgslb CRDs and write their status "
+        "(--home true)",
+    )
+    page_size: int = Field(default=500, ge=1, le=10000, description="list page size")
+    watch_timeout_seconds: int = Field(
+        default=300, ge=1, le=3600, description="server-side watch timeout (randomised up to 2x)"
+    )
+    backoff_initial_seconds: float = Field(default=0.5, gt=0, le=60)
+    backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_pending_changes: int = Field(
+        default=10000, ge=1, description="watch events read ahead of publishing (back-pressure)"
+    )
+
+
+def cluster_name(settings: WatcherSettings) -> str:
+    """--cluster, else --context, else the kubeconfig's current context."""
+    if settings.cluster:
+        return settings.cluster
+    if settings.context:
+        return settings.context
+    if settings.kubeconfig:
+        return kube.current_context(settings.kubeconfig)
+    raise kube.KubeConfigError("in-cluster config needs --cluster (the member cluster's name)")
+
+
+class Watcher:
+    def __init__(
+        self, settings: WatcherSettings, nc: Client, api: client.ApiClient, cluster: str
+    ) -> None:
+        self.settings = settings
+        self.nc = nc
+        self.api = api
+        self.cluster = cluster
+        self.view = ClusterView(cluster)
+        self.policies = PolicyView()
+        self.calls = kube.list_calls(api, settings.home)
+        self.resources = list(self.calls)
+        self._listed: set[str] = set()
+        self._failing: dict[str, str] = {}
+        self._warned_hostname_only: set[str] = set()
+        self._status_dirty = asyncio.Event()
+        self._publisher: OrderedPublisher | None = None
+        self._cluster_status: ClusterStatus | None = None
+        self._cluster_changed = asyncio.Event()
+        REACHABLE.labels(cluster).set(0)
+
+    def _backoff(self) -> Backoff:
+        return Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
+
+    @property
+    def ready(self) -> bool:
+        """Every resource listed and published, none failing, JetStream acking."""
+        healthy = self._publisher is not None and self._publisher.healthy
+        return healthy and not self._failing and self._listed == set(self.resources)
+
+    def readiness_detail(self) -> str:
+        waiting = [r for r in self.resources if r not in self._listed]
+        parts = [f"cluster {self.cluster}"]
+        if waiting:
+            parts.append(f"waiting for the first list of {', '.join(waiting)}")
+        if self._failing:
+            parts.append("failing: " + "; ".join(self._failing.values()))
+        if self._publisher is not None and not self._publisher.healthy:
+            parts.append("JetStream does not ack")
+        return ", ".join(parts)
+
+    async def run(self) -> None:
+        js = self.nc.jetstream()
+        await bus.bootstrap(js)
+        sink = kube.Sink(asyncio.get_running_loop(), self.settings.max_pending_changes)
+        self._publisher = OrderedPublisher(
+            js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published
+        )
+        tasks = [self._consume(sink, self._publisher), self._report_cluster(js)]
+        subscription = None
+        if self.settings.home:
+            await self._seed_policies(js)
+            subscription = await js.subscribe(
+                f"{subjects.STATUS_PREFIX}.>",
+                stream=subjects.STREAM_STATUS,
+                cb=self._on_status,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            tasks.append(self._write_statuses())
+        watches = [
+            kube.ListWatch(
+                self.cluster,
+                resource,
+                call,
+                sink,
+                self._backoff(),
+                page_size=self.settings.page_size,
+                watch_timeout_seconds=self.settings.watch_timeout_seconds,
+            )
+            for resource, call in self.calls.items()
+        ]
+        for watch in watches:
+            watch.start()
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for watch in watches:
+                watch.stop()
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    # Kubernetes -> stream -------------------------------------------------------------------
+
+    async def _consume(self, sink: kube.Sink, publisher: OrderedPublisher) -> None:
+        while True:
+            batch = [await sink.queue.get()]
+            while len(batch) < BATCH and not sink.queue.empty():
+                batch.append(sink.queue.get_nowait())
+            outgoing = []
+            listed = []
+            for item in batch:
+                decision = self._decide(item)
+                if decision is not None:
+                    outgoing.extend(decision.messages)
+                if isinstance(item, kube.Listed):
+                    listed.append(item.resource)
+            await publisher.publish(outgoing)
+            for resource in listed:
+                self._listed.add(resource)
+            REACHABLE.labels(self.cluster).set(0 if self._failing else 1)
+            self._update_cluster_status()
+            sink.done(len(batch))
+            if self.settings.home:
+                self._status_dirty.set()
+
+    def _decide(self, item: kube.Item) -> Decision | None:
+        if isinstance(item, kube.Failed):
+            self._failed(item)
+            return None
+        kind = KINDS[item.resource]
+        if isinstance(item, kube.Listed):
+            recovered = self._failing.pop(item.resource, None)
+            if recovered is not None:
+                log.info(
+                    "cluster %s: %s listed again", self.cluster, item.resource,
+                    extra={"cluster": self.cluster, "resource": item.resource},
+                )  # fmt: skip
+            if isinstance(kind, PolicyKind):
+                decision = self.policies.listed(kind, item.items)
+            else:
+                decision = self.view.listed(kind, item.items)
+            log.info(
+                "listed %d %s at resourceVersion %s",
+                len(item.items), item.resource, item.resource_version,
+                extra={"cluster": self.cluster, "published": len(decision.messages)},
+            )  # fmt: skip
+        else:
+            KUBE_EVENTS.labels(self.cluster, item.resource, item.type).inc()
+            if isinstance(kind, PolicyKind):
+                decision = self.policies.changed(kind, item.type, item.obj)
+            else:
+                decision = self.view.changed(kind, item.type, item.obj)
+        self._report(decision)
+        return decision
+
+    def _failed(self, failure: kube.Failed) -> None:
+        RELISTS.labels(self.cluster, failure.resource, failure.reason).inc()
+        if failure.reason == "error":
+            API_ERRORS.labels(self.cluster, failure.resource).inc()
+            self._failing[failure.resource] = failure.error
+            REACHABLE.labels(self.cluster).set(0)
+            log.warning(
+                "%s; retrying in %.1f s", failure.error, failure.retry_in_seconds,
+                extra={"cluster": self.cluster, "resource": failure.resource},
+            )  # fmt: skip
+        else:
+            log.info(
+                "%s watch %s (%s); relisting in %.1f s",
+                failure.resource, failure.reason, failure.error, failure.retry_in_seconds,
+                extra={"cluster": self.cluster, "resource": failure.resource},
+            )  # fmt: skip
+
+    def _report(self, decision: Decision) -> None:
+        for problem in decision.problems:
+            BAD_OBJECTS.labels(self.cluster).inc()
+            log.warning("skipping object: %s", problem, extra={"cluster": self.cluster})
+        for skipped in decision.skipped:
+            assert skipped.skip is not None
+            SKIPPED.labels(self.cluster, skipped.skip.value).inc()
+            if skipped.skip == Skip.HOSTNAME_ONLY:
+                # Persistent until the object changes: say it once, not on every event.
+                if str(skipped.ref) not in self._warned_hostname_only:
+                    self._warned_hostname_only.add(str(skipped.ref))
+                    log.warning(skipped.detail, extra={"cluster": self.cluster})
+            else:
+                log.debug(skipped.detail, extra={"cluster": self.cluster})
+
+    def _published(self, message: wire.WireModel, size: int) -> None:
+        PUBLISHED.labels(self.cluster, message.KIND).inc()
+        if isinstance(message, SyncMarker):
+            SYNC_MARKER_BYTES.labels(self.cluster).set(size)
+
+    # Cluster reachability -> GSLBConfig status (through the home watcher) ---------------------
+
+    def _update_cluster_status(self) -> None:
+        if self._failing:
+            state, message = ClusterState.UNREACHABLE, "; ".join(sorted(self._failing.values()))
+        elif self._listed == set(self.resources):
+            state, message = ClusterState.CONNECTED, ""
+        else:
+            return
+        current = self._cluster_status
+        if current is None or (current.state, current.message) != (state, message):
+            self._cluster_status = ClusterStatus(
+                cluster=self.cluster, state=state, message=message, since=utcnow()
+            )
+            self._cluster_changed.set()
+
+    async def _report_cluster(self, js: JetStreamContext) -> None:
+        """Publish the latest ClusterStatus, apart from the events so that a NATS user
+        without permission for it (see deploy/nats/) can never hold the events up."""
+        backoff = self._backoff()
+        subject = subjects.cluster_status_subject(self.cluster)
+        while True:
+            await self._cluster_changed.wait()
+            self._cluster_changed.clear()
+            status = self._cluster_status
+            if status is None:
+                continue
+            try:
+                await js.publish(subject, wire.encode(status), timeout=5)
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "could not publish the state of cluster %s on %s: %s; retrying in %.1f s",
+                    self.cluster, subject, exc or type(exc).__name__, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                self._cluster_changed.set()
+                continue
+            backoff.reset()
+            log.info(
+                "cluster %s is %s", self.cluster, status.state.value,
+                extra={"cluster": self.cluster, "reason": status.message},
+            )  # fmt: skip
+
+    # Home cluster: policies and status --------------------------------------------------------
+
+    async def _seed_policies(self, js: JetStreamContext) -> None:
+        """What the stream holds for the CRs, so CRs deleted meanwhile get a PolicyDeleted."""
+        messages = await bus.read_last_per_subject(
+            js, subjects.STREAM_EVENTS, f"{subjects.POLICY_PREFIX}.>"
+        )
+        known = []
+        for msg in messages:
+            with contextlib.suppress(wire.WireError):
+                known.append(wire.decode_any(msg.data, (PolicyObject, PolicyDeleted)))
+        self.policies.seed(known)
+        log.info("policies in the stream: %d", len(self.policies.published_refs()))
+
+    async def _on_status(self, msg: Msg) -> None:
+        try:
+            status = wire.decode_any(msg.data, (PolicyStatus, ClusterStatus))
+        except wire.WireError as exc:
+            await bus.dead_letter(self.nc, SERVICE, msg.subject, msg.data, str(exc))
+            return
+        if isinstance(status, PolicyStatus):
+            self.policies.want_status(status)
+        elif isinstance(status, ClusterStatus):
+            self.policies.want_cluster(status)
+        self._status_dirty.set()
+
+    async def _write_statuses(self) -> None:
+        backoff = self._backoff()
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            for ref, patch in self.policies.status_patches():
+                try:
+                    status = await asyncio.to_thread(kube.patch_status, self.api, ref, patch)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        STATUS_WRITES.labels("gone").inc()
+                        continue  # deleted meanwhile; its DELETED event is on its way
+                    failure: BaseException = exc
+                except Exception as exc:
+                    failure = exc
+                else:
+                    STATUS_WRITES.labels("ok").inc()
+                    self.policies.record_status(ref, status)
+                    backoff.reset()
+                    written = patch["status"]
+                    log.info(
+                        "wrote status of %s: %s", ref, written.get("state") or "cluster states",
+                        extra={"policy": str(ref)},
+                    )  # fmt: skip
+                    continue
+                STATUS_WRITES.labels("error").inc()
+                delay = backoff.next_delay()
+                log.warning(
+                    "status of %s not written: %s; retrying in %.1f s",
+                    ref, kube.describe_error(failure, self.cluster, ref.kind), delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                self._status_dirty.set()
+                break
+
+
+async def main(settings: WatcherSettings) -> None:
+    try:
+        cluster = cluster_name(settings)
+        api = kube.load_api_client(settings.kubeconfig, settings.context)
+    except kube.KubeConfigError as exc:
+        raise SystemExit(f"kgslb watcher: {exc}") from None
+
+    async def build(nc: Client) -> Watcher:
+        return Watcher(settings, nc, api, cluster)
+
+    try:
+        await run_service(SERVICE, settings, build)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
