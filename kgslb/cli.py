@@ -70,28 +70,37 @@ def run_service_command(
     run(main(settings))
 
 
-def _service_command(name: str, module: str, settings_class: str, summary: str) -> None:
+def _service_command(name: str, package: str, settings_class: str, summary: str) -> None:
+    """Register `kgslb <name>`. Only the settings module is imported here: a service module
+    registers its metrics on import, and each process must expose only its own."""
     import importlib
 
-    def command(ctx: typer.Context) -> None:
-        mod = importlib.import_module(module)
-        run_service_command(ctx, getattr(mod, settings_class), mod.main)
+    def settings_model() -> type[BaseModel]:
+        try:
+            module = importlib.import_module(f"{package}.settings")
+        except ModuleNotFoundError:
+            module = importlib.import_module(f"{package}.service")
+        model: type[BaseModel] = getattr(module, settings_class)
+        return model
 
-    mod = importlib.import_module(module)
-    command.__doc__ = f"{summary}\n\n{settings_help(getattr(mod, settings_class))}"
+    def command(ctx: typer.Context) -> None:
+        service = importlib.import_module(f"{package}.service")
+        run_service_command(ctx, settings_model(), service.main)
+
+    command.__doc__ = f"{summary}\n\n{settings_help(settings_model())}"
     app.command(name, context_settings=SETTINGS_CONTEXT)(command)
 
 
 _service_command(
-    "reconciler", "services.reconciler.service", "ReconcilerSettings",
+    "reconciler", "services.reconciler", "ReconcilerSettings",
     "Turn observed objects and policies into desired GSLB services (KV kgslb_services).",
 )  # fmt: skip
 _service_command(
-    "dns", "services.dns.service", "DnsSettings",
+    "dns", "services.dns", "DnsSettings",
     "Serve the GSLB zones over UDP and TCP from the desired state and member health.",
 )  # fmt: skip
 _service_command(
-    "health", "services.health.service", "HealthSettings",
+    "health", "services.health", "HealthSettings",
     "Probe members and publish their health (KV kgslb_health).",
 )  # fmt: skip
 
@@ -171,7 +180,7 @@ def backend(
 # ----- watcher and kube-sim (issue 4) -------------------------------------------------------
 
 _service_command(
-    "watcher", "services.watcher.service", "WatcherSettings",
+    "watcher", "services.watcher", "WatcherSettings",
     "List and watch one member cluster (a kubeconfig context) and publish what it holds.",
 )  # fmt: skip
 

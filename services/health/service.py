@@ -19,7 +19,6 @@ from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import Field
 
 from services.health.monitor import (
     MemberState,
@@ -37,10 +36,10 @@ from services.health.monitor import (
 )
 from services.health.probes import Prober
 from services.health.scheduler import ProbeScheduler
+from services.health.settings import HealthSettings
 from shared import bus, subjects, wire
 from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth, utcnow
 from shared.runtime import replica_name, run_service
-from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "health"
@@ -58,26 +57,6 @@ KV_WRITES = Counter(
 BAD_VALUES = Counter(
     "kgslb_health_bad_values_total", "KV values that could not be decoded", ["bucket"]
 )
-
-
-class HealthSettings(ServiceSettings):
-    heartbeat_seconds: float = Field(
-        default=2.0, gt=0, le=60, description="how often this replica announces itself"
-    )
-    dead_after_heartbeats: int = Field(
-        default=3,
-        ge=2,
-        le=100,
-        description="a replica silent this many heartbeats is dead and its members move",
-    )
-    max_connections: int = Field(
-        default=1000,
-        ge=1,
-        description="probes (one connection each) in flight; needs probes/s x timeout",
-    )
-    tls_ca_file: str | None = Field(
-        default=None, description="CA bundle for https monitors with tlsVerify (default: system)"
-    )
 
 
 @dataclass(frozen=True, slots=True)

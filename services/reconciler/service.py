@@ -20,10 +20,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import Field
 
 from services.reconciler.lease import Leadership, Step
 from services.reconciler.plan import Planner
+from services.reconciler.settings import ReconcilerSettings
 from shared import bus, subjects, wire
 from shared.logs import set_level
 from shared.models import (
@@ -40,7 +40,6 @@ from shared.models import (
     utcnow,
 )
 from shared.runtime import replica_name, run_service
-from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
@@ -71,16 +70,6 @@ EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     PolicyDeleted,
 )
 DEFAULT_REFRESH_INTERVAL_SECONDS = 1800
-
-
-class ReconcilerSettings(ServiceSettings):
-    debounce_seconds: float = Field(default=0.005, ge=0, description="coalesce event bursts")
-    lease_ttl_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        le=300,
-        description="leader lease TTL: a standby takes over within 2 x TTL of a leader's death",
-    )
 
 
 class LostLeadership(Exception):

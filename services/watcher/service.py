@@ -22,11 +22,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from prometheus_client import Counter, Gauge
-from pydantic import Field
 
 from services.watcher import kube
 from services.watcher.backoff import Backoff
 from services.watcher.publisher import OrderedPublisher
+from services.watcher.settings import WatcherSettings
 from services.watcher.translate import Skip
 from services.watcher.view import ClusterView, Decision, PolicyView
 from shared import bus, subjects, wire
@@ -42,7 +42,6 @@ from shared.models import (
     utcnow,
 )
 from shared.runtime import run_service
-from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "watcher"
@@ -93,32 +92,6 @@ KINDS: dict[str, ObjectKind | PolicyKind] = {
     **{kind.value: kind for kind in ObjectKind},
     **{kind.value: kind for kind in PolicyKind},
 }
-
-
-class WatcherSettings(ServiceSettings):
-    kubeconfig: str = Field(
-        default="",
-        description="kubeconfig file, e.g. the seed's multi-cluster gslb-members; "
-        "empty: in-cluster config",
-    )
-    context: str = Field(default="", description="kubeconfig context; empty: its current context")
-    cluster: str = Field(
-        default="", description="member cluster name in events; default: the context name"
-    )
-    home: bool = Field(
-        default=False,
-        description="the home cluster: also watch the kgslb CRDs and write their status "
-        "(--home true)",
-    )
-    page_size: int = Field(default=500, ge=1, le=10000, description="list page size")
-    watch_timeout_seconds: int = Field(
-        default=300, ge=1, le=3600, description="server-side watch timeout (randomised up to 2x)"
-    )
-    backoff_initial_seconds: float = Field(default=0.5, gt=0, le=60)
-    backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
-    max_pending_changes: int = Field(
-        default=10000, ge=1, description="watch events read ahead of publishing (back-pressure)"
-    )
 
 
 def cluster_name(settings: WatcherSettings) -> str:

@@ -1,0 +1,34 @@
+"""Settings of the watcher service (flags `--x-y`, environment `KGSLB_X_Y`); kept apart from
+the service so the CLI can describe them without loading the service."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class WatcherSettings(ServiceSettings):
+    kubeconfig: str = Field(
+        default="",
+        description="kubeconfig file, e.g. the seed's multi-cluster gslb-members; "
+        "empty: in-cluster config",
+    )
+    context: str = Field(default="", description="kubeconfig context; empty: its current context")
+    cluster: str = Field(
+        default="", description="member cluster name in events; default: the context name"
+    )
+    home: bool = Field(
+        default=False,
+        description="the home cluster: also watch the kgslb CRDs and write their status "
+        "(--home true)",
+    )
+    page_size: int = Field(default=500, ge=1, le=10000, description="list page size")
+    watch_timeout_seconds: int = Field(
+        default=300, ge=1, le=3600, description="server-side watch timeout (randomised up to 2x)"
+    )
+    backoff_initial_seconds: float = Field(default=0.5, gt=0, le=60)
+    backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_pending_changes: int = Field(
+        default=10000, ge=1, description="watch events read ahead of publishing (back-pressure)"
+    )
