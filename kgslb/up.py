@@ -180,7 +180,8 @@ def load_stack_config(path: Path) -> StackConfig:
     except OSError as exc:
         raise StartupError(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise StartupError(f"{path}: not valid YAML: {exc}") from None
+        # PyYAML's message spans lines (with a caret drawing): keep the error to one line.
+        raise StartupError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     derived = [key for key in DERIVED_FIELDS if key in (raw or {})]
     if derived:
         raise StartupError(

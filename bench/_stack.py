@@ -1,0 +1,340 @@
+"""End-to-end bench harness: the Kubernetes API simulator, a monitored JetStream nats-server
+and real `kgslb` watcher/reconciler/health/dns processes on loopback, as `kgslb up` wires them.
+
+Objects are written straight into the simulator's stores (on its own event loop) so that
+creating 30,000 Ingresses takes seconds; the watchers still see them only through the
+Kubernetes API (list, then watch), exactly as in a real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dns.message
+import dns.query
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from kgslb.embedded import ManagedProcess, NatsServer, free_port, service_process  # noqa: E402
+from kgslb.kubesim import KubeSim  # noqa: E402
+from kgslb.kubesim.resources import INGRESSES  # noqa: E402
+from kgslb.kubesim.store import ClusterStore  # noqa: E402
+from kgslb.kubesim.threaded import BackgroundKubeSim  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+SEED = REPO / "examples" / "seed"
+ZONE = "avi.iberia.local"
+CLUSTERS = ("s1az1", "s1az2", "s2")
+HOME = "s1az1"
+# AKO's default: every Ingress of a cluster shares the cluster's first pool address.
+SHARED_VIPS = {"s1az1": "127.10.25.46", "s1az2": "127.10.26.40", "s2": "127.10.23.40"}
+T = TypeVar("T")
+
+
+def app_name(index: int) -> str:
+    return f"app{index:06d}"
+
+
+def app_fqdn(index: int) -> str:
+    return f"{app_name(index)}.{ZONE}"
+
+
+def ingress(name: str, host: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    backend = {"service": {"name": name, "port": {"number": 80}}}
+    path = {"path": "/", "pathType": "Prefix", "backend": backend}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "default", "labels": labels or {"app": "gslb"}},
+        "spec": {"rules": [{"host": host, "http": {"paths": [path]}}]},
+    }
+
+
+def set_ingress_ip(store: ClusterStore, name: str, ip: str) -> None:
+    """What AKO does when it (re)assigns a VIP: write status.loadBalancer.ingress."""
+    obj = store.get(INGRESSES, "default", name)
+    obj["status"] = {"loadBalancer": {"ingress": [{"ip": ip}]}}
+    store.update(INGRESSES, "default", name, obj, subresource="status")
+
+
+def apply_documents(store: ClusterStore, documents: Iterable[dict[str, Any]]) -> None:
+    for document in documents:
+        group, _, version = document["apiVersion"].rpartition("/")
+        rtype = next(
+            t
+            for t in store.registry.all()
+            if t.group == group and t.version == version and t.kind == document["kind"]
+        )
+        store.create(rtype, document["metadata"].get("namespace"), document)
+
+
+def seed_policy_documents(gdp_spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The seed's GSLBConfig gc-1 and GDP global-gdp (optionally with another spec)."""
+    documents: list[dict[str, Any]] = []
+    for file in ("gslbconfig.yaml", "global-gdp.yaml"):
+        for document in yaml.safe_load_all((SEED / file).read_text()):
+            if not document:
+                continue
+            if document["kind"] == "Namespace" and any(d["kind"] == "Namespace" for d in documents):
+                continue
+            if document["kind"] == "GlobalDeploymentPolicy" and gdp_spec is not None:
+                document["spec"] = gdp_spec
+            documents.append(document)
+    return documents
+
+
+def seed_gdp_spec() -> dict[str, Any]:
+    gdp = next(d for d in seed_policy_documents() if d["kind"] == "GlobalDeploymentPolicy")
+    spec: dict[str, Any] = gdp["spec"]
+    return spec
+
+
+class E2EStack:
+    """Simulator + nats-server (with its monitoring port) + kgslb service processes."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        shared_ingress_vip: bool = True,
+        history_size: int = 100_000,
+    ) -> None:
+        self.workdir = workdir
+        self.nats = NatsServer(workdir / "jetstream")
+        self.monitor_port = free_port()
+        self.nats.argv += ["-m", str(self.monitor_port)]
+        pools = {c: [SHARED_VIPS[c]] for c in CLUSTERS}
+        self.sim = KubeSim(
+            list(CLUSTERS),
+            vip_pools=pools,
+            history_size=history_size,
+            shared_ingress_vip=shared_ingress_vip,
+        )
+        self.background = BackgroundKubeSim(self.sim)
+        self.kubeconfig = workdir / "kubeconfig"
+        self.processes: dict[str, ManagedProcess] = {}
+        self.ops_ports: dict[str, int] = {}
+        self.dns_port = 0
+
+    def __enter__(self) -> E2EStack:
+        # SIGTERM (a timeout, a kill) unwinds like Ctrl-C, so no child outlives the bench.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        self.nats.start()
+        self.background.start()
+        self.sim.write_kubeconfig(str(self.kubeconfig))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.stop()
+        self.background.stop()
+        self.nats.stop()
+
+    # ----- the simulator ---------------------------------------------------------------
+
+    def in_sim(self, job: Callable[[KubeSim], T]) -> T:
+        """Run `job` on the simulator's loop (its stores belong to that loop) and wait."""
+
+        async def call() -> T:
+            return job(self.sim)
+
+        loop = self.background._loop  # the stores are only safe on this loop
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=600)
+
+    def move_vip(self, cluster: str, name: str, ip: str) -> None:
+        """AKO gives Ingress `name` in `cluster` the address `ip`."""
+        self.in_sim(lambda sim: set_ingress_ip(sim.store(cluster), name, ip))
+
+    def apply_seed_policies(self, gdp_spec: dict[str, Any] | None = None) -> None:
+        documents = seed_policy_documents(gdp_spec)
+        self.in_sim(lambda sim: apply_documents(sim.store(HOME), documents))
+
+    def create_apps(self, count: int, clusters: Iterable[str] = CLUSTERS, start: int = 0) -> None:
+        """`count` Ingresses app<i> (host app<i>.<zone>) in each cluster; AKO gives them VIPs."""
+        wanted = list(clusters)
+
+        def job(sim: KubeSim) -> None:
+            for cluster in wanted:
+                store = sim.store(cluster)
+                for index in range(start, start + count):
+                    store.create(INGRESSES, "default", ingress(app_name(index), app_fqdn(index)))
+
+        self.in_sim(job)
+
+    # ----- the services ----------------------------------------------------------------
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+        self.ops_ports[name] = free_port()
+        settings = {
+            "KGSLB_NATS_URL": self.nats.url,
+            "KGSLB_OPS_PORT": str(self.ops_ports[name]),
+            "KGSLB_LOG_LEVEL": "WARNING",
+            # The services run this checkout's code, whatever the working directory.
+            "PYTHONPATH": str(REPO),
+        }
+        process = service_process(
+            name, list(args), self.workdir / "logs", {**settings, **(env or {})}
+        )
+        process.start()
+        self.processes[name] = process
+        return process
+
+    def start_watcher(self, cluster: str, page_size: int = 500) -> ManagedProcess:
+        home = ["--home", "true"] if cluster == HOME else []
+        return self.start(
+            f"watcher-{cluster}",
+            "watcher",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--context",
+            cluster,
+            "--page-size",
+            str(page_size),
+            *home,
+        )
+
+    def start_dns(self) -> ManagedProcess:
+        if not self.dns_port:
+            self.dns_port = free_port()
+        return self.start("dns", "dns", "--dns-port", str(self.dns_port), "--log-queries", "false")
+
+    def start_all(self, health: bool = True, page_size: int = 500) -> None:
+        for cluster in CLUSTERS:
+            self.start_watcher(cluster, page_size)
+        self.start("reconciler", "reconciler")
+        if health:
+            self.start("health", "health")
+        self.start_dns()
+
+    def restart(self, name: str) -> None:
+        process = self.processes[name]
+        process.stop()
+        process.start()
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if not process.running:
+                raise SystemExit(f"{name} exited; its last lines:\n{process.tail()}")
+
+    def rss_mb(self) -> dict[str, float]:
+        out = {}
+        for name, process in self.processes.items():
+            if process.process is not None and process.running:
+                out[name] = rss_mb(process.process.pid)
+        out["nats-server"] = rss_mb(self.nats.process.pid) if self.nats.process else 0.0
+        return out
+
+    async def metric(self, name: str, metric_name: str) -> float:
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{self.ops_ports[name]}/metrics")
+        return metric_sum(response.text, metric_name)
+
+    def varz(self) -> dict[str, Any]:
+        response = httpx.get(f"http://127.0.0.1:{self.monitor_port}/varz", timeout=5)
+        data: dict[str, Any] = response.json()
+        return data
+
+    def stream_last_seq(self, stream: str) -> int:
+        response = httpx.get(
+            f"http://127.0.0.1:{self.monitor_port}/jsz", params={"streams": "true"}, timeout=5
+        )
+        for account in response.json().get("account_details", []):
+            for detail in account.get("stream_detail", []):
+                if detail["name"] == stream:
+                    return int(detail["state"]["last_seq"])
+        return 0
+
+    # ----- DNS -------------------------------------------------------------------------
+
+    def query(self, name: str, timeout: float = 0.5) -> list[str]:
+        reply = dns.query.udp(
+            dns.message.make_query(name, "A"), "127.0.0.1", port=self.dns_port, timeout=timeout
+        )
+        return [rr.address for rrset in reply.answer for rr in rrset]
+
+
+def metric_sum(text: str, metric_name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if not line.startswith("#") and line.split("{")[0].split(" ")[0] == metric_name
+    )
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its direct children."""
+    total_kb = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for one in pids:
+        status = Path(f"/proc/{one}/status")
+        if status.exists():
+            match = re.search(r"VmRSS:\s+(\d+)", status.read_text())
+            total_kb += int(match.group(1)) if match else 0
+    return total_kb / 1024
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages, to print beside every figure (2 shared cores)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {"n": 0}
+    ordered = sorted(samples_ms)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {
+        "n": len(ordered),
+        "p50_ms": round(pick(0.50), 1),
+        "p95_ms": round(pick(0.95), 1),
+        "p99_ms": round(pick(0.99), 1),
+        "max_ms": round(ordered[-1], 1),
+        "mean_ms": round(statistics.fmean(ordered), 1),
+    }
+
+
+def wait_until(check: Callable[[], bool], timeout_seconds: float, interval: float = 0.05) -> float:
+    """Seconds until `check()` holds; SystemExit after `timeout_seconds`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_seconds:
+        try:
+            if check():
+                return time.monotonic() - started
+        except Exception:
+            pass
+        time.sleep(interval)
+    raise SystemExit(f"not reached in {timeout_seconds} s")
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

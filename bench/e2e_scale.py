@@ -1,0 +1,433 @@
+"""End-to-end scale: N FQDNs x 3 clusters of Ingresses in the Kubernetes API simulator, the
+whole stack from cold, restarts, memory, the cost of one change, and DNS qps against NSD.
+
+    .venv/bin/python bench/e2e_scale.py                    # 10,000 FQDNs (30,000 members)
+    .venv/bin/python bench/e2e_scale.py --fqdns 100000 --skip-qps --skip-restarts --changes 5
+
+Steps, in one run:
+1. cold: the Ingresses exist before any kgslb process starts; time from starting the
+   watchers, reconciler, health and dns to every name answering its 3 members (the GDP asks
+   for `answers: 3`; a pipelined sweep over all names checks every answer).
+2. change: one Ingress's VIP moves (AKO status), `--changes` times on different names; the
+   latency to DNS and what it cost on NATS: KGSLB_EVENTS and KV_kgslb_services sequence
+   numbers, and nats-server /varz message counters (monitoring port).
+3. restarts: each service stopped and started on its own; time until it is ready again and
+   DNS is complete, and the KV writes it caused (a restart must write nothing).
+4. memory: RSS of every process.
+5. qps: the GDP switches to `answers: 1` (timed too, a GDP edit at scale), then dnsperf over
+   a query file of all the names against `kgslb dns` and against NSD serving the same names.
+
+Prints a table and writes bench/results/e2e_scale-<N>.json. Needs `apt-get install dnsperf nsd`
+for step 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import functools
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import httpx
+from _stack import (
+    CLUSTERS,
+    SHARED_VIPS,
+    E2EStack,
+    app_fqdn,
+    app_name,
+    git_revision,
+    load,
+    percentiles,
+    rss_mb,
+    seed_gdp_spec,
+    wait_until,
+)
+from _stack import RESULTS as RESULTS_DIR
+from dns_stack import Nsd, gslb_service, require_tools, run_dnsperf, seed_zone
+
+from kgslb.kubesim import KubeSim
+from kgslb.kubesim.resources import INGRESSES
+
+MEMBERS = tuple((SHARED_VIPS[c], c, w) for c, w in zip(CLUSTERS, (6, 4, 2), strict=True))
+
+
+def gdp_spec(answers: int) -> dict[str, Any]:
+    spec = seed_gdp_spec()
+    spec["answers"] = answers
+    # Shared loopback VIPs with nothing listening: members are answered without probing.
+    spec["healthMonitorTemplate"] = {"kind": "none"}
+    return spec
+
+
+def sweep(port: int, names: list[str], want: int, batch: int = 200) -> int:
+    """How many of `names` do not answer exactly `want` addresses (pipelined UDP queries)."""
+    bad = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        for start in range(0, len(names), batch):
+            chunk = names[start : start + batch]
+            for offset, name in enumerate(chunk):
+                query = dns.message.make_query(name, "A")
+                query.id = offset
+                sock.sendto(query.to_wire(), ("127.0.0.1", port))
+            counts: dict[int, int] = {}
+            try:
+                while len(counts) < len(chunk):
+                    reply = dns.message.from_wire(sock.recv(65535))
+                    counts[reply.id] = sum(
+                        len(rrset) for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A
+                    )
+            except TimeoutError:
+                pass
+            bad += sum(1 for offset in range(len(chunk)) if counts.get(offset) != want)
+    return bad
+
+
+def converge(
+    stack: E2EStack,
+    names: list[str],
+    want: int,
+    timeout_seconds: float,
+    trace: list[dict[str, Any]] | None = None,
+) -> float:
+    """Seconds until the dns process holds every name and a sweep finds all of them right.
+    With `trace`, also records where each hop stands every half second (the cold timeline)."""
+    started = time.monotonic()
+    deadline = started + timeout_seconds
+    next_trace = started
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            held = asyncio.run(stack.metric("dns", "kgslb_dns_gslb_names"))
+        except Exception:
+            held = 0
+        if trace is not None and time.monotonic() >= next_trace:
+            next_trace += 0.5
+            trace.append(snapshot(stack, time.monotonic() - started, held))
+        if held >= len(names):
+            checked_at = time.monotonic()
+            if sweep(stack.dns_port, names, want) == 0:
+                return checked_at - started
+        time.sleep(0.1)
+    raise SystemExit(f"not converged within {timeout_seconds:.0f} s")
+
+
+def snapshot(stack: E2EStack, elapsed: float, dns_names: float) -> dict[str, Any]:
+    """Progress of every hop: watchers listed, events in the stream, services planned, KV
+    writes, names in the DNS table."""
+    point: dict[str, Any] = {"t": round(elapsed, 1)}
+    for cluster in CLUSTERS:
+        try:
+            point[f"ready-{cluster}"] = ready(stack, f"watcher-{cluster}")
+        except httpx.HTTPError:
+            point[f"ready-{cluster}"] = False
+    try:
+        point["events"] = stack.stream_last_seq("KGSLB_EVENTS")
+        point["kv"] = stack.stream_last_seq("KV_kgslb_services")
+        point["planned"] = asyncio.run(stack.metric("reconciler", "kgslb_reconciler_services"))
+    except Exception:
+        pass
+    point["dns"] = dns_names
+    return point
+
+
+def ready(stack: E2EStack, name: str, needle: str = "") -> bool:
+    response = httpx.get(f"http://127.0.0.1:{stack.ops_ports[name]}/readyz", timeout=2)
+    return response.status_code == 200 and needle in response.text
+
+
+def counters(stack: E2EStack) -> dict[str, int]:
+    varz = stack.varz()
+    return {
+        "events_seq": stack.stream_last_seq("KGSLB_EVENTS"),
+        "kv_services_seq": stack.stream_last_seq("KV_kgslb_services"),
+        "nats_in_msgs": int(varz["in_msgs"]),
+        "nats_out_msgs": int(varz["out_msgs"]),
+    }
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before[key] for key in before}
+
+
+def measure_changes(stack: E2EStack, names: list[str], changes: int) -> dict[str, Any]:
+    """Move one Ingress's VIP at a time; latency to DNS and the NATS traffic it caused."""
+    time.sleep(1.0)
+    idle_before = counters(stack)
+    time.sleep(2.0)
+    idle = delta(idle_before, counters(stack))
+    latencies = []
+    costs = []
+    for change in range(changes):
+        index = (change * 7919) % len(names)
+        fqdn, name, ip = (
+            app_fqdn(index),
+            app_name(index),
+            f"127.31.{change // 250}.{change % 250 + 1}",
+        )
+        before = counters(stack)
+        changed_at = time.monotonic()
+        stack.move_vip("s2", name, ip)
+        while ip not in stack.query(fqdn, timeout=0.5):
+            if time.monotonic() - changed_at > 10:
+                raise SystemExit(f"{fqdn}: new VIP {ip} not answered within 10 s")
+        latencies.append((time.monotonic() - changed_at) * 1000)
+        time.sleep(1.0)  # let every consequence of the change land before counting
+        costs.append(delta(before, counters(stack)))
+    return {
+        "latency": percentiles(latencies),
+        "latencies_ms": [round(x, 1) for x in latencies],
+        "per_change": costs,
+        "idle_3s": idle,
+        "load": load(),
+    }
+
+
+def measure_restarts(stack: E2EStack, names: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ["dns", "reconciler", "health", *(f"watcher-{c}" for c in CLUSTERS)]:
+        before = counters(stack)
+        started = time.monotonic()
+        stack.restart(name)
+        needle = "leader" if name == "reconciler" else ""
+        ready_after = wait_until(functools.partial(ready, stack, name, needle), 300, 0.02)
+        waited = time.monotonic() - started
+        converged = waited + converge(stack, names, 3, 300)
+        time.sleep(1.0)
+        out[name] = {
+            "ready_s": round(ready_after, 2),
+            "dns_complete_s": round(converged, 2),
+            "nats": delta(before, counters(stack)),
+            "load": load(),
+        }
+        print(f"  restart {name}: {out[name]}", flush=True)
+    return out
+
+
+def measure_qps(stack: E2EStack, names: list[str], seconds: int) -> dict[str, Any]:
+    require_tools("dnsperf", "nsd")
+    query_file = stack.workdir / "names.txt"
+    query_file.write_text("".join(f"{n} A\n" for n in names))
+    services = [gslb_service(n, MEMBERS) for n in names]
+    out: dict[str, Any] = {}
+    # Table updates during the run flush the response cache: count them.
+    updates_before = asyncio.run(stack.metric("dns", "kgslb_dns_table_updates_total"))
+    kgslb = run_dnsperf(stack.dns_port, query_file, seconds)
+    updates = asyncio.run(stack.metric("dns", "kgslb_dns_table_updates_total")) - updates_before
+    cached = asyncio.run(stack.metric("dns", "kgslb_dns_cached_responses"))
+    out["kgslb"] = {
+        **kgslb.as_dict(),
+        "load": load(),
+        "table_updates_during_run": updates,
+        "cached_responses_after": cached,
+    }
+    with Nsd(stack.workdir / "nsd", seed_zone(), services) as nsd:
+        wait_until(lambda: bool(_answers(nsd.port, names[-1])), 60)
+        result = run_dnsperf(nsd.port, query_file, seconds)
+        out["nsd"] = {**result.as_dict(), "load": load(), "rss_mb": round(rss_mb(nsd.pid), 1)}
+    out["ratio"] = round(out["kgslb"]["qps"] / out["nsd"]["qps"], 3)
+    return out
+
+
+def _answers(port: int, name: str) -> list[str]:
+    reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1", port=port, timeout=0.5)
+    return [rr.to_text() for rrset in reply.answer for rr in rrset]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fqdns", type=int, default=10_000)
+    parser.add_argument("--changes", type=int, default=20, help="single Ingress changes at scale")
+    parser.add_argument("--seconds", type=int, default=10, help="dnsperf -l")
+    parser.add_argument("--timeout", type=float, default=600, help="cold convergence limit")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy every service during the cold start into this dir"
+    )
+    parser.add_argument("--profile-seconds", type=int, default=30)
+    parser.add_argument(
+        "--page-size",
+        type=int,
+        default=500,
+        help="watchers' list page size (the simulator sorts every object for each page)",
+    )
+    parser.add_argument("--skip-restarts", action="store_true")
+    parser.add_argument("--skip-qps", action="store_true")
+    args = parser.parse_args()
+
+    names = [app_fqdn(i) for i in range(args.fqdns)]
+    results: dict[str, Any] = {"revision": git_revision(), "args": vars(args)}
+    with tempfile.TemporaryDirectory(prefix="kgslb-scale-") as tmp, E2EStack(Path(tmp)) as stack:
+        started = time.monotonic()
+        stack.apply_seed_policies(gdp_spec(answers=3))
+        stack.create_apps(args.fqdns)
+        created = time.monotonic() - started
+        total = stack.in_sim(lambda sim: sum(len(_ingress_names(sim, c)) for c in CLUSTERS))
+        print(f"created {total} Ingresses in the simulator in {created:.1f} s", flush=True)
+
+        load_before = load()
+        started = time.monotonic()
+        stack.start_all(health=True, page_size=args.page_size)
+        profilers = start_profilers(stack, args.profile, args.profile_seconds)
+        trace: list[dict[str, Any]] = []
+        cold = converge(stack, names, 3, args.timeout, trace)
+        print_trace(trace)
+        for profiler in profilers:
+            profiler.wait()
+        if profilers:
+            print_profiles(args.profile)
+        results["cold"] = {
+            "seconds": round(cold, 2),
+            "timeline": trace,
+            "ingresses": total,
+            "load": [load_before, load()],
+        }
+        print(f"cold convergence: {cold:.1f} s (load {load()})", flush=True)
+        results["rss_after_cold_mb"] = {k: round(v, 1) for k, v in stack.rss_mb().items()}
+        print(f"RSS MB: {results['rss_after_cold_mb']}", flush=True)
+
+        results["change"] = measure_changes(stack, names, args.changes)
+        print(f"one change: {results['change']['latency']}", flush=True)
+        print(f"  NATS per change: {results['change']['per_change'][0]}", flush=True)
+
+        if not args.skip_restarts:
+            results["restarts"] = measure_restarts(stack, names)
+
+        if not args.skip_qps:
+            started = time.monotonic()
+            stack.in_sim(lambda sim: _patch_gdp(sim, gdp_spec(answers=1)))
+            converge(stack, names, 1, 600)
+            results["gdp_edit_total_s"] = round(time.monotonic() - started, 2)
+            print(f"GDP edit at scale (answers 3 -> 1): {results['gdp_edit_total_s']} s")
+        results["rss_mb"] = {k: round(v, 1) for k, v in stack.rss_mb().items()}
+        if not args.skip_qps:
+            results["qps"] = measure_qps(stack, names, args.seconds)
+        stack.check_alive()
+
+    report(args, results)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"e2e_scale-{args.fqdns}.json"
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+def _ingress_names(sim: KubeSim, cluster: str) -> list[str]:
+    return [o["metadata"]["name"] for o in sim.store(cluster).iter_objects(INGRESSES)]
+
+
+def _patch_gdp(sim: KubeSim, spec: dict[str, Any]) -> None:
+    store = sim.store("s1az1")
+    rtype = next(t for t in store.registry.all() if t.kind == "GlobalDeploymentPolicy")
+    store.patch(rtype, "avi-system", "global-gdp", "application/merge-patch+json", {"spec": spec})
+
+
+def start_profilers(
+    stack: E2EStack, out_dir: Path | None, seconds: int
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy (sampling, 50 Hz, non-blocking) on every service for the first `seconds`."""
+    if out_dir is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    profilers = []
+    for name, process in stack.processes.items():
+        assert process.process is not None
+        argv = [str(py_spy), "record", "--pid", str(process.process.pid), "--rate", "50"]
+        argv += ["--duration", str(seconds), "--nonblocking", "--format", "raw"]
+        argv += ["-o", str(out_dir / f"{name}.txt")]
+        profilers.append(
+            subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    return profilers
+
+
+def print_profiles(out_dir: Path, top: int = 8) -> None:
+    """The functions each service spent most samples in (own time), from py-spy's raw
+    collapsed stacks."""
+    for path in sorted(out_dir.glob("*.txt")):
+        own: collections.Counter[str] = collections.Counter()
+        total = 0
+        for line in path.read_text().splitlines():
+            stack_text, _, samples = line.rpartition(" ")
+            if not samples.isdigit():
+                continue
+            own[stack_text.split(";")[-1]] += int(samples)
+            total += int(samples)
+        print(f"\n{path.stem}: {total} samples, top own time")
+        for frame, count in own.most_common(top):
+            print(f"  {100 * count / max(total, 1):5.1f}%  {frame[:110]}")
+
+
+def print_trace(trace: list[dict[str, Any]]) -> None:
+    """Every 2 s of the cold timeline: which hop is the bottleneck."""
+    print(f"{'t s':>6} {'watchers ready':>15} {'events':>8} {'planned':>8} {'kv':>8} {'dns':>8}")
+    for point in trace[::4] + trace[-1:]:
+        listed = sum(1 for c in CLUSTERS if point.get(f"ready-{c}"))
+        print(
+            f"{point['t']:>6.1f} {listed:>15} {point.get('events', 0):>8} "
+            f"{point.get('planned', 0):>8.0f} {point.get('kv', 0):>8} {point['dns']:>8.0f}"
+        )
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    n = args.fqdns
+    rows: list[tuple[str, str, str]] = []
+    cold = results["cold"]["seconds"]
+    rows.append(
+        (f"cold convergence, {n} FQDNs x 3", f"{cold:.1f} s", "<= 30 s" if n <= 10_000 else "-")
+    )
+    for name, mb in results["rss_mb"].items():
+        rows.append((f"RSS {name}", f"{mb:.0f} MB", "<= 300 MB" if n <= 10_000 else "-"))
+    change = results["change"]
+    rows.append(
+        ("one Ingress change -> DNS p50/p99",
+         f"{change['latency']['p50_ms']:.0f} / {change['latency']['p99_ms']:.0f} ms", "<= 250 ms")
+    )  # fmt: skip
+    first = change["per_change"]
+    kv = sorted({c["kv_services_seq"] for c in first})
+    events = sorted({c["events_seq"] for c in first})
+    rows.append(("KV kgslb_services writes per change", ",".join(map(str, kv)), "1"))
+    rows.append(("KGSLB_EVENTS messages per change", ",".join(map(str, events)), "-"))
+    ins = statistics_median([c["nats_in_msgs"] for c in first])
+    rows.append(("nats-server in_msgs per change (median)", f"{ins:.0f}",
+                 f"idle 3 s: {change['idle_3s']['nats_in_msgs']}"))  # fmt: skip
+    for name, restart in results.get("restarts", {}).items():
+        rows.append(
+            (f"restart {name}: ready / DNS complete",
+             f"{restart['ready_s']:.1f} / {restart['dns_complete_s']:.1f} s",
+             f"KV writes {restart['nats']['kv_services_seq']}")
+        )  # fmt: skip
+    if "qps" in results:
+        rows.append(
+            ("GDP edit (answers 3 -> 1), all names", f"{results['gdp_edit_total_s']:.1f} s", "-")
+        )
+        qps = results["qps"]
+        rows.append(
+            ("DNS qps kgslb dns", f"{qps['kgslb']['qps']:.0f}",
+             f"table updates during run: {qps['kgslb']['table_updates_during_run']:.0f}")
+        )  # fmt: skip
+        rows.append(("DNS qps NSD", f"{qps['nsd']['qps']:.0f}", ""))
+        rows.append(("kgslb / NSD", f"{qps['ratio']:.2f}", ">= 0.80"))
+    print(f"\n{'measurement':<44} {'value':>18}  target")
+    for label, value, target in rows:
+        print(f"{label:<44} {value:>18}  {target}")
+
+
+def statistics_median(values: list[int]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+if __name__ == "__main__":
+    main()
