@@ -154,8 +154,8 @@ def seed_messages(config: StackConfig) -> list[tuple[str, wire.WireModel]]:
     ]
     policies += [(PolicyKind.GSLB_HOST_RULE, p) for p in config.host_rules]
     for kind, policy in policies:
-        ref = PolicyRef(kind=kind, namespace=policy.namespace, name=policy.name)
-        messages.append((ref.subject, PolicyObject(ref=ref, spec=policy.spec)))
+        policy_ref = PolicyRef(kind=kind, namespace=policy.namespace, name=policy.name)
+        messages.append((policy_ref.subject, PolicyObject(ref=policy_ref, spec=policy.spec)))
     present: dict[str, list[str]] = {}
     for seed in config.observed:
         ref = ObjectRef(
