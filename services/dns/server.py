@@ -1,5 +1,6 @@
-"""UDP and TCP listeners around the answer table. Everything here is synchronous per packet:
-parse, look up, render, send. Query logs and counters are handed off without awaiting."""
+"""The answer engine around the table, and the TCP listener. The engine turns one packet into
+one response synchronously: response cache, parse, look up, render, rate limit, and hand a
+throttled query-log record to a sink that never blocks. UDP batching lives in `udp.py`."""
 
 from __future__ import annotations
 
@@ -13,42 +14,78 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import cast
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.dns import wire
-from services.dns.table import AnswerTable, Response
+from services.dns.ratelimit import LogThrottle, ResponseRateLimiter, Verdict
+from services.dns.table import AnswerTable, Response, Rotation, Target
 from shared.models import DnsQueryLog
 
 log = logging.getLogger(__name__)
 
-TCP_IDLE_TIMEOUT_SECONDS = 10.0
-MAX_TCP_MESSAGE = 65535
+DEFAULT_TCP_IDLE_SECONDS = 10.0
+DEFAULT_CACHE_ENTRIES = 100_000
+"""Distinct query packets (name, type, flags, case, EDNS options) whose responses are kept;
+past that the cache starts over, so random names cannot grow it without bound."""
 
 
-class LogThrottle:
-    """At most `per_second` records per second; 0 means every query (the seed's 'no
-    throttle'). Cheap enough to ask on every query."""
+class CachedAnswer:
+    """The response to one exact query packet (ID aside), ready to send: a fixed body, or
+    one body per position of a GSLB name's round-robin cycle."""
 
-    def __init__(self, per_second: int) -> None:
-        self.per_second = per_second
-        self._window = 0
-        self._used = 0
+    __slots__ = (
+        "bodies", "body", "hits", "ips", "qname", "qtype", "rcode", "rotation", "turn", "zone",
+    )  # fmt: skip
 
-    def allow(self, now: float) -> bool:
-        if self.per_second == 0:
-            return True
-        window = int(now)
-        if window != self._window:
-            self._window, self._used = window, 0
-        if self._used < self.per_second:
-            self._used += 1
-            return True
-        return False
+    def __init__(self, query: wire.Query, response: Response) -> None:
+        assert response.packet is not None
+        self.hits = 0
+        self.qname = query.qname.rstrip(".")
+        self.qtype = wire.type_name(query.qtype)
+        self.rcode = wire.rcode_name(response.rcode)
+        self.zone = response.zone
+        self.ips = response.ips
+        self.rotation: Rotation | None = None
+        self.body: bytes | None = response.packet[2:]
+        self.bodies: list[bytes] = []
+        self.turn: Callable[[], int] = int
+        if response.rotation is not None and response.variants:
+            unique: dict[bytes, bytes] = {}
+            self.rotation = response.rotation
+            self.body = None
+            for variant in response.variants:
+                if variant not in unique:
+                    unique[variant] = variant[2:]
+            self.bodies = [unique[variant] for variant in response.variants]
+            self.turn = response.rotation.next_position
+
+
+def client_address(client_ip: str) -> bytes:
+    """Packed address of a client, IPv4-mapped IPv6 folded to IPv4."""
+    if ":" not in client_ip:
+        return socket.inet_pton(socket.AF_INET, client_ip)
+    packed = socket.inet_pton(socket.AF_INET6, client_ip)
+    if packed[:12] == b"\x00" * 10 + b"\xff\xff":
+        return packed[12:]
+    return packed
+
+
+def address_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def slip_reply(reply: bytes) -> bytes:
+    """RRL slip: the header with TC set and only the question, so the client retries on TCP."""
+    offset = 12
+    while offset < len(reply) and reply[offset]:
+        offset += 1 + reply[offset]
+    flags = struct.unpack_from("!H", reply, 2)[0] | wire.FLAG_TC
+    return reply[:2] + struct.pack("!5H", flags, 1, 0, 0, 0) + reply[12 : offset + 5]
 
 
 class DnsEngine:
-    """Turns a packet into a response, counting and sampling for the query log."""
+    """Turns a packet into a response, counting, rate limiting and sampling the query log."""
 
     def __init__(
         self,
@@ -56,16 +93,70 @@ class DnsEngine:
         replica: str,
         log_sink: Callable[[DnsQueryLog], None] | None = None,
         log_per_second: int = 50,
+        rate_limiter: ResponseRateLimiter | None = None,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.table = table
+        self.clock = clock
         self.replica = replica
         self.log_sink = log_sink
         self.throttle = LogThrottle(log_per_second)
+        self.rrl = rate_limiter or ResponseRateLimiter(0)
+        self.cache: dict[bytes, CachedAnswer] = {}
+        self.cache_entries = cache_entries
         self.counts: Counter[tuple[str, str, str]] = Counter()
         self.malformed = 0
+        self.second = int(clock())
+        self._generation = table.generation
+        self.inline = True
+        """Cache hits may be served without this object (no log record or RRL due now)."""
+        self._update_inline()
 
-    def handle(self, packet: bytes, client_ip: str, udp: bool) -> bytes | None:
+    def _update_inline(self) -> None:
+        logging_due = self.log_sink is not None and self.throttle.open
+        self.inline = not (logging_due or self.rrl.enabled)
+
+    def tick(self) -> None:
+        """Follow table changes and the clock; called per packet or once per UDP batch."""
+        if self.table.generation != self._generation:
+            self.flush_cache()
+        second = int(self.clock())
+        if second != self.second:
+            self.second = second
+            self.throttle.new_second()
+            self._update_inline()
+
+    def flush_cache(self) -> None:
+        counts = self.counts
+        for entry in self.cache.values():
+            if entry.hits:
+                counts[(entry.rcode, entry.qtype, entry.zone)] += entry.hits
+        self.cache.clear()
+        self._generation = self.table.generation
+
+    def respond(
+        self, packet: bytes, client_ip: str, udp: bool, client_packed: bytes | None = None
+    ) -> bytes | None:
+        """The reply to one query packet, or None to stay silent."""
         started = time.perf_counter()
+        self.tick()
+        logged = self.log_sink is not None and self.throttle.open and self.throttle.take()
+        if not self.throttle.open:
+            self._update_inline()
+        if udp:
+            entry = self.cache.get(packet[2:])
+            if entry is not None:
+                entry.hits += 1
+                position = 0
+                body = entry.body
+                if body is None:
+                    position = entry.turn()
+                    body = entry.bodies[position]
+                reply: bytes | None = self._limit(packet[:2] + body, client_ip, client_packed)
+                if logged:
+                    self._log_cached(entry, position, reply, client_ip, started)
+                return reply
         try:
             query = wire.parse_query(packet)
         except wire.QueryError as exc:
@@ -75,19 +166,63 @@ class DnsEngine:
             return wire.error_response(exc.query_id, exc.flags, exc.rcode)
         response = self.table.answer(query, client_ip, udp)
         qtype = wire.type_name(query.qtype)
-        rcode = wire.RCODE_NAMES.get(response.rcode, str(response.rcode))
+        rcode = wire.rcode_name(response.rcode)
         self.counts[(rcode, qtype, response.zone)] += 1
-        if self.log_sink is not None and self.throttle.allow(started):
-            self._log(query, response, client_ip, qtype, rcode, started)
-        return response.packet
+        reply = response.packet
+        if udp and reply is not None:
+            if response.cacheable:
+                if len(self.cache) >= self.cache_entries:
+                    self.flush_cache()
+                self.cache[packet[2:]] = CachedAnswer(query, response)
+            reply = self._limit(reply, client_ip, client_packed)
+        if logged:
+            members = response.members
+            self._emit(
+                query.qname.rstrip("."), qtype, rcode, response.zone, reply, client_ip,
+                [m.ip for m in members] if members else list(response.ips),
+                [m.cluster for m in members], started,
+            )  # fmt: skip
+        return reply
 
-    def _log(
+    def _limit(self, reply: bytes, client_ip: str, client_packed: bytes | None) -> bytes | None:
+        rrl = self.rrl
+        if not rrl.enabled:
+            return reply
+        packed = client_packed if client_packed is not None else client_address(client_ip)
+        verdict = rrl.decide(rrl.key(packed), self.second)
+        if verdict == Verdict.SEND:
+            return reply
+        if verdict == Verdict.SLIP:
+            return slip_reply(reply)
+        return None
+
+    def _log_cached(
         self,
-        query: wire.Query,
-        response: Response,
+        entry: CachedAnswer,
+        position: int,
+        reply: bytes | None,
         client_ip: str,
+        started: float,
+    ) -> None:
+        members: tuple[Target, ...] = ()
+        if entry.rotation is not None:
+            members = entry.rotation.chosen(position)
+        self._emit(
+            entry.qname, entry.qtype, entry.rcode, entry.zone, reply, client_ip,
+            [m.ip for m in members] if members else list(entry.ips),
+            [m.cluster for m in members], started,
+        )  # fmt: skip
+
+    def _emit(
+        self,
+        qname: str,
         qtype: str,
         rcode: str,
+        zone: str,
+        reply: bytes | None,
+        client_ip: str,
+        answers: list[str],
+        clusters: list[str],
         started: float,
     ) -> None:
         assert self.log_sink is not None
@@ -95,16 +230,23 @@ class DnsEngine:
             DnsQueryLog(
                 time=datetime.now(UTC),
                 client=client_ip,
-                qname=query.qname.rstrip("."),
+                qname=qname,
                 qtype=qtype,
-                rcode=rcode if response.packet is not None else f"{rcode}(dropped)",
-                answers=[m.ip for m in response.members],
-                clusters=[m.cluster for m in response.members],
+                rcode=rcode if reply is not None else f"{rcode}(dropped)",
+                answers=answers,
+                clusters=clusters,
                 latency_us=round((time.perf_counter() - started) * 1e6, 1),
                 replica=self.replica,
-                zone=response.zone,
+                zone=zone,
             )
         )
+
+    def query_counts(self) -> Counter[tuple[str, str, str]]:
+        counts = Counter(self.counts)
+        for entry in self.cache.values():
+            if entry.hits:
+                counts[(entry.rcode, entry.qtype, entry.zone)] += entry.hits
+        return counts
 
 
 class QueryCountCollector(Collector):
@@ -114,48 +256,36 @@ class QueryCountCollector(Collector):
     def __init__(self, engine: DnsEngine) -> None:
         self.engine = engine
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        engine = self.engine
         queries = CounterMetricFamily(
             "kgslb_dns_queries", "DNS queries answered", labels=["rcode", "qtype", "zone"]
         )
-        for (rcode, qtype, zone), count in list(self.engine.counts.items()):
+        for (rcode, qtype, zone), count in engine.query_counts().items():
             queries.add_metric([rcode, qtype, zone], count)
         yield queries
         yield CounterMetricFamily(
             "kgslb_dns_malformed_packets", "Packets that were not a usable query",
-            value=self.engine.malformed,
+            value=engine.malformed,
         )  # fmt: skip
-
-
-class UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, engine: DnsEngine) -> None:
-        self.engine = engine
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio's, so no isinstance check here.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        try:
-            reply = self.engine.handle(data, str(addr[0]), True)
-        except Exception:
-            # Invariant: bad input never takes the server down. Count it and stay silent.
-            self.engine.malformed += 1
-            log.exception("unexpected error answering a UDP query")
-            return
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error: %s", exc)
+        limited = CounterMetricFamily(
+            "kgslb_dns_rate_limited", "UDP responses held back by RRL", labels=["action"]
+        )
+        limited.add_metric(["drop"], engine.rrl.dropped)
+        limited.add_metric(["slip"], engine.rrl.slipped)
+        yield limited
+        yield GaugeMetricFamily(
+            "kgslb_dns_cached_responses", "Query packets with a ready response",
+            value=len(engine.cache),
+        )  # fmt: skip
 
 
 class TcpProtocol(asyncio.Protocol):
     """RFC 7766: length-prefixed messages, several per connection, closed when idle."""
 
-    def __init__(self, engine: DnsEngine) -> None:
+    def __init__(self, engine: DnsEngine, idle_seconds: float) -> None:
         self.engine = engine
+        self.idle_seconds = idle_seconds
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
@@ -164,14 +294,14 @@ class TcpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.client_ip = str(peer[0]) if peer else ""
+        self.client_ip = address_text(client_address(peer[0])) if peer else ""
         self._arm_idle()
 
     def _arm_idle(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
         loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(TCP_IDLE_TIMEOUT_SECONDS, self._close)
+        self._idle = loop.call_later(self.idle_seconds, self._close)
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -187,8 +317,9 @@ class TcpProtocol(asyncio.Protocol):
             message = bytes(self.buffer[2 : 2 + length])
             del self.buffer[: 2 + length]
             try:
-                reply = self.engine.handle(message, self.client_ip, False)
+                reply = self.engine.respond(message, self.client_ip, False)
             except Exception:
+                # Invariant: bad input never takes the server down. Count it and stay silent.
                 self.engine.malformed += 1
                 log.exception("unexpected error answering a TCP query")
                 reply = None
@@ -223,10 +354,8 @@ def bind_tcp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-async def serve(
-    engine: DnsEngine, udp_sock: socket.socket, tcp_sock: socket.socket
-) -> tuple[asyncio.DatagramTransport, asyncio.Server]:
+async def serve_tcp(
+    engine: DnsEngine, tcp_sock: socket.socket, idle_seconds: float = DEFAULT_TCP_IDLE_SECONDS
+) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(engine), sock=udp_sock)
-    server = await loop.create_server(lambda: TcpProtocol(engine), sock=tcp_sock)
-    return transport, server
+    return await loop.create_server(lambda: TcpProtocol(engine, idle_seconds), sock=tcp_sock)

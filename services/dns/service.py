@@ -13,35 +13,30 @@ from collections.abc import Callable
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY, Counter, Gauge
-from pydantic import Field
 
+from services.dns.ratelimit import ResponseRateLimiter
 from services.dns.server import (
     DnsEngine,
     QueryCountCollector,
     bind_tcp_socket,
     bind_udp_socket,
-    serve,
+    serve_tcp,
 )
+from services.dns.settings import DnsSettings
 from services.dns.table import AnswerTable
+from services.dns.udp import udp_server
 from shared import bus, subjects, wire
 from shared.models import DnsQueryLog, GslbService, HealthState, MemberHealth, ZoneSpec
 from shared.runtime import replica_name, run_service
-from shared.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 SERVICE = "dns"
+LOG_QUEUE_RECORDS = 10_000
+RECONNECT_POLL_SECONDS = 0.5
 
 TABLE_UPDATES = Counter("kgslb_dns_table_updates_total", "KV updates applied", ["bucket"])
 LOGS_DROPPED = Counter("kgslb_dns_logs_dropped_total", "Query logs dropped: publisher behind")
 GSLB_NAMES = Gauge("kgslb_dns_gslb_names", "GSLB names in the answer table")
-
-
-class DnsSettings(ServiceSettings):
-    dns_host: str = "127.0.0.1"
-    dns_port: int = Field(default=1053, ge=0, le=65535)
-    log_per_second: int = Field(
-        default=50, ge=0, description="query-log records per second; 0 logs every query"
-    )
 
 
 class DnsService:
@@ -54,15 +49,25 @@ class DnsService:
     ) -> None:
         self.settings = settings
         self.nc = nc
-        self.table = AnswerTable()
-        self._logs: asyncio.Queue[DnsQueryLog] = asyncio.Queue(maxsize=10_000)
+        self.table = AnswerTable(udp_payload_limit=settings.edns_udp_size)
+        self._logs: asyncio.Queue[DnsQueryLog] = asyncio.Queue(maxsize=LOG_QUEUE_RECORDS)
         self.engine = DnsEngine(
-            self.table, replica_name(settings), self._enqueue_log, settings.log_per_second
+            self.table,
+            replica_name(settings),
+            self._enqueue_log if settings.log_queries else None,
+            settings.log_per_second,
+            ResponseRateLimiter(
+                settings.rrl_responses_per_second,
+                settings.rrl_slip,
+                settings.rrl_ipv4_prefix_length,
+                settings.rrl_ipv6_prefix_length,
+            ),
         )
         REGISTRY.register(QueryCountCollector(self.engine))
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
         self._loaded: set[str] = set()
+        self._all_loaded = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -75,39 +80,74 @@ class DnsService:
             LOGS_DROPPED.inc()
 
     async def run(self) -> None:
-        transport, server = await serve(self.engine, self.udp_sock, self.tcp_sock)
+        buckets = await bus.bootstrap(self.nc.jetstream())
+        mirrors = asyncio.gather(
+            self._mirror(buckets[subjects.KV_ZONES], self._apply_zone),
+            self._mirror(buckets[subjects.KV_HEALTH], self._apply_health),
+            self._mirror(buckets[subjects.KV_SERVICES], self._apply_service),
+            self._publish_logs(),
+        )
         try:
-            buckets = await bus.bootstrap(self.nc.jetstream())
-            await asyncio.gather(
-                self._mirror(buckets[subjects.KV_ZONES], self._apply_zone),
-                self._mirror(buckets[subjects.KV_HEALTH], self._apply_health),
-                self._mirror(buckets[subjects.KV_SERVICES], self._apply_service),
-                self._publish_logs(),
+            # Queries wait in the socket buffers until the table holds the whole KV: an
+            # answer from a half-loaded table (REFUSED, NXDOMAIN) would be cached downstream.
+            await self._all_loaded.wait()
+            loop = asyncio.get_running_loop()
+            udp = udp_server(self.udp_sock, self.engine)
+            udp.attach(loop)
+            tcp = await serve_tcp(self.engine, self.tcp_sock, self.settings.tcp_idle_seconds)
+            log.info(
+                "answering",
+                extra={"zones": len(self.table.zones), "names": len(self.table.gslb)},
             )
+            try:
+                await mirrors
+            finally:
+                udp.detach(loop)
+                tcp.close()
         finally:
-            transport.close()
-            server.close()
+            mirrors.cancel()
 
-    async def _mirror(self, kv: KeyValue, apply: Callable[[str, bytes | None], None]) -> None:
-        """Follow one bucket forever; after NATS outages the watcher resumes by itself."""
+    async def _mirror(self, kv: KeyValue, apply: Callable[[str, bytes | None, int], None]) -> None:
+        """Follow one bucket forever. After a reconnect the watch starts over at once (a
+        restarted nats-server forgot its consumer); entries already applied are skipped by
+        revision, so only what changed meanwhile touches the table."""
         bucket = kv._name
+        applied: dict[str, int] = {}
         while True:
             try:
                 watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        self._loaded.add(bucket)
-                        log.info("loaded %s", bucket, extra={"names": len(self.table.gslb)})
-                        continue
-                    deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                    apply(entry.key, None if deleted else entry.value)
-                    TABLE_UPDATES.labels(bucket).inc()
-                    GSLB_NAMES.set(len(self.table.gslb))
+                guard = asyncio.create_task(self._stop_on_reconnect(watcher, bucket))
+                try:
+                    async for entry in watcher:
+                        if entry is None:
+                            self._loaded.add(bucket)
+                            if self.ready:
+                                self._all_loaded.set()
+                            log.info("loaded %s", bucket, extra={"names": len(self.table.gslb)})
+                            continue
+                        revision = entry.revision or 0
+                        if applied.get(entry.key) == revision:
+                            continue
+                        applied[entry.key] = revision
+                        deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+                        apply(entry.key, None if deleted else entry.value, revision)
+                        TABLE_UPDATES.labels(bucket).inc()
+                        GSLB_NAMES.set(len(self.table.gslb))
+                finally:
+                    guard.cancel()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("watch of %s interrupted (%s); answering from memory", bucket, exc)
                 await asyncio.sleep(1)
+
+    async def _stop_on_reconnect(self, watcher: KeyValue.KeyWatcher, bucket: str) -> None:
+        reconnects = self.nc.stats["reconnects"]
+        while self.nc.stats["reconnects"] == reconnects:
+            await asyncio.sleep(RECONNECT_POLL_SECONDS)
+        log.info("nats reconnected: restarting the watch of %s", bucket)
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _decode(self, key: str, value: bytes, model: type[wire.M]) -> wire.M | None:
         try:
@@ -116,7 +156,7 @@ class DnsService:
             log.error("ignoring bad %s value for %s: %s", model.KIND, key, exc)
             return None
 
-    def _apply_zone(self, key: str, value: bytes | None) -> None:
+    def _apply_zone(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:
             self.table.remove_zone(subjects.fqdn_from_key(key))
             return
@@ -124,19 +164,19 @@ class DnsService:
         if spec is None:
             return
         try:
-            self.table.set_zone(spec)
+            self.table.set_zone(spec, revision)
         except ValueError as exc:
             log.error("zone %s not loaded, previous version kept: %s", spec.name, exc)
 
-    def _apply_service(self, key: str, value: bytes | None) -> None:
+    def _apply_service(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:
-            self.table.remove_service(subjects.fqdn_from_key(key))
+            self.table.remove_service(subjects.fqdn_from_key(key), revision)
             return
         service = self._decode(key, value, GslbService)
         if service is not None:
-            self.table.set_service(service)
+            self.table.set_service(service, revision)
 
-    def _apply_health(self, key: str, value: bytes | None) -> None:
+    def _apply_health(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:
             self.table.set_health(key, None)
             return
@@ -147,22 +187,36 @@ class DnsService:
     async def _publish_logs(self) -> None:
         while True:
             record = await self._logs.get()
-            zone = record.zone or "none"
             with contextlib.suppress(Exception):
-                await self.nc.publish(subjects.dnslog_subject(zone), wire.encode(record))
+                await self.nc.publish(subjects.dnslog_subject(record.zone), wire.encode(record))
 
 
-def bind(settings: DnsSettings) -> tuple[socket.socket, socket.socket]:
+def _inherited(settings: DnsSettings) -> tuple[socket.socket, socket.socket]:
+    try:
+        udp_fd, tcp_fd = (int(part) for part in settings.dns_socket_fds.split(","))
+        udp = socket.socket(fileno=udp_fd)
+        tcp = socket.socket(fileno=tcp_fd)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(
+            f"kgslb dns: --dns-socket-fds {settings.dns_socket_fds!r} is not two open sockets "
+            f"'udp_fd,tcp_fd': {exc}"
+        ) from None
+    udp.setblocking(False)
+    tcp.setblocking(False)
+    return udp, tcp
+
+
+def bind(settings: DnsSettings, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
     """Bind both sockets before anything else, so a busy port fails fast and clearly."""
     try:
-        udp = bind_udp_socket(settings.dns_host, settings.dns_port, reuse_port=False)
+        udp = bind_udp_socket(settings.dns_host, settings.dns_port, reuse_port)
     except OSError as exc:
         raise SystemExit(
             f"kgslb dns: cannot listen on udp {settings.dns_host}:{settings.dns_port}: "
             f"{exc.strerror}"
         ) from None
     try:
-        tcp = bind_tcp_socket(settings.dns_host, udp.getsockname()[1], reuse_port=False)
+        tcp = bind_tcp_socket(settings.dns_host, udp.getsockname()[1], reuse_port)
     except OSError as exc:
         udp.close()
         raise SystemExit(
@@ -173,7 +227,12 @@ def bind(settings: DnsSettings) -> tuple[socket.socket, socket.socket]:
 
 
 async def main(settings: DnsSettings) -> None:
-    udp, tcp = bind(settings)
+    if settings.workers > 1:
+        from services.dns.workers import supervise
+
+        await supervise(settings)
+        return
+    udp, tcp = _inherited(settings) if settings.dns_socket_fds else bind(settings)
 
     async def build(nc: Client) -> DnsService:
         return DnsService(settings, nc, udp, tcp)

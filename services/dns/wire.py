@@ -1,10 +1,11 @@
 """DNS wire format at the edge: parse a query into a typed value, render records to bytes.
 
-Parsing is hand-written because it runs for every packet; it accepts exactly what an
-authoritative server must understand (RFC 1035 header and question, EDNS(0) OPT from RFC 6891)
-and reports anything else as a `QueryError` carrying the rcode to answer with (or None to stay
-silent). Rendering writes names uncompressed except the query name, which every answer points
-to at offset 12, so a pre-rendered record is valid in any response.
+Parsing is hand-written because it runs for every packet that misses the response cache; it
+accepts exactly what an authoritative server must understand (RFC 1035 header and question,
+EDNS(0) OPT from RFC 6891 with the Client Subnet option of RFC 7871) and reports anything else
+as a `QueryError` carrying the rcode to answer with (or None to stay silent). Rendering writes
+names uncompressed except the query name, which answers point to at offset 12, so a
+pre-rendered record is valid in any response to that name.
 """
 
 from __future__ import annotations
@@ -37,10 +38,17 @@ FLAG_RD = 0x0100
 QUESTION_NAME_POINTER = b"\xc0\x0c"
 CLASSIC_UDP_SIZE = 512
 DEFAULT_EDNS_UDP_SIZE = 1232
+"""What we advertise and the most we send over UDP (the DNS Flag Day 2020 value)."""
+OPTION_ECS = 8
+ECS_FAMILY_BITS = {1: 32, 2: 128}
 
 
 def type_name(qtype: int) -> str:
     return TYPE_NAMES.get(qtype, f"TYPE{qtype}")
+
+
+def rcode_name(rcode: int) -> str:
+    return RCODE_NAMES.get(rcode, str(rcode))
 
 
 class QueryError(Exception):
@@ -51,6 +59,28 @@ class QueryError(Exception):
         self.rcode = rcode
         self.query_id = query_id
         self.flags = flags
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSubnet:
+    """The EDNS Client Subnet option of a query (RFC 7871)."""
+
+    family: int
+    """1 for IPv4, 2 for IPv6."""
+    source_prefix: int
+    address: bytes
+    """The address octets as sent: `ceil(source_prefix / 8)` of them."""
+
+    @property
+    def ip(self) -> str:
+        size = 4 if self.family == 1 else 16
+        padded = self.address + bytes(size - len(self.address))
+        return str(ipaddress.ip_address(padded))
+
+    def option(self, scope_prefix: int) -> bytes:
+        """The option for the response: the query's family, source and address, our scope."""
+        body = struct.pack("!HBB", self.family, self.source_prefix, scope_prefix) + self.address
+        return struct.pack("!HH", OPTION_ECS, len(body)) + body
 
 
 @dataclass(slots=True)
@@ -68,12 +98,13 @@ class Query:
     edns: bool
     edns_udp_size: int
     edns_version: int
+    client_subnet: ClientSubnet | None = None
 
-    @property
-    def max_udp_size(self) -> int:
+    def max_udp_size(self, server_limit: int = DEFAULT_EDNS_UDP_SIZE) -> int:
+        """RFC 6891 6.2.5: the client's advertised size, never under 512, capped by ours."""
         if not self.edns:
             return CLASSIC_UDP_SIZE
-        return max(CLASSIC_UDP_SIZE, self.edns_udp_size)
+        return max(CLASSIC_UDP_SIZE, min(self.edns_udp_size, server_limit))
 
     @property
     def qname(self) -> str:
@@ -117,32 +148,34 @@ def parse_query(packet: bytes) -> Query:
     edns = False
     udp_size = 0
     version = 0
+    subnet: ClientSubnet | None = None
     for _ in range(arcount):
-        if offset + 11 > end:
+        record_start = offset
+        owner_end = _skip_name(packet, offset, query_id, flags)
+        if owner_end + 10 > end:
             raise QueryError("additional record truncated", FORMERR, query_id, flags)
-        if packet[offset] != 0:
-            # Only OPT (root owner) matters to us; skip any other record by its length.
-            offset = _skip_name(packet, offset, query_id, flags)
-            if offset + 10 > end:
-                raise QueryError("additional record truncated", FORMERR, query_id, flags)
-            rdlength = struct.unpack_from("!H", packet, offset + 8)[0]
-            offset += 10 + rdlength
+        rtype, rclass, ttl, rdlength = struct.unpack_from("!HHIH", packet, owner_end)
+        rdata_start = owner_end + 10
+        offset = rdata_start + rdlength
+        if offset > end:
+            raise QueryError(
+                "additional record data runs past the packet", FORMERR, query_id, flags
+            )
+        if rtype != OPT:
+            # TSIG and friends: nothing we act on, skipped by their length.
             continue
-        rtype, rclass, _ext_rcode, rversion, _eflags, rdlength = struct.unpack_from(
-            "!HHBBHH", packet, offset + 1
-        )
-        if rtype == OPT:
-            if edns:
-                raise QueryError("more than one OPT record", FORMERR, query_id, flags)
-            edns, udp_size, version = True, rclass, rversion
-        offset += 11 + rdlength
-    if offset > end:
-        raise QueryError("additional section truncated", FORMERR, query_id, flags)
-    question = packet[12 : name_end + 4]
+        if owner_end != record_start + 1:
+            raise QueryError("OPT record with a non-root owner", FORMERR, query_id, flags)
+        if edns:
+            raise QueryError("more than one OPT record", FORMERR, query_id, flags)
+        edns, udp_size, version = True, rclass, (ttl >> 16) & 0xFF
+        subnet = _parse_options(packet, rdata_start, offset, query_id, flags)
+    if offset != end:
+        raise QueryError("trailing bytes after the last record", FORMERR, query_id, flags)
     return Query(
         id=query_id,
         flags=flags,
-        question=question,
+        question=packet[12 : name_end + 4],
         key=packet[12:name_end].lower(),
         label_offsets=tuple(offsets),
         qtype=qtype,
@@ -150,7 +183,48 @@ def parse_query(packet: bytes) -> Query:
         edns=edns,
         edns_udp_size=udp_size,
         edns_version=version,
+        client_subnet=subnet,
     )
+
+
+def _parse_options(
+    packet: bytes, start: int, end: int, query_id: int, flags: int
+) -> ClientSubnet | None:
+    subnet: ClientSubnet | None = None
+    offset = start
+    while offset < end:
+        if offset + 4 > end:
+            raise QueryError("EDNS option header truncated", FORMERR, query_id, flags)
+        code, length = struct.unpack_from("!HH", packet, offset)
+        body = packet[offset + 4 : offset + 4 + length]
+        offset += 4 + length
+        if offset > end:
+            raise QueryError("EDNS option runs past the OPT record", FORMERR, query_id, flags)
+        if code == OPTION_ECS:
+            subnet = _client_subnet(body, query_id, flags)
+    return subnet
+
+
+def _client_subnet(body: bytes, query_id: int, flags: int) -> ClientSubnet:
+    """RFC 7871 6: a malformed option SHOULD get FORMERR."""
+    if len(body) < 4:
+        raise QueryError("client subnet option shorter than 4 octets", FORMERR, query_id, flags)
+    family, source, _scope = struct.unpack_from("!HBB", body)
+    bits = ECS_FAMILY_BITS.get(family)
+    if bits is None:
+        raise QueryError(f"client subnet family {family} unknown", FORMERR, query_id, flags)
+    if source > bits:
+        raise QueryError(f"client subnet /{source} too long", FORMERR, query_id, flags)
+    address = body[4:]
+    if len(address) != (source + 7) // 8:
+        raise QueryError(
+            "client subnet address length does not match its prefix", FORMERR, query_id, flags
+        )
+    if source % 8 and address[-1] & (0xFF >> (source % 8)):
+        raise QueryError(
+            "client subnet address has bits set past its prefix", FORMERR, query_id, flags
+        )
+    return ClientSubnet(family, source, address)
 
 
 def _skip_name(packet: bytes, offset: int, query_id: int, flags: int) -> int:
@@ -160,6 +234,8 @@ def _skip_name(packet: bytes, offset: int, query_id: int, flags: int) -> int:
             return offset + 1
         if length & 0xC0 == 0xC0:
             return offset + 2
+        if length & 0xC0:
+            raise QueryError("extended label type", FORMERR, query_id, flags)
         offset += 1 + length
     raise QueryError("name runs past the packet", FORMERR, query_id, flags)
 
@@ -193,6 +269,26 @@ def wire_to_name(wire: bytes) -> str:
         labels.append(wire[offset + 1 : offset + 1 + length].decode("ascii", "replace"))
         offset += 1 + length
     return ".".join(labels) + "."
+
+
+def parents(key: bytes) -> list[bytes]:
+    """Every strict suffix of a wire-form name, nearest first, the root last."""
+    out = []
+    offset = 0
+    while key[offset] != 0:
+        offset += 1 + key[offset]
+        out.append(key[offset:])
+    return out
+
+
+def label_offsets(key: bytes) -> list[int]:
+    """Where each label of a wire-form name starts: key[offset:] is that ancestor."""
+    out = []
+    offset = 0
+    while key[offset] != 0:
+        out.append(offset)
+        offset += 1 + key[offset]
+    return out
 
 
 def absolute(name: str, zone: str) -> str:
@@ -253,16 +349,25 @@ def record(owner: bytes, rtype: int, ttl: int, data: bytes) -> bytes:
     return owner + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(data)) + data
 
 
-def opt_record(udp_size: int = DEFAULT_EDNS_UDP_SIZE, ext_rcode: int = 0) -> bytes:
-    return b"\x00" + struct.pack("!HHBBHH", OPT, udp_size, ext_rcode, 0, 0, 0)
+def opt_record(
+    udp_size: int = DEFAULT_EDNS_UDP_SIZE, ext_rcode: int = 0, options: bytes = b""
+) -> bytes:
+    return b"\x00" + struct.pack("!HHBBHH", OPT, udp_size, ext_rcode, 0, 0, len(options)) + options
 
 
 def header(
-    query_id: int, query_flags: int, rcode: int, aa: bool, counts: tuple[int, int, int, int]
+    query_id: int,
+    query_flags: int,
+    rcode: int,
+    aa: bool,
+    counts: tuple[int, int, int, int],
+    tc: bool = False,
 ) -> bytes:
     flags = FLAG_QR | (query_flags & FLAG_RD) | (rcode & 0xF)
     if aa:
         flags |= FLAG_AA
+    if tc:
+        flags |= FLAG_TC
     return struct.pack("!6H", query_id, flags, *counts)
 
 

@@ -1,0 +1,42 @@
+"""Settings of the DNS service (flags `--x-y`, environment `KGSLB_X_Y`); kept apart from
+the service so the CLI can describe them without loading the service and its metrics."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class DnsSettings(ServiceSettings):
+    dns_host: str = "127.0.0.1"
+    dns_port: int = Field(default=1053, ge=0, le=65535)
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="processes answering on the same port (SO_REUSEPORT), one per core",
+    )  # fmt: skip
+    dns_socket_fds: str = Field(
+        default="",
+        description="'udp_fd,tcp_fd': listening sockets inherited from a parent process "
+        "(set by --workers for its worker processes)",
+    )
+    log_queries: bool = Field(default=True, description="publish query logs to kgslb.dnslog.<zone>")
+    log_per_second: int = Field(
+        default=50, ge=0, description="query-log records per second; 0 logs every query"
+    )
+    edns_udp_size: int = Field(
+        default=1232, ge=512, le=4096,
+        description="largest UDP response sent, and the size our OPT record advertises",
+    )  # fmt: skip
+    tcp_idle_seconds: float = Field(
+        default=10.0, gt=0, description="close a TCP connection idle this long (RFC 7766)"
+    )
+    rrl_responses_per_second: int = Field(
+        default=0, ge=0, description="response rate limit per client network; 0 turns RRL off"
+    )
+    rrl_slip: int = Field(
+        default=2, ge=0, le=10,
+        description="every Nth rate-limited response is sent truncated (0: drop them all)",
+    )  # fmt: skip
+    rrl_ipv4_prefix_length: int = Field(default=24, ge=8, le=32)
+    rrl_ipv6_prefix_length: int = Field(default=56, ge=16, le=128)

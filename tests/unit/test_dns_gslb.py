@@ -1,0 +1,297 @@
+"""GSLB selection as answered on the wire: priority groups and health, weighted round robin
+with exact ratios, consistent hashing on the client or its ECS subnet, `answers: N`, and the
+down responses."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+
+import dns.edns
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from services.dns.server import DnsEngine
+from shared.models import (
+    Algorithm,
+    DownResponse,
+    DownResponseType,
+    GslbService,
+    HealthState,
+    Member,
+    PriorityGroup,
+    UnhandledPolicy,
+)
+from shared.subjects import member_key
+from tests.unit.test_dns_answers import (
+    HELLO,
+    SEED,
+    addresses,
+    ask,
+    ask_raw,
+    seeded_engine,
+    service,
+    zone_spec,
+)
+
+PRIMARY = (("127.10.25.46", "s1az1", 1), ("127.10.26.40", "s1az2", 1))
+BACKUP = (("127.10.23.40", "s2", 1),)
+
+
+def grouped(**overrides: object) -> GslbService:
+    groups = [
+        PriorityGroup(
+            priority=prio, members=[Member(ip=ip, cluster=c, weight=w) for ip, c, w in ms]
+        )
+        for prio, ms in ((5, BACKUP), (10, PRIMARY))
+    ]
+    return GslbService(fqdn=HELLO, ttl_seconds=30, groups=groups, **overrides)  # type: ignore[arg-type]
+
+
+def mark(engine: DnsEngine, ip: str, state: HealthState) -> None:
+    engine.table.set_health(member_key(HELLO, ip), state)
+
+
+def picks(engine: DnsEngine, count: int, **kwargs: object) -> list[str]:
+    return [addresses(ask(engine, HELLO, **kwargs))[0] for _ in range(count)]  # type: ignore[arg-type]
+
+
+# Priority groups and health ---------------------------------------------------------------------
+
+
+def test_members_come_from_the_highest_priority_group() -> None:
+    assert set(picks(seeded_engine(grouped()), 10)) == {"127.10.25.46", "127.10.26.40"}
+
+
+def test_a_down_member_is_not_answered() -> None:
+    engine = seeded_engine(grouped())
+
+    mark(engine, "127.10.25.46", HealthState.DOWN)
+
+    assert set(picks(engine, 6)) == {"127.10.26.40"}
+
+
+def test_an_unknown_member_is_still_answered() -> None:
+    engine = seeded_engine(grouped())
+
+    mark(engine, "127.10.25.46", HealthState.UNKNOWN)
+
+    assert set(picks(engine, 6)) == {"127.10.25.46", "127.10.26.40"}
+
+
+def test_the_next_group_answers_when_the_best_has_no_healthy_member() -> None:
+    engine = seeded_engine(grouped())
+
+    for ip, _, _ in PRIMARY:
+        mark(engine, ip, HealthState.DOWN)
+
+    assert set(picks(engine, 4)) == {"127.10.23.40"}
+
+
+def test_a_recovered_member_is_answered_again() -> None:
+    engine = seeded_engine(grouped())
+    mark(engine, "127.10.25.46", HealthState.DOWN)
+
+    mark(engine, "127.10.25.46", HealthState.UP)
+
+    assert set(picks(engine, 6)) == {"127.10.25.46", "127.10.26.40"}
+
+
+# Weighted round robin ---------------------------------------------------------------------------
+
+
+def test_every_window_of_twelve_answers_has_the_seed_split_6_4_2() -> None:
+    sequence = picks(seeded_engine(), 12 * 5)
+
+    for start in range(0, len(sequence) - 12):
+        window = Counter(sequence[start : start + 12])
+        assert window == {"127.10.25.46": 6, "127.10.26.40": 4, "127.10.23.40": 2}
+
+
+def test_round_robin_is_shared_by_clients_with_different_query_packets() -> None:
+    engine = seeded_engine()
+    answers = []
+    for turn in range(12):
+        kwargs: dict[str, object] = {"use_edns": 0} if turn % 2 else {}
+        answers.append(addresses(ask(engine, HELLO if turn % 3 else HELLO.upper(), **kwargs))[0])  # type: ignore[arg-type]
+
+    assert Counter(answers) == {"127.10.25.46": 6, "127.10.26.40": 4, "127.10.23.40": 2}
+
+
+@pytest.mark.parametrize("weights", [(6, 4, 2), (20, 20, 1)], ids=["seed 6:4:2", "canary 20:20:1"])
+def test_ten_thousand_answers_are_within_one_point_of_the_weights(weights: tuple[int, ...]) -> None:
+    members = tuple((ip, c, w) for (ip, c, _), w in zip(SEED, weights, strict=True))
+    engine = seeded_engine(service(members=members))
+    packet = dns.message.make_query(HELLO, "A").to_wire()
+
+    # One A record and no OPT: the answered address is the last four bytes of the reply.
+    replies = [engine.respond(packet, "192.0.2.1", True) for _ in range(10_000)]
+    counts = Counter(socket.inet_ntoa(reply[-4:]) for reply in replies if reply is not None)
+
+    for ip, _, weight in members:
+        assert abs(counts[ip] / 10_000 - weight / sum(weights)) < 0.01
+
+
+def test_answers_n_gives_n_distinct_members() -> None:
+    engine = seeded_engine(service(answers=2))
+
+    for _ in range(12):
+        answered = addresses(ask(engine, HELLO))
+        assert len(answered) == len(set(answered)) == 2
+
+
+def test_answers_n_larger_than_the_members_gives_every_member_once() -> None:
+    answered = addresses(ask(seeded_engine(service(answers=5)), HELLO))
+
+    assert sorted(answered) == sorted(ip for ip, _, _ in SEED)
+
+
+# Consistent hash --------------------------------------------------------------------------------
+
+
+def hashed(**overrides: object) -> GslbService:
+    return service(algorithm=Algorithm.CONSISTENT_HASH, **overrides)  # type: ignore[arg-type]
+
+
+def test_one_client_subnet_always_gets_the_same_member() -> None:
+    engine = seeded_engine(hashed())
+
+    seen = {addresses(ask(engine, HELLO, client=f"198.51.100.{n}"))[0] for n in range(1, 40)}
+
+    assert len(seen) == 1
+
+
+def test_client_subnets_spread_over_the_members() -> None:
+    engine = seeded_engine(hashed())
+
+    seen = {addresses(ask(engine, HELLO, client=f"10.{n}.7.1"))[0] for n in range(60)}
+
+    assert seen == {ip for ip, _, _ in SEED}
+
+
+def test_the_ecs_subnet_decides_instead_of_the_resolver_address() -> None:
+    engine = seeded_engine(hashed())
+    ecs = dns.edns.ECSOption("203.0.113.0", 24)
+    direct = addresses(ask(engine, HELLO, client="203.0.113.9"))[0]
+
+    via_resolvers = {
+        addresses(ask(engine, HELLO, client=f"10.{n}.0.53", use_edns=0, options=[ecs]))[0]
+        for n in range(30)
+    }
+
+    assert via_resolvers == {direct}
+
+
+def test_a_hashed_answer_echoes_ecs_with_the_mask_as_scope() -> None:
+    engine = seeded_engine(hashed(hash_mask_bits=20))
+    ecs = dns.edns.ECSOption("203.0.112.0", 22)
+
+    reply = ask(engine, HELLO, use_edns=0, options=[ecs])
+
+    echoed = [o for o in reply.options if isinstance(o, dns.edns.ECSOption)]
+    assert [(o.address, o.srclen, o.scopelen) for o in echoed] == [("203.0.112.0", 22, 20)]
+
+
+def test_a_round_robin_answer_echoes_ecs_with_scope_zero() -> None:
+    ecs = dns.edns.ECSOption("203.0.113.0", 24)
+
+    reply = ask(seeded_engine(), HELLO, use_edns=0, options=[ecs])
+
+    echoed = [o for o in reply.options if isinstance(o, dns.edns.ECSOption)]
+    assert [(o.srclen, o.scopelen) for o in echoed] == [(24, 0)]
+
+
+def test_ecs_with_source_zero_hashes_the_resolver_and_scopes_zero() -> None:
+    engine = seeded_engine(hashed())
+    ecs = dns.edns.ECSOption("0.0.0.0", 0)
+    direct = addresses(ask(engine, HELLO, client="192.0.2.53"))[0]
+
+    reply = ask(engine, HELLO, client="192.0.2.53", use_edns=0, options=[ecs])
+
+    echoed = [o for o in reply.options if isinstance(o, dns.edns.ECSOption)]
+    assert addresses(reply) == [direct]
+    assert echoed[0].scopelen == 0
+
+
+def test_a_client_keeps_its_member_when_another_member_goes_down() -> None:
+    engine = seeded_engine(hashed())
+    clients = [f"10.{n}.9.1" for n in range(40)]
+    before = {c: addresses(ask(engine, HELLO, client=c))[0] for c in clients}
+    gone = "127.10.26.40"
+
+    mark(engine, gone, HealthState.DOWN)
+
+    after = {c: addresses(ask(engine, HELLO, client=c))[0] for c in clients}
+    assert all(after[c] == before[c] for c in clients if before[c] != gone)
+    assert gone not in after.values()
+
+
+# Down responses ---------------------------------------------------------------------------------
+
+
+def all_down(engine: DnsEngine) -> DnsEngine:
+    for ip, _, _ in SEED:
+        mark(engine, ip, HealthState.DOWN)
+    return engine
+
+
+def with_down(kind: DownResponseType, fallback: str | None = None, drop: bool = False) -> DnsEngine:
+    zone = zone_spec(unhandled=UnhandledPolicy.DROP if drop else UnhandledPolicy.RESPOND)
+    down = DownResponse(type=kind, fallback_ip=fallback)
+    return all_down(seeded_engine(service(down_response=down), zone=zone))
+
+
+def test_down_none_is_treated_as_unhandled_and_answers_nodata() -> None:
+    reply = ask(with_down(DownResponseType.NONE), HELLO)
+
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.answer == [] and reply.authority[0].rdtype == dns.rdatatype.SOA
+
+
+def test_down_none_in_a_drop_zone_stays_silent() -> None:
+    assert ask_raw(with_down(DownResponseType.NONE, drop=True), HELLO) is None
+
+
+def test_down_empty_answers_nodata_even_in_a_drop_zone() -> None:
+    reply = ask(with_down(DownResponseType.EMPTY, drop=True), HELLO)
+
+    assert reply.rcode() == dns.rcode.NOERROR
+    assert reply.answer == []
+
+
+def test_down_all_records_answers_every_member_ignoring_health() -> None:
+    answered = addresses(ask(with_down(DownResponseType.ALL_RECORDS), HELLO))
+
+    assert sorted(answered) == sorted(ip for ip, _, _ in SEED)
+
+
+def test_down_fallback_ip_answers_the_fallback() -> None:
+    engine = with_down(DownResponseType.FALLBACK_IP, fallback="192.0.2.250")
+
+    assert addresses(ask(engine, HELLO)) == ["192.0.2.250"]
+
+
+def test_down_fallback_ip_of_the_other_family_is_nodata() -> None:
+    engine = with_down(DownResponseType.FALLBACK_IP, fallback="2001:db8::250")
+
+    reply = ask(engine, HELLO)
+
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer == []
+
+
+def test_a_healthy_member_again_ends_the_down_response() -> None:
+    engine = with_down(DownResponseType.FALLBACK_IP, fallback="192.0.2.250")
+
+    mark(engine, "127.10.23.40", HealthState.UP)
+
+    assert addresses(ask(engine, HELLO)) == ["127.10.23.40"]
+
+
+def test_a_dual_stack_name_answers_each_family_from_its_members() -> None:
+    members = (("127.10.25.46", "s1az1", 1), ("2001:db8::46", "s1az1", 1))
+    engine = seeded_engine(service(members=members))
+
+    assert addresses(ask(engine, HELLO, rdtype="A")) == ["127.10.25.46"]
+    assert addresses(ask(engine, HELLO, rdtype="AAAA")) == ["2001:db8::46"]
