@@ -76,11 +76,9 @@ def _service_command(name: str, package: str, settings_class: str, summary: str)
     import importlib
 
     def settings_model() -> type[BaseModel]:
-        try:
-            module = importlib.import_module(f"{package}.settings")
-        except ModuleNotFoundError:
-            module = importlib.import_module(f"{package}.service")
-        model: type[BaseModel] = getattr(module, settings_class)
+        model: type[BaseModel] = getattr(
+            importlib.import_module(f"{package}.settings"), settings_class
+        )
         return model
 
     def command(ctx: typer.Context) -> None:
