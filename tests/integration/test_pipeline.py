@@ -3,15 +3,14 @@ clusters -> reconciler -> KV -> DNS answers in the GDP's ratio."""
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from pathlib import Path
 
 import dns.asyncquery
 import dns.flags
 import dns.message
-import dns.rdatatype
 import dns.rcode
+import dns.rdatatype
 import httpx
 from nats.aio.client import Client
 
@@ -164,5 +163,3 @@ async def test_tombstone_removes_a_member(nats_client: Client, services: Service
 
     await eventually(s2_gone)
     assert Counter(await answers(port, 10)) == Counter({"127.10.25.46": 6, "127.10.26.40": 4})
-
-

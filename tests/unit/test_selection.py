@@ -41,16 +41,15 @@ def test_same_subnet_same_member_and_other_members_do_not_move_it() -> None:
     b = rendezvous_pick(client_bucket("192.0.2.99", 24), members, [1, 1, 1])
     assert a == b
     survivors = [m for i, m in enumerate(members) if i != (a + 1) % 3]
-    assert survivors[rendezvous_pick(client_bucket("192.0.2.10", 24), survivors, [1, 1])] == (
-        members[a]
+    assert (
+        survivors[rendezvous_pick(client_bucket("192.0.2.10", 24), survivors, [1, 1])]
+        == (members[a])
     )
 
 
 def test_rendezvous_spreads_by_weight() -> None:
     members = ["a", "b"]
-    picks = Counter(
-        rendezvous_pick(f"client-{n}".encode(), members, [3, 1]) for n in range(4000)
-    )
+    picks = Counter(rendezvous_pick(f"client-{n}".encode(), members, [3, 1]) for n in range(4000))
     assert 0.70 < picks[0] / 4000 < 0.80
 
 
