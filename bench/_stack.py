@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -28,6 +27,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from dns_stack import rss_mb  # noqa: E402
 
 from kgslb.embedded import ManagedProcess, NatsServer, free_port, service_process  # noqa: E402
 from kgslb.kubesim import KubeSim  # noqa: E402
@@ -275,21 +276,6 @@ def metric_sum(text: str, metric_name: str) -> float:
         for line in text.splitlines()
         if not line.startswith("#") and line.split("{")[0].split(" ")[0] == metric_name
     )
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its direct children."""
-    total_kb = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for one in pids:
-        status = Path(f"/proc/{one}/status")
-        if status.exists():
-            match = re.search(r"VmRSS:\s+(\d+)", status.read_text())
-            total_kb += int(match.group(1)) if match else 0
-    return total_kb / 1024
 
 
 def load() -> str:
