@@ -5,7 +5,9 @@ throttled query-log record to a sink that never blocks. UDP batching lives in `u
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+import math
 import socket
 import struct
 import time
@@ -14,7 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import cast
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from services.dns import wire
@@ -35,7 +37,8 @@ class CachedAnswer:
     one body per position of a GSLB name's round-robin cycle."""
 
     __slots__ = (
-        "bodies", "body", "hits", "ips", "qname", "qtype", "rcode", "rotation", "turn", "zone",
+        "bodies", "body", "hits", "ips", "members", "qname", "qtype", "rcode", "rotation",
+        "turn", "zone",
     )  # fmt: skip
 
     def __init__(self, query: wire.Query, response: Response) -> None:
@@ -50,6 +53,9 @@ class CachedAnswer:
         self.body: bytes | None = response.packet[2:]
         self.bodies: list[bytes] = []
         self.turn: Callable[[], int] = int
+        self.members: tuple[Target, ...] = ()
+        """Members of a fixed answer (a consistent-hash pick for an ECS subnet), counted per
+        hit; a rotation's turns are counted by the rotation itself."""
         if response.rotation is not None and response.variants:
             unique: dict[bytes, bytes] = {}
             self.rotation = response.rotation
@@ -59,6 +65,39 @@ class CachedAnswer:
                     unique[variant] = variant[2:]
             self.bodies = [unique[variant] for variant in response.variants]
             self.turn = response.rotation.next_position
+        else:
+            self.members = response.members
+
+
+LATENCY_BUCKETS = (
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+"""Seconds. Python answers in microseconds; milliseconds mean the process is starved."""
+
+
+class LatencyHistogram:
+    """A Prometheus histogram that takes many observations of one value at once: a UDP batch
+    of 64 queries is answered together, so each of its queries took the batch's time."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float, times: int = 1) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += times
+        self.total += seconds * times
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative counts per upper bound, +Inf last, as the exposition format wants."""
+        out: list[tuple[str, int]] = []
+        running = 0
+        for bound, count in zip((*LATENCY_BUCKETS, math.inf), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == math.inf else repr(bound), running))
+        return out
 
 
 def client_address(client_ip: str) -> bytes:
@@ -106,6 +145,9 @@ class DnsEngine:
         self.cache: dict[bytes, CachedAnswer] = {}
         self.cache_entries = cache_entries
         self.counts: Counter[tuple[str, str, str]] = Counter()
+        self.cached_answers: Counter[tuple[str, str, str]] = Counter()
+        """(fqdn, cluster, ip) answers served from flushed fixed cache entries."""
+        self.latency = {"udp": LatencyHistogram(), "tcp": LatencyHistogram()}
         self.malformed = 0
         self.second = int(clock())
         self._generation = table.generation
@@ -129,9 +171,14 @@ class DnsEngine:
 
     def flush_cache(self) -> None:
         counts = self.counts
+        answers = self.cached_answers
         for entry in self.cache.values():
             if entry.hits:
                 counts[(entry.rcode, entry.qtype, entry.zone)] += entry.hits
+                if entry.members:
+                    fqdn = entry.qname.lower()
+                    for member in entry.members:
+                        answers[(fqdn, member.cluster, member.ip)] += entry.hits
         self.cache.clear()
         self._generation = self.table.generation
 
@@ -241,6 +288,18 @@ class DnsEngine:
             )
         )
 
+    def answers_by_member(self) -> Counter[tuple[str, str, str]]:
+        """Answers per (fqdn, cluster, ip) so far: the table's rotations, plus hits on cached
+        fixed answers (flushed and live)."""
+        counts = self.table.answers_by_member()
+        counts.update(self.cached_answers)
+        for entry in self.cache.values():
+            if entry.hits and entry.members:
+                fqdn = entry.qname.lower()
+                for member in entry.members:
+                    counts[(fqdn, member.cluster, member.ip)] += entry.hits
+        return counts
+
     def query_counts(self) -> Counter[tuple[str, str, str]]:
         counts = Counter(self.counts)
         for entry in self.cache.values():
@@ -256,7 +315,9 @@ class QueryCountCollector(Collector):
     def __init__(self, engine: DnsEngine) -> None:
         self.engine = engine
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(
+        self,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         engine = self.engine
         queries = CounterMetricFamily(
             "kgslb_dns_queries", "DNS queries answered", labels=["rcode", "qtype", "zone"]
@@ -278,6 +339,23 @@ class QueryCountCollector(Collector):
             "kgslb_dns_cached_responses", "Query packets with a ready response",
             value=len(engine.cache),
         )  # fmt: skip
+        answers = CounterMetricFamily(
+            "kgslb_dns_answers",
+            "Times a member's address was in an answer for a GSLB name",
+            labels=["fqdn", "cluster", "ip"],
+        )
+        for (fqdn, cluster, ip), count in sorted(engine.answers_by_member().items()):
+            answers.add_metric([fqdn, cluster, ip], count)
+        yield answers
+        latency = HistogramMetricFamily(
+            "kgslb_dns_response_seconds",
+            "From reading a query to handing its reply to the kernel (a UDP batch's queries "
+            "share the batch's time; time queued in the socket is not included)",
+            labels=["transport"],
+        )
+        for transport, histogram in engine.latency.items():
+            latency.add_metric([transport], histogram.buckets(), histogram.total)
+        yield latency
 
 
 class TcpProtocol(asyncio.Protocol):
@@ -316,6 +394,7 @@ class TcpProtocol(asyncio.Protocol):
                 return
             message = bytes(self.buffer[2 : 2 + length])
             del self.buffer[: 2 + length]
+            started = time.perf_counter()
             try:
                 reply = self.engine.respond(message, self.client_ip, False)
             except Exception:
@@ -325,6 +404,7 @@ class TcpProtocol(asyncio.Protocol):
                 reply = None
             if reply is not None and self.transport is not None:
                 self.transport.write(struct.pack("!H", len(reply)) + reply)
+            self.engine.latency["tcp"].observe(time.perf_counter() - started)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._idle is not None:

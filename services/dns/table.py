@@ -18,7 +18,7 @@ import ipaddress
 import itertools
 import struct
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -169,8 +169,8 @@ class Rotation:
     records rendered once. `next_position` is the shared round-robin turn."""
 
     __slots__ = (
-        "consistent_hash", "count", "cycle", "hash_mask_bits", "members", "next_position",
-        "qtype", "records", "tails",
+        "_turns", "consistent_hash", "count", "cycle", "hash_mask_bits", "members",
+        "next_position", "picks", "qtype", "records", "tails",
     )  # fmt: skip
 
     def __init__(
@@ -191,9 +191,42 @@ class Rotation:
         """Per cycle position, the answer records under the question pointer (shared bytes)."""
         self.consistent_hash = spec.consistent_hash
         self.hash_mask_bits = spec.hash_mask_bits
-        self.next_position: Callable[[], int] = itertools.cycle(
-            range(len(self.cycle.order))
+        # The turn counter is the only per-query state: position = turns mod cycle length,
+        # so how often each position (and so each member) was answered follows from one
+        # integer, read at scrape time instead of counted per query. map + count stay in C.
+        self._turns = itertools.count()
+        self.next_position: Callable[[], int] = map(
+            len(self.cycle.order).__rmod__, self._turns
         ).__next__
+        self.picks: list[int] | None = None
+        """Per position, answers picked by consistent hash instead of taking a turn."""
+
+    @property
+    def turns(self) -> int:
+        """Round-robin turns taken so far (itertools.count shows its value only in repr)."""
+        return int(repr(self._turns)[6:-1])
+
+    def count_pick(self, position: int) -> int:
+        if self.picks is None:
+            self.picks = [0] * len(self.cycle.order)
+        self.picks[position] += 1
+        return position
+
+    def answers_by_member(self) -> Counter[Target]:
+        """How many answers each member was in: every turn so far (a whole number of cycles
+        and the first positions of the next) and every consistent-hash pick."""
+        chosen = self.cycle.chosen
+        turns = self.turns
+        full_cycles, partial = divmod(turns, len(chosen))
+        per_position = [full_cycles + (1 if p < partial else 0) for p in range(len(chosen))]
+        if self.picks is not None:
+            per_position = [t + p for t, p in zip(per_position, self.picks, strict=True)]
+        counts: Counter[Target] = Counter()
+        for position, times in enumerate(per_position):
+            if times:
+                for index in chosen[position]:
+                    counts[self.members[index]] += times
+        return counts
 
     def chosen(self, position: int) -> tuple[Target, ...]:
         return tuple(self.members[i] for i in self.cycle.chosen[position])
@@ -265,6 +298,11 @@ class GslbAnswerer:
                 return None
             return Rotation([Target(fallback_ip, "fallback", 1, "")], qtype, spec.ttl, 1, spec)
         return None
+
+    def answers_by_member(self) -> Iterator[tuple[Target, int]]:
+        for rotation in (self.a, self.aaaa):
+            if rotation is not None:
+                yield from rotation.answers_by_member().items()
 
     @property
     def all_down_is_empty(self) -> bool:
@@ -442,6 +480,9 @@ class AnswerTable:
     """The last KV revision seen for each GSLB name, deletions included (for serials)."""
     _zone_services_revisions: dict[bytes, int] = field(default_factory=dict)
     """Per zone, the highest of `_service_revisions` at or under it."""
+    _retired_answers: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+    """Per fqdn, answers counted on rotations that a change has since replaced, by (cluster,
+    ip). Forgotten when the name is removed, so deleted names do not accumulate."""
 
     # Updates ----------------------------------------------------------------------------
 
@@ -487,12 +528,14 @@ class AnswerTable:
     def remove_service(self, fqdn: str, revision: int = 0) -> None:
         key = wire.name_to_wire(normalize_fqdn(fqdn))
         self._drop_service(key)
+        self._retired_answers.pop(normalize_fqdn(fqdn), None)
         self._service_changed(key, revision)
 
     def _drop_service(self, key: bytes) -> None:
         answerer = self.gslb.pop(key, None)
         if answerer is None:
             return
+        self._retire(answerer)
         for target in answerer.spec.targets():
             self._by_health_key.pop(target.health_key, None)
         for parent in _strict_ancestors(key, b""):
@@ -509,8 +552,29 @@ class AnswerTable:
             return
         name = self._by_health_key.get(key)
         if name is not None:
-            self.gslb[name] = GslbAnswerer(self.gslb[name].spec, self.health)
+            old = self.gslb[name]
+            self._retire(old)
+            self.gslb[name] = GslbAnswerer(old.spec, self.health)
             self.generation += 1
+
+    def _retire(self, answerer: GslbAnswerer) -> None:
+        """Keep what a replaced answerer counted: the answer counters only grow."""
+        retired = self._retired_answers.setdefault(answerer.spec.fqdn, Counter())
+        for target, times in answerer.answers_by_member():
+            retired[(target.cluster, target.ip)] += times
+
+    def answers_by_member(self) -> Counter[tuple[str, str, str]]:
+        """Answers given per (fqdn, cluster, ip) since start: a scrape-time sum, not a
+        per-query count. Response-cache hits are turns too, so they are included."""
+        counts: Counter[tuple[str, str, str]] = Counter()
+        for fqdn, retired in self._retired_answers.items():
+            for (cluster, ip), times in retired.items():
+                counts[(fqdn, cluster, ip)] += times
+        for answerer in self.gslb.values():
+            fqdn = answerer.spec.fqdn
+            for target, times in answerer.answers_by_member():
+                counts[(fqdn, target.cluster, target.ip)] += times
+        return counts
 
     # Serials ----------------------------------------------------------------------------
 
@@ -622,7 +686,7 @@ class AnswerTable:
         use_subnet = subnet is not None and subnet.source_prefix > 0
         hashed = subnet.ip if subnet is not None and use_subnet else client_ip
         if rotation.consistent_hash and hashed:
-            position = rotation.position_for(hashed)
+            position = rotation.count_pick(rotation.position_for(hashed))
         else:
             position = rotation.next_position()
         scope = rotation.scope_prefix if use_subnet else 0
@@ -674,7 +738,7 @@ class AnswerTable:
             )
             if rotation is not None:
                 position = (
-                    rotation.position_for(client_ip)
+                    rotation.count_pick(rotation.position_for(client_ip))
                     if rotation.consistent_hash and client_ip
                     else rotation.next_position()
                 )

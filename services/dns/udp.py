@@ -16,6 +16,7 @@ import logging
 import socket
 import sys
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Literal
 
 from services.dns.server import DnsEngine, address_text
@@ -98,6 +99,7 @@ class BatchUdpServer:
         self.sock = sock
         self.engine = engine
         self._fd = sock.fileno()
+        self._latency = engine.latency["udp"]
         self._buffers = ctypes.create_string_buffer(BATCH * SLOT)
         self._names = ctypes.create_string_buffer(BATCH * NAME)
         self._recv_iov = (_IoVec * BATCH)()
@@ -147,10 +149,12 @@ class BatchUdpServer:
         received = self._recvmmsg(self._fd, self._recv_address, BATCH, socket.MSG_DONTWAIT, None)
         if received <= 0:
             return 0
+        started = perf_counter()
         self.engine.tick()
         sending = self._answer(received)
         if sending:
             self._send(sending)
+        self._latency.observe(perf_counter() - started, received)
         return received
 
     def _answer(self, received: int) -> int:
@@ -240,10 +244,12 @@ class PlainUdpServer:
             except OSError as exc:
                 log.debug("udp receive error: %s", exc)
                 return
+            started = perf_counter()
             try:
                 reply = self.engine.respond(packet, addr[0], True)
                 if reply is not None:
                     self.sock.sendto(reply, addr)
+                self.engine.latency["udp"].observe(perf_counter() - started)
             except OSError as exc:
                 log.debug("udp send error: %s", exc)
             except Exception:

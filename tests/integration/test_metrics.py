@@ -105,30 +105,47 @@ async def test_dns_counts_queries_by_rcode_qtype_and_zone(running: Services) -> 
     assert value(families["kgslb_dns_queries"], rcode="NOERROR", qtype="A", zone=ZONE) >= 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: the dns service does not count answers yet")
 async def test_dns_counts_answers_by_fqdn_and_member(running: Services) -> None:
-    families = await scrape(running, "dns")
-    by_member = [
-        family
-        for family in families.values()
-        if family.name.startswith("kgslb_dns_")
-        and any(
-            sample.labels.get("fqdn") == HELLO and {"member", "cluster", "ip"} & set(sample.labels)
-            for sample in family.samples
+    before = value((await scrape(running, "dns"))["kgslb_dns_answers"], fqdn=HELLO)
+    members: set[str] = set()
+
+    for _ in range(30):
+        reply = await dns.asyncquery.udp(
+            dns.message.make_query(HELLO, "A"), "127.0.0.1", port=running.dns_port, timeout=2
         )
-    ]
-    assert by_member, f"no kgslb_dns_* family by fqdn and member in {sorted(families)}"
+        members |= {rr.address for rrset in reply.answer for rr in rrset}
 
-
-@pytest.mark.xfail(strict=True, reason="issue 8: the dns service has no latency histogram yet")
-async def test_dns_has_a_latency_histogram(running: Services) -> None:
     families = await scrape(running, "dns")
-    histograms = [
-        f for f in families.values() if f.name.startswith("kgslb_dns_") and f.type == "histogram"
-    ]
-    assert [value(h) for h in histograms if value(h) > 0], (
-        f"no kgslb_dns_* histogram with observations in {sorted(families)}"
-    )
+    assert value(families["kgslb_dns_answers"], fqdn=HELLO) - before == 30
+    labelled = {
+        sample.labels["ip"]
+        for sample in families["kgslb_dns_answers"].samples
+        if sample.labels["fqdn"] == HELLO and sample.value > 0
+    }
+    assert labelled >= members
+    assert all(s.labels["cluster"] for s in families["kgslb_dns_answers"].samples)
+
+
+async def test_dns_has_a_latency_histogram_per_transport(running: Services) -> None:
+    def observed(families: dict[str, Metric], transport: str) -> float:
+        return next(
+            s.value
+            for s in families["kgslb_dns_response_seconds"].samples
+            if s.name.endswith("_count") and s.labels["transport"] == transport
+        )
+
+    before = await scrape(running, "dns")
+    for _ in range(5):
+        query = dns.message.make_query(HELLO, "A")
+        await dns.asyncquery.udp(query, "127.0.0.1", port=running.dns_port, timeout=2)
+        await dns.asyncquery.tcp(query, "127.0.0.1", port=running.dns_port, timeout=2)
+
+    after = await scrape(running, "dns")
+    assert after["kgslb_dns_response_seconds"].type == "histogram"
+    assert observed(after, "udp") - observed(before, "udp") == 5
+    assert observed(after, "tcp") - observed(before, "tcp") == 5
+    total = [s for s in after["kgslb_dns_response_seconds"].samples if s.name.endswith("_sum")]
+    assert all(0 < s.value < 10 for s in total)
 
 
 async def test_reconciler_counts_plans_rejected_objects_and_kv_writes(running: Services) -> None:
