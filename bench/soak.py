@@ -2,7 +2,12 @@
 health flap every minute; reports RSS per process at start and end, queries lost and the error
 of the answer ratio against the seed's 6:4:2.
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--qps 2000]
+    .venv/bin/python bench/soak.py [--minutes 30] [--warmup-minutes 6] [--qps 2000]
+
+RSS is read at t=0 (the stack answering, nothing run yet), at the end of the warm-up (the load,
+churn and flaps already running: "start") and every minute until the end, so the figures
+separate caches that fill to a bound (nats-server's file-store cache, the simulator's 5-minute
+event history) from growth that goes on.
 
 The seed stack runs on free ports with a quick monitor (1 s interval, 2 failures to down, 2
 successes to up). Each second the Ingress `soak` in s1az2 moves to the next of ten hosts
@@ -226,10 +231,12 @@ def wait_for(path: Path, what: str, up: subprocess.Popen[str], timeout_seconds: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--warmup-minutes", type=float, default=6)
     parser.add_argument("--qps", type=int, default=2000)
     args = parser.parse_args()
     require_tools("dnsperf")
-    seconds = int(args.minutes * 60)
+    warmup_seconds = int(args.warmup_minutes * 60)
+    seconds = warmup_seconds + int(args.minutes * 60)
 
     workdir = Path(tempfile.mkdtemp(prefix="kgslb-soak-"))
     dns_port = free_port()
@@ -244,7 +251,9 @@ def main() -> None:
         state = json.loads((state_dir / "stack.json").read_text())
         time.sleep(10)  # the first answers and health records
         named = processes(up.pid)
-        rss_start = {name: round(rss_mb(pid), 1) for name, pid in named.items()}
+        rss_zero = {name: round(rss_mb(pid), 1) for name, pid in named.items()}
+        rss_start: dict[str, float] = dict(rss_zero)
+        rss_series: list[dict[str, Any]] = [{"second": 0, **rss_zero}]
         flaps: list[float] = []
         churn = Churn(state["kubeconfig"])
         sampler = Sampler(dns_port, flaps)
@@ -254,6 +263,11 @@ def main() -> None:
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             time.sleep(FLAP_EVERY_SECONDS - FLAP_DOWN_SECONDS)
+            elapsed = round(time.monotonic() - started)
+            sample = {name: round(rss_mb(pid), 1) for name, pid in named.items()}
+            rss_series.append({"second": elapsed, **sample})
+            if elapsed < warmup_seconds:
+                rss_start = sample
             if time.monotonic() - started >= seconds - FLAP_DOWN_SECONDS:
                 break
             flaps.append(time.monotonic())
@@ -272,15 +286,21 @@ def main() -> None:
 
     perf = dnsperf_numbers(out)
     growth = {name: (rss_end[name] - rss_start[name]) / rss_start[name] * 100 for name in rss_start}
+    growth_zero = {
+        name: (rss_end[name] - rss_zero[name]) / rss_zero[name] * 100 for name in rss_zero
+    }
     print(
-        f"soak: {args.minutes:g} min at {args.qps} qps, {churn.changes} Ingress changes "
-        f"({churn.errors} failed), {len(flaps)} health flaps"
+        f"soak: {args.warmup_minutes:g} min warm-up + {args.minutes:g} min at {args.qps} qps, "
+        f"{churn.changes} Ingress changes ({churn.errors} failed), {len(flaps)} health flaps"
     )
-    print(f"{'process':<16} {'RSS start MB':>12} {'RSS end MB':>11} {'growth %':>9}  alive")
+    print(
+        f"{'process':<16} {'RSS t=0':>8} {'start':>8} {'end':>8} {'growth %':>9} "
+        f"{'from t=0 %':>11}  alive"
+    )
     for name in rss_start:
         print(
-            f"{name:<16} {rss_start[name]:>12} {rss_end[name]:>11} {growth[name]:>9.1f}  "
-            f"{alive[name]}"
+            f"{name:<16} {rss_zero[name]:>8} {rss_start[name]:>8} {rss_end[name]:>8} "
+            f"{growth[name]:>9.1f} {growth_zero[name]:>11.1f}  {alive[name]}"
         )
     print(
         f"dnsperf: sent {perf['sent']:.0f}, completed {perf['completed']:.0f}, lost "
@@ -293,6 +313,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
         "minutes": args.minutes,
+        "warmup_minutes": args.warmup_minutes,
+        "rss_mb_t0": rss_zero,
+        "rss_mb_series": rss_series,
+        "rss_growth_percent_from_t0": {name: round(v, 1) for name, v in growth_zero.items()},
         "qps": args.qps,
         "ingress_changes": churn.changes,
         "ingress_change_errors": churn.errors,

@@ -17,7 +17,7 @@ import yaml
 from kgslb.kubesim.ako import VipAllocator
 from kgslb.kubesim.resources import CRDS, kgslb_crds
 from kgslb.kubesim.server import ClusterServer, Faults
-from kgslb.kubesim.store import ApiError, ClusterStore
+from kgslb.kubesim.store import DEFAULT_HISTORY_SECONDS, ApiError, ClusterStore
 
 __all__ = [
     "ApiError",
@@ -48,6 +48,7 @@ class KubeSim:
         *,
         base_port: int = 0,
         history_size: int = 1000,
+        history_seconds: float | None = DEFAULT_HISTORY_SECONDS,
         bookmark_interval: float = 1.0,
         shared_ingress_vip: bool = True,
     ) -> None:
@@ -60,7 +61,7 @@ class KubeSim:
         self.base_port = base_port
         self._servers: dict[str, ClusterServer] = {}
         for name in clusters:
-            store = ClusterStore(history_size)
+            store = ClusterStore(history_size, history_seconds)
             if crds:
                 for crd in kgslb_crds():
                     store.create(CRDS, None, crd)

@@ -15,6 +15,7 @@ import itertools
 import json
 import random
 import re
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -105,6 +106,11 @@ def expired(message: str) -> ApiError:
     return ApiError(410, "Expired", message)
 
 
+DEFAULT_HISTORY_SECONDS = 300.0
+"""Like an API server whose etcd compacts every 5 minutes (kube-apiserver's default): watches
+resume from up to that far back (and at most `history_size` events), older ones get 410."""
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -118,6 +124,8 @@ class WatchEvent:
     resource: tuple[str, str]
     obj: Obj
     old: Obj | None
+    at: float = 0.0
+    """time.monotonic() of the commit, for the history's age bound."""
 
 
 @dataclass(frozen=True)
@@ -145,9 +153,18 @@ def _content(obj: Obj) -> Obj:
 class ClusterStore:
     """All objects of one simulated cluster; every write bumps the single resourceVersion."""
 
-    def __init__(self, history_size: int = 1000) -> None:
+    def __init__(
+        self,
+        history_size: int = 1000,
+        history_seconds: float | None = DEFAULT_HISTORY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
+        if history_seconds is not None and history_seconds <= 0:
+            raise ValueError("history_seconds must be positive (or None: no age bound)")
+        self.history_seconds = history_seconds
+        self._clock = clock
         self.registry = Registry()
         self.rv = 0
         # Watches may resume from any resourceVersion >= compacted_rv.
@@ -583,10 +600,16 @@ class ClusterStore:
             objects.pop(_key(obj), None)
         else:
             objects[_key(obj)] = obj
-        event = WatchEvent(event_type, self.rv, rtype.key, copy.deepcopy(obj), old)
-        if len(self._history) == self._history.maxlen:
-            self.compacted_rv = self._history[0].rv
-        self._history.append(event)
+        now = self._clock()
+        event = WatchEvent(event_type, self.rv, rtype.key, copy.deepcopy(obj), old, now)
+        history = self._history
+        if len(history) == history.maxlen:
+            self.compacted_rv = history[0].rv
+        if self.history_seconds is not None:
+            oldest_kept = now - self.history_seconds
+            while history and history[0].at < oldest_kept:
+                self.compacted_rv = history.popleft().rv
+        history.append(event)
         result = copy.deepcopy(obj)
         for listener in list(self._listeners):
             listener(event)

@@ -1104,3 +1104,31 @@ def test_without_a_shared_vip_every_ingress_gets_its_own_address() -> None:
         return store.get(INGRESSES, "default", name)["status"]["loadBalancer"].get("ingress")
 
     assert [vips("a"), vips("b"), vips("c")] == [[{"ip": "10.1.0.1"}], [{"ip": "10.1.0.2"}], None]
+
+
+def test_history_older_than_its_age_bound_is_compacted_like_etcd() -> None:
+    now = [0.0]
+    store = ClusterStore(history_size=1000, history_seconds=300, clock=lambda: now[0])
+    first = store.create(NAMESPACES, None, {"metadata": {"name": "early"}})
+    first_rv = int(first["metadata"]["resourceVersion"])
+    assert store.events_since(NAMESPACES, first_rv - 1)
+
+    now[0] = 301.0
+    store.create(NAMESPACES, None, {"metadata": {"name": "late"}})
+
+    assert store.compacted_rv >= first_rv
+    with pytest.raises(ApiError) as expired_error:
+        store.events_since(NAMESPACES, first_rv - 1)
+    assert expired_error.value.code == 410
+    assert [e.obj["metadata"]["name"] for e in store.events_since(NAMESPACES, first_rv)] == ["late"]
+
+
+def test_history_within_its_age_bound_is_kept() -> None:
+    now = [0.0]
+    store = ClusterStore(history_size=1000, history_seconds=300, clock=lambda: now[0])
+    rv = store.rv
+    for second in range(0, 300, 10):
+        now[0] = float(second)
+        store.create(NAMESPACES, None, {"metadata": {"name": f"ns-{second}"}})
+
+    assert len(store.events_since(NAMESPACES, rv)) == 30
