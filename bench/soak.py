@@ -2,7 +2,7 @@
 health flap every minute; reports RSS per process at start and end, queries lost and the error
 of the answer ratio against the seed's 6:4:2.
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--warmup-minutes 6] [--qps 2000]
+    .venv/bin/python bench/soak.py [--minutes 30] [--warmup-minutes 10] [--qps 2000]
 
 RSS is read at t=0 (the stack answering, nothing run yet), at the end of the warm-up (the load,
 churn and flaps already running: "start") and every minute until the end, so the figures
@@ -231,7 +231,7 @@ def wait_for(path: Path, what: str, up: subprocess.Popen[str], timeout_seconds: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--warmup-minutes", type=float, default=6)
+    parser.add_argument("--warmup-minutes", type=float, default=10)
     parser.add_argument("--qps", type=int, default=2000)
     args = parser.parse_args()
     require_tools("dnsperf")
