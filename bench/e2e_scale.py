@@ -217,29 +217,46 @@ def measure_restarts(stack: E2EStack, names: list[str]) -> dict[str, Any]:
     return out
 
 
-def measure_qps(stack: E2EStack, names: list[str], seconds: int) -> dict[str, Any]:
+def measure_qps(stack: E2EStack, names: list[str], seconds: int, pairs: int) -> dict[str, Any]:
+    """`pairs` back-to-back runs of kgslb dns then NSD (already loaded, idle meanwhile); the
+    ratio is the median of the pairs' ratios, as in bench/dns_qps.py: on 2 shared cores one
+    pair swings by +-20 %."""
     require_tools("dnsperf", "nsd")
     query_file = stack.workdir / "names.txt"
     query_file.write_text("".join(f"{n} A\n" for n in names))
     services = [gslb_service(n, MEMBERS) for n in names]
-    out: dict[str, Any] = {}
-    # Table updates during the run flush the response cache: count them.
-    updates_before = asyncio.run(stack.metric("dns", "kgslb_dns_table_updates_total"))
-    kgslb = run_dnsperf(stack.dns_port, query_file, seconds)
-    updates = asyncio.run(stack.metric("dns", "kgslb_dns_table_updates_total")) - updates_before
-    cached = asyncio.run(stack.metric("dns", "kgslb_dns_cached_responses"))
-    out["kgslb"] = {
-        **kgslb.as_dict(),
-        "load": load(),
-        "table_updates_during_run": updates,
-        "cached_responses_after": cached,
-    }
+    runs: list[dict[str, Any]] = []
     with Nsd(stack.workdir / "nsd", seed_zone(), services) as nsd:
         wait_until(lambda: bool(_answers(nsd.port, names[-1])), 60)
-        result = run_dnsperf(nsd.port, query_file, seconds)
-        out["nsd"] = {**result.as_dict(), "load": load(), "rss_mb": round(rss_mb(nsd.pid), 1)}
-    out["ratio"] = round(out["kgslb"]["qps"] / out["nsd"]["qps"], 3)
-    return out
+        for _ in range(pairs):
+            # Table updates during the run flush the response cache: count them.
+            updates_before = asyncio.run(stack.metric("dns", "kgslb_dns_table_updates_total"))
+            kgslb = run_dnsperf(stack.dns_port, query_file, seconds)
+            updates = (
+                asyncio.run(stack.metric("dns", "kgslb_dns_table_updates_total")) - updates_before
+            )
+            cached = asyncio.run(stack.metric("dns", "kgslb_dns_cached_responses"))
+            kgslb_run = {
+                **kgslb.as_dict(),
+                "load": load(),
+                "table_updates_during_run": updates,
+                "cached_responses_after": cached,
+            }
+            result = run_dnsperf(nsd.port, query_file, seconds)
+            nsd_run = {**result.as_dict(), "load": load(), "rss_mb": round(rss_mb(nsd.pid), 1)}
+            runs.append(
+                {"kgslb": kgslb_run, "nsd": nsd_run, "ratio": round(kgslb.qps / result.qps, 3)}
+            )
+    ratios = [run["ratio"] for run in runs]
+    median = statistics.median(ratios)
+    shown = min(runs, key=lambda run: abs(run["ratio"] - median))
+    return {
+        "kgslb": shown["kgslb"],
+        "nsd": shown["nsd"],
+        "ratio": round(median, 3),
+        "ratios": ratios,
+        "pairs": runs,
+    }
 
 
 def _answers(port: int, name: str) -> list[str]:
@@ -252,6 +269,9 @@ def main() -> None:
     parser.add_argument("--fqdns", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=20, help="single Ingress changes at scale")
     parser.add_argument("--seconds", type=int, default=10, help="dnsperf -l")
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="kgslb/NSD dnsperf pairs; the median ratio counts"
+    )
     parser.add_argument("--timeout", type=float, default=600, help="cold convergence limit")
     parser.add_argument(
         "--profile", type=Path, help="py-spy every service during the cold start into this dir"
@@ -313,7 +333,7 @@ def main() -> None:
             print(f"GDP edit at scale (answers 3 -> 1): {results['gdp_edit_total_s']} s")
         results["rss_mb"] = {k: round(v, 1) for k, v in stack.rss_mb().items()}
         if not args.skip_qps:
-            results["qps"] = measure_qps(stack, names, args.seconds)
+            results["qps"] = measure_qps(stack, names, args.seconds, args.pairs)
         stack.check_alive()
 
     report(args, results)
@@ -419,7 +439,8 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
              f"table updates during run: {qps['kgslb']['table_updates_during_run']:.0f}")
         )  # fmt: skip
         rows.append(("DNS qps NSD", f"{qps['nsd']['qps']:.0f}", ""))
-        rows.append(("kgslb / NSD", f"{qps['ratio']:.2f}", ">= 0.80"))
+        ratios = ", ".join(f"{r:.2f}" for r in qps["ratios"])
+        rows.append(("kgslb / NSD (median of pairs)", f"{qps['ratio']:.2f}", f">= 0.80 ({ratios})"))
     print(f"\n{'measurement':<44} {'value':>18}  target")
     for label, value, target in rows:
         print(f"{label:<44} {value:>18}  {target}")

@@ -310,3 +310,27 @@ def _apply_to_world(
             policies[ref] = event
         case PolicyDeleted(ref=ref):
             policies.pop(ref, None)
+
+
+def test_kept_objects_equal_the_events_and_share_their_repeated_parts() -> None:
+    planner = big_planner(0)
+    first, second = (ingress("s1", i) for i in (0, 1))
+    planner.apply(first)
+    planner.apply(second)
+
+    kept = [planner.observed[obj.ref] for obj in (first, second)]
+
+    assert kept == [first, second]
+    assert kept[0].labels is kept[1].labels
+    assert kept[0].ref.cluster is kept[1].ref.cluster
+    assert kept[0].model_fields_set is kept[1].model_fields_set
+
+
+def test_objects_with_different_labels_keep_their_own() -> None:
+    planner = big_planner(0)
+    planner.apply(ingress("s1", 1, labels={"app": "gslb", "tier": "web"}))
+    planner.apply(ingress("s1", 2, labels={"app": "gslb"}))
+
+    labels = [planner.observed[ingress("s1", i).ref].labels for i in (1, 2)]
+
+    assert labels == [{"app": "gslb", "tier": "web"}, {"app": "gslb"}]
