@@ -78,6 +78,10 @@ def stream_configs() -> list[StreamConfig]:
             storage=StorageType.FILE,
             max_age=7 * DAY_SECONDS,
             max_msgs=100_000,
+            # A poison message that stays in its stream is met again by every restart or
+            # replay; its dead letter carries a Nats-Msg-Id (stream:sequence) so it is parked
+            # once a day, not once per restart.
+            duplicate_window=DAY_SECONDS,
             description="messages kgslb services could not decode",
         ),
     ]
@@ -277,8 +281,26 @@ async def read_last_per_subject(js: JetStreamContext, stream: str, subject: str)
         await psub.unsubscribe()
 
 
-async def dead_letter(nc: Client, service: str, subject: str, data: bytes, reason: str) -> None:
-    """Count, log and park a message that could not be used, so no consumer sticks on it."""
+def stream_position(msg: Msg) -> str | None:
+    """`STREAM:sequence` of a message delivered by a JetStream consumer, else None."""
+    try:
+        metadata = msg.metadata
+    except Exception:  # a core NATS message has no JetStream reply subject to parse
+        return None
+    return f"{metadata.stream}:{metadata.sequence.stream}"
+
+
+async def dead_letter(
+    nc: Client,
+    service: str,
+    subject: str,
+    data: bytes,
+    reason: str,
+    message_id: str | None = None,
+) -> None:
+    """Count, log and park a message that could not be used, so no consumer sticks on it.
+    `message_id` (see `stream_position`) lets JetStream drop a second dead letter for the
+    same stored message, met again after a restart."""
     prefix = ".".join(subject.split(".")[:2])
     BAD_MESSAGES.labels(service=service, subject_prefix=prefix).inc()
     log.error(
@@ -288,7 +310,11 @@ async def dead_letter(nc: Client, service: str, subject: str, data: bytes, reaso
         await nc.publish(
             subjects.deadletter_subject(service, subject),
             data[: 512 * 1024],
-            headers={"Kgslb-Reason": reason[:1000], "Kgslb-Subject": subject},
+            headers={
+                "Kgslb-Reason": reason[:1000],
+                "Kgslb-Subject": subject,
+                **({"Nats-Msg-Id": f"{service}:{message_id}"} if message_id else {}),
+            },
         )
     except Exception as exc:  # the dead-letter is best effort; the message is already counted
         log.warning("could not dead-letter message from %s: %s", subject, exc)

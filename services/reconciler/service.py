@@ -232,7 +232,9 @@ class Reconciler:
         try:
             message = wire.decode_any(msg.data, EVENT_KINDS)
         except wire.WireError as exc:
-            await bus.dead_letter(self.nc, SERVICE, msg.subject, msg.data, str(exc))
+            await bus.dead_letter(
+                self.nc, SERVICE, msg.subject, msg.data, str(exc), bus.stream_position(msg)
+            )
         else:
             self.planner.apply(message)
             EVENTS_APPLIED.labels(message.KIND).inc()

@@ -341,7 +341,9 @@ class Watcher:
         try:
             status = wire.decode_any(msg.data, (PolicyStatus, ClusterStatus))
         except wire.WireError as exc:
-            await bus.dead_letter(self.nc, SERVICE, msg.subject, msg.data, str(exc))
+            await bus.dead_letter(
+                self.nc, SERVICE, msg.subject, msg.data, str(exc), bus.stream_position(msg)
+            )
             return
         if isinstance(status, PolicyStatus):
             self.policies.want_status(status)

@@ -98,6 +98,31 @@ async def test_reconciler_parks_every_poison_event_and_plans_the_next_good_ones(
     assert logged(services, "reconciler", *poisoned.values())
 
 
+async def test_a_poison_event_met_again_after_a_restart_is_parked_only_once(
+    nats_client: Client, services: Services
+) -> None:
+    js = nats_client.jetstream()
+    subject = subjects.event_subject("s1az1", "Ingress", "default", "poison")
+    await js.publish(subject, poisons(an_ingress())["invalid-json"])
+    await publish_seed(nats_client)
+    port = services.start_dns()
+
+    for run in range(2):
+        services.start("reconciler", "reconciler")
+        await eventually(lambda: serving_all_members(port), timeout_seconds=20)
+        await eventually(
+            lambda: metric(services, "reconciler", "kgslb_bad_messages_total"), timeout_seconds=10
+        )
+        if run == 0:
+            services.running["reconciler"].stop()
+
+    # Each run met the poison, counted and logged it; the dead-letter stream holds it once.
+    assert await metric(services, "reconciler", "kgslb_bad_messages_total") == 1
+    assert logged(services, "reconciler", subject)
+    parked = await js.stream_info(subjects.STREAM_DEADLETTER)
+    assert parked.state.messages == 1
+
+
 async def test_home_watcher_parks_every_poison_status_and_writes_the_next_good_one(
     nats_client: Client, services: Services, kube: Kube
 ) -> None:
