@@ -30,6 +30,7 @@ from shared.models import (
     GslbService,
     HealthState,
     Member,
+    TopologyEntry,
     UnhandledPolicy,
     ZoneSpec,
 )
@@ -103,6 +104,46 @@ class Target(NamedTuple):
     health_key: str
 
 
+class TopologyRule(NamedTuple):
+    """Clients whose address is inside `network` (family, base address, prefix) go to `site`."""
+
+    version: int
+    network: int
+    prefix: int
+    site: str
+
+    def contains(self, version: int, address: int, bits: int) -> bool:
+        shift = bits - self.prefix
+        return version == self.version and address >> shift == self.network >> shift
+
+
+def topology_rules(
+    entries: Iterable[TopologyEntry], interned: dict[str, str]
+) -> tuple[TopologyRule, ...]:
+    rules = []
+    for entry in entries:
+        network = ipaddress.ip_network(entry.client_subnet, strict=False)
+        site = interned.setdefault(entry.site, entry.site)
+        rules.append(
+            TopologyRule(network.version, int(network.network_address), network.prefixlen, site)
+        )
+    # The most specific subnet wins: longest prefix first.
+    return tuple(sorted(rules, key=lambda rule: -rule.prefix))
+
+
+def site_of(rules: tuple[TopologyRule, ...], client_ip: str) -> str | None:
+    """The site of the most specific rule containing the client, if any."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return None
+    version, value, bits = address.version, int(address), address.max_prefixlen
+    for rule in rules:
+        if rule.contains(version, value, bits):
+            return rule.site
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class NameSpec:
     """A GSLB name reduced to what answering needs: a compact stand-in for `GslbService`,
@@ -117,6 +158,8 @@ class NameSpec:
     fallback_ip: str | None
     groups: tuple[tuple[Target, ...], ...]
     """Member groups, highest priority first."""
+    topology: tuple[TopologyRule, ...] = ()
+    """Topology: client subnet -> site, most specific first. Empty for other algorithms."""
 
     @classmethod
     def of(cls, service: GslbService, interned: dict[str, str]) -> NameSpec:
@@ -127,15 +170,22 @@ class NameSpec:
             return Target(member.ip, cluster, member.weight, member_key(fqdn, member.probe_ip))
 
         groups = sorted(service.groups, key=lambda g: -g.priority)
+        topology = service.algorithm == Algorithm.TOPOLOGY
+        # Topology names fall back to `fallback_algorithm` (RoundRobin unless set) for clients
+        # no rule maps, or whose site has no healthy member: the name's own rotation.
+        hashed = service.algorithm == Algorithm.CONSISTENT_HASH or (
+            topology and service.fallback_algorithm == Algorithm.CONSISTENT_HASH
+        )
         return cls(
             fqdn=fqdn,
             ttl=service.ttl_seconds,
-            consistent_hash=service.algorithm == Algorithm.CONSISTENT_HASH,
-            hash_mask_bits=service.hash_mask_bits,
+            consistent_hash=hashed,
+            hash_mask_bits=service.fallback_hash_mask_bits if topology else service.hash_mask_bits,
             answers=service.answers,
             down=service.down_response.type,
             fallback_ip=service.down_response.fallback_ip,
             groups=tuple(tuple(target(m) for m in g.members) for g in groups),
+            topology=topology_rules(service.topology, interned) if topology else (),
         )
 
     def targets(self) -> list[Target]:
@@ -174,7 +224,13 @@ class Rotation:
     )  # fmt: skip
 
     def __init__(
-        self, members: list[Target], qtype: int, ttl: int, answers: int, spec: NameSpec
+        self,
+        members: list[Target],
+        qtype: int,
+        ttl: int,
+        answers: int,
+        spec: NameSpec,
+        consistent_hash: bool | None = None,
     ) -> None:
         self.members = tuple(members)
         self.qtype = qtype
@@ -189,7 +245,7 @@ class Rotation:
                 )
         self.records = [records[chosen] for chosen in self.cycle.chosen]
         """Per cycle position, the answer records under the question pointer (shared bytes)."""
-        self.consistent_hash = spec.consistent_hash
+        self.consistent_hash = spec.consistent_hash if consistent_hash is None else consistent_hash
         self.hash_mask_bits = spec.hash_mask_bits
         # The turn counter is the only per-query state: position = turns mod cycle length,
         # so how often each position (and so each member) was answered follows from one
@@ -263,7 +319,7 @@ class GslbAnswerer:
     """Answers for one GSLB name under the current health: members of the best priority group
     with a member that is not down, in smooth WRR order (or by consistent hash)."""
 
-    __slots__ = ("a", "aaaa", "has_a", "has_aaaa", "spec")
+    __slots__ = ("a", "aaaa", "has_a", "has_aaaa", "sites", "spec")
 
     def __init__(self, spec: NameSpec, health: Mapping[str, HealthState]) -> None:
         self.spec = spec
@@ -272,6 +328,35 @@ class GslbAnswerer:
         self.has_aaaa = any(_family_matches(t.ip, wire.AAAA) for t in targets)
         self.a = self._build(wire.A, health) if self.has_a else None
         self.aaaa = self._build(wire.AAAA, health) if self.has_aaaa else None
+        self.sites: dict[tuple[str, int], Rotation] = {}
+        """Topology: per (site, qtype), the site's healthy members in round robin."""
+        for site in {rule.site for rule in spec.topology}:
+            for qtype in (wire.A, wire.AAAA):
+                rotation = self._build_site(site, qtype, health)
+                if rotation is not None:
+                    self.sites[(site, qtype)] = rotation
+
+    def topology_rotation(self, qtype: int, client_ip: str) -> Rotation | None:
+        """The rotation of the client's site, or None: no rule maps the client, or its site
+        has no healthy member of this family (then the name's fallback decides)."""
+        site = site_of(self.spec.topology, client_ip)
+        return None if site is None else self.sites.get((site, qtype))
+
+    def _build_site(
+        self, site: str, qtype: int, health: Mapping[str, HealthState]
+    ) -> Rotation | None:
+        spec = self.spec
+        for group in spec.groups:
+            alive = [
+                t
+                for t in group
+                if t.cluster == site
+                and _family_matches(t.ip, qtype)
+                and health.get(t.health_key) != HealthState.DOWN
+            ]
+            if alive:
+                return Rotation(alive, qtype, spec.ttl, spec.answers, spec, consistent_hash=False)
+        return None
 
     def rotation(self, qtype: int) -> Rotation | None:
         return self.a if qtype == wire.A else self.aaaa
@@ -300,7 +385,7 @@ class GslbAnswerer:
         return None
 
     def answers_by_member(self) -> Iterator[tuple[Target, int]]:
-        for rotation in (self.a, self.aaaa):
+        for rotation in (self.a, self.aaaa, *self.sites.values()):
             if rotation is not None:
                 yield from rotation.answers_by_member().items()
 
@@ -641,7 +726,7 @@ class AnswerTable:
         if gslb is not None and qtype in (wire.A, wire.AAAA):
             rotation = gslb.rotation(qtype)
             if rotation is not None:
-                return self._gslb_reply(query, udp, zone, rotation, client_ip)
+                return self._gslb_reply(query, udp, zone, gslb, rotation, client_ip)
             if gslb.has_family(qtype) and gslb.all_down_is_empty:
                 section.authority, section.authority_count = zone.negative_soa, 1
                 return self._reply(query, wire.NOERROR, True, udp, zone, section)
@@ -679,17 +764,33 @@ class AnswerTable:
         return wire.ANY
 
     def _gslb_reply(
-        self, query: wire.Query, udp: bool, zone: Zone, rotation: Rotation, client_ip: str
+        self,
+        query: wire.Query,
+        udp: bool,
+        zone: Zone,
+        gslb: GslbAnswerer,
+        rotation: Rotation,
+        client_ip: str,
     ) -> Response:
         subnet = query.client_subnet
         # RFC 7871 7.1.2: a SOURCE PREFIX-LENGTH of 0 gives no client information.
         use_subnet = subnet is not None and subnet.source_prefix > 0
         hashed = subnet.ip if subnet is not None and use_subnet else client_ip
+        scope = rotation.scope_prefix if use_subnet else 0
+        by_client = rotation.consistent_hash
+        if gslb.spec.topology:
+            # The answer depends on the client's site: valid for exactly the subnet asked
+            # about (SCOPE = SOURCE), and never cached for a bare resolver address.
+            by_client = True
+            if subnet is not None and use_subnet:
+                scope = subnet.source_prefix
+            site_rotation = gslb.topology_rotation(rotation.qtype, hashed) if hashed else None
+            if site_rotation is not None:
+                rotation = site_rotation
         if rotation.consistent_hash and hashed:
             position = rotation.count_pick(rotation.position_for(hashed))
         else:
             position = rotation.next_position()
-        scope = rotation.scope_prefix if use_subnet else 0
         members = rotation.chosen(position)
         ips = tuple(m.ip for m in members)
         response = self._reply(
@@ -700,6 +801,9 @@ class AnswerTable:
         if rotation.consistent_hash:
             # The answer follows the client's address unless the packet carries its subnet.
             response.cacheable = use_subnet
+            return response
+        if by_client and not use_subnet:
+            response.cacheable = False
             return response
         if udp and response.packet is not None:
             response.rotation = rotation
@@ -736,6 +840,8 @@ class AnswerTable:
             rotation = (
                 gslb.rotation(qtype) if gslb is not None and qtype in (wire.A, wire.AAAA) else None
             )
+            if rotation is not None and gslb is not None and gslb.spec.topology and client_ip:
+                rotation = gslb.topology_rotation(qtype, client_ip) or rotation
             if rotation is not None:
                 position = (
                     rotation.count_pick(rotation.position_for(client_ip))

@@ -22,6 +22,7 @@ from shared.models import (
     HealthState,
     Member,
     PriorityGroup,
+    TopologyEntry,
     UnhandledPolicy,
 )
 from shared.subjects import member_key
@@ -295,3 +296,102 @@ def test_a_dual_stack_name_answers_each_family_from_its_members() -> None:
 
     assert addresses(ask(engine, HELLO, rdtype="A")) == ["127.10.25.46"]
     assert addresses(ask(engine, HELLO, rdtype="AAAA")) == ["2001:db8::46"]
+
+
+# Topology ---------------------------------------------------------------------------------------
+
+S1AZ1_IP, S1AZ2_IP, S2_IP = (ip for ip, _, _ in SEED)
+RULES = (("10.1.0.0/16", "s1az1"), ("10.1.2.0/24", "s2"), ("2001:db8::/32", "s1az2"))
+
+
+def topology(fallback: Algorithm | None = None, **overrides: object) -> GslbService:
+    return service(
+        algorithm=Algorithm.TOPOLOGY,
+        topology=[TopologyEntry(client_subnet=net, site=site) for net, site in RULES],
+        fallback_algorithm=fallback,
+        **overrides,
+    )  # type: ignore[arg-type]
+
+
+def test_a_client_inside_a_rule_is_answered_from_its_site() -> None:
+    assert set(picks(seeded_engine(topology()), 12, client="10.1.5.9")) == {S1AZ1_IP}
+
+
+def test_the_most_specific_subnet_wins() -> None:
+    assert set(picks(seeded_engine(topology()), 12, client="10.1.2.7")) == {S2_IP}
+
+
+def test_ipv6_clients_match_ipv6_rules() -> None:
+    assert set(picks(seeded_engine(topology()), 6, client="2001:db8:5::1")) == {S1AZ2_IP}
+
+
+def test_a_client_no_rule_maps_gets_the_weighted_round_robin() -> None:
+    answered = Counter(picks(seeded_engine(topology()), 12, client="192.0.2.10"))
+
+    assert answered == {S1AZ1_IP: 6, S1AZ2_IP: 4, S2_IP: 2}
+
+
+def test_the_ecs_subnet_decides_the_site_and_is_echoed_with_its_own_length() -> None:
+    engine = seeded_engine(topology())
+    ecs = dns.edns.ECSOption("10.1.2.0", 24)
+
+    replies = [ask(engine, HELLO, client="192.0.2.53", use_edns=0, options=[ecs]) for _ in range(6)]
+
+    assert {addresses(r)[0] for r in replies} == {S2_IP}
+    echoed = [o for o in replies[0].options if isinstance(o, dns.edns.ECSOption)]
+    assert [(o.srclen, o.scopelen) for o in echoed] == [(24, 24)]
+
+
+def test_the_same_packet_from_resolvers_in_different_sites_is_not_served_from_cache() -> None:
+    engine = seeded_engine(topology())
+    packet = dns.message.make_query(HELLO, "A", id=7).to_wire()
+
+    first = engine.respond(packet, "10.1.5.9", True)
+    second = engine.respond(packet, "10.1.2.7", True)
+
+    assert first is not None and second is not None
+    assert [addresses(dns.message.from_wire(r)) for r in (first, second)] == [[S1AZ1_IP], [S2_IP]]
+    assert engine.cache == {}
+
+
+def test_a_site_without_a_healthy_member_falls_back_to_the_others() -> None:
+    engine = seeded_engine(topology())
+
+    mark(engine, S2_IP, HealthState.DOWN)
+
+    assert Counter(picks(engine, 10, client="10.1.2.7")) == {S1AZ1_IP: 6, S1AZ2_IP: 4}
+
+
+def test_a_recovered_site_member_takes_its_clients_back() -> None:
+    engine = seeded_engine(topology())
+    mark(engine, S2_IP, HealthState.DOWN)
+
+    mark(engine, S2_IP, HealthState.UP)
+
+    assert set(picks(engine, 4, client="10.1.2.7")) == {S2_IP}
+
+
+def test_a_consistent_hash_fallback_keeps_an_unmapped_client_on_one_member() -> None:
+    engine = seeded_engine(topology(fallback=Algorithm.CONSISTENT_HASH))
+
+    per_client = [set(picks(engine, 5, client=f"198.51.{n}.7")) for n in range(40)]
+
+    assert all(len(seen) == 1 for seen in per_client)
+    assert set().union(*per_client) == {S1AZ1_IP, S1AZ2_IP, S2_IP}
+
+
+def test_a_site_with_several_members_shares_its_clients_by_weight() -> None:
+    members = (("127.10.25.46", "s1az1", 3), ("127.10.25.47", "s1az1", 1), (S2_IP, "s2", 2))
+    engine = seeded_engine(topology(members=members))
+
+    assert Counter(picks(engine, 8, client="10.1.9.9")) == {"127.10.25.46": 6, "127.10.25.47": 2}
+
+
+def test_topology_answers_are_counted_for_the_site_members() -> None:
+    engine = seeded_engine(topology())
+
+    picks(engine, 5, client="10.1.2.7")
+    picks(engine, 12, client="192.0.2.10")
+
+    counted = {(c, ip): n for (_, c, ip), n in engine.answers_by_member().items() if n}
+    assert counted == {("s1az1", S1AZ1_IP): 6, ("s1az2", S1AZ2_IP): 4, ("s2", S2_IP): 2 + 5}
