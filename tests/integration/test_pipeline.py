@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import dns.asyncquery
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -16,10 +17,12 @@ from nats.aio.client import Client
 
 from kgslb.up import load_stack_config, seed_messages
 from shared import subjects, wire
+from shared.models import PolicyKind, PolicyObject
 from tests.integration.conftest import Services, eventually
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "kgslb.yaml"
 HELLO = "hello.avi.iberia.local"
+GDP = PolicyKind.GLOBAL_DEPLOYMENT_POLICY
 SEED_SHARES = {"127.10.25.46": 6, "127.10.26.40": 4, "127.10.23.40": 2}
 
 
@@ -163,3 +166,36 @@ async def test_tombstone_removes_a_member(nats_client: Client, services: Service
 
     await eventually(s2_gone)
     assert Counter(await answers(port, 10)) == Counter({"127.10.25.46": 6, "127.10.26.40": 4})
+
+
+async def test_a_topology_gdp_answers_mapped_clients_from_their_site(
+    nats_client: Client, services: Services
+) -> None:
+    services.start("reconciler", "reconciler")
+    port = services.start_dns()
+    js = nats_client.jetstream()
+    topology = {
+        "lbAlgorithm": "Topology",
+        "topology": [{"clientSubnet": "10.1.0.0/16", "site": "s2"}],
+    }
+    for subject, message in seed_messages(load_stack_config(SEED)):
+        if isinstance(message, PolicyObject) and message.ref.kind == GDP:
+            message = message.model_copy(
+                update={"spec": {**message.spec, "poolAlgorithmSettings": topology}}
+            )
+        await js.publish(subject, wire.encode(message))
+
+    async def from_site(subnet: str) -> set[str]:
+        found: set[str] = set()
+        for _ in range(6):
+            query = dns.message.make_query(
+                HELLO, "A", use_edns=0, options=[dns.edns.ECSOption(subnet, 24)]
+            )
+            reply = await dns.asyncquery.udp(query, "127.0.0.1", port=port, timeout=1)
+            found |= {rr.address for rrset in reply.answer for rr in rrset}
+        return found
+
+    await eventually(lambda: serving_all_members(port), timeout_seconds=20)
+
+    assert await from_site("10.1.2.0") == {"127.10.23.40"}
+    assert Counter(await answers(port, 12)) == Counter(SEED_SHARES)
