@@ -1132,3 +1132,27 @@ def test_history_within_its_age_bound_is_kept() -> None:
         store.create(NAMESPACES, None, {"metadata": {"name": f"ns-{second}"}})
 
     assert len(store.events_since(NAMESPACES, rv)) == 30
+
+
+def test_paged_lists_of_one_namespace_are_complete_ordered_and_counted() -> None:
+    store = ClusterStore()
+    for namespace in ("a", "b", "c"):
+        store.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+        for index in range(17):
+            store.create(INGRESSES, namespace, {"metadata": {"name": f"ing-{index:02d}"}})
+
+    names, remaining, token = [], [], None
+    while True:
+        page = store.list(INGRESSES, "b", limit=5, continue_token=token)
+        names += [o["metadata"]["name"] for o in page.items]
+        assert {o["metadata"]["namespace"] for o in page.items} == {"b"}
+        remaining.append(page.remaining)
+        token = page.continue_token
+        if token is None:
+            break
+        # A commit between pages is not seen by the pages that follow.
+        store.create(INGRESSES, "b", {"metadata": {"name": f"late-{len(names)}"}})
+        store.delete(INGRESSES, "b", f"ing-{len(names) + 1:02d}")
+
+    assert names == [f"ing-{index:02d}" for index in range(17)]
+    assert remaining == [12, 7, 2, None]
