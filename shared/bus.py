@@ -29,7 +29,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ServerError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
@@ -187,12 +187,17 @@ def _differs(desired: StreamConfig, actual: StreamConfig) -> list[str]:
     ]
 
 
+class BootstrapError(RuntimeError):
+    """NATS refused to create a stream or bucket kgslb needs."""
+
+
 class _Provisioner:
     """Creates what is missing, or, once NATS refuses a create (a read-only user), waits for
     a service that may create it."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, replicas: int) -> None:
         self.js = js
+        self.replicas = replicas
         self.may_create = True
 
     async def stream(self, config: StreamConfig) -> None:
@@ -200,12 +205,17 @@ class _Provisioner:
         try:
             info = await self.js.stream_info(name)
         except NotFoundError:
+            config = dataclasses.replace(config, num_replicas=self.replicas)
             await self._create_or_wait(name, lambda: self.js.add_stream(config))
             return
         changed = _differs(config, info.config)
+        # Replicas only go up: an operator's `nats stream edit --replicas 5` stays.
+        replicas = max(info.config.num_replicas or 1, self.replicas)
+        if replicas != (info.config.num_replicas or 1):
+            changed.append(f"num_replicas {info.config.num_replicas} -> {replicas}")
         if not changed:
             return
-        update = dataclasses.replace(config, num_replicas=info.config.num_replicas)
+        update = dataclasses.replace(config, num_replicas=replicas)
         try:
             await self.js.update_stream(update)
         except NatsTimeoutError:
@@ -217,20 +227,49 @@ class _Provisioner:
 
     async def bucket(self, bucket: str) -> KeyValue:
         try:
-            return await self.js.key_value(bucket)
+            kv = await self.js.key_value(bucket)
         except BucketNotFoundError:
-            config = KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE)
+            config = KeyValueConfig(
+                bucket=bucket, history=1, storage=StorageType.FILE, replicas=self.replicas
+            )
             await self._create_or_wait(f"KV_{bucket}", lambda: self.js.create_key_value(config))
             return await self.js.key_value(bucket)
+        await self._raise_replicas(f"KV_{bucket}")
+        return kv
+
+    async def _raise_replicas(self, stream: str) -> None:
+        if self.replicas <= 1:
+            return
+        info = await self.js.stream_info(stream)
+        if (info.config.num_replicas or 1) >= self.replicas:
+            return
+        try:
+            await self.js.update_stream(
+                dataclasses.replace(info.config, num_replicas=self.replicas)
+            )
+        except NatsTimeoutError:
+            log.warning(
+                "stream %s has %s replicas, %d wanted, and this NATS user may not update it",
+                stream, info.config.num_replicas, self.replicas,
+            )  # fmt: skip
 
     async def _create_or_wait(self, stream: str, create: Callable[[], Awaitable[object]]) -> None:
         if self.may_create:
             try:
                 await create()
                 return
-            except BadRequestError:
-                # Another service created it between our lookup and our create.
-                return
+            except (BadRequestError, ServerError) as exc:
+                # Another service created it between our lookup and our create, or NATS
+                # refused what we asked for (more replicas than the cluster has servers).
+                try:
+                    await self.js.stream_info(stream)
+                    return
+                except NotFoundError:
+                    raise BootstrapError(
+                        f"NATS refused to create stream {stream} with {self.replicas} "
+                        f"replica(s): {exc.description} (--stream-replicas / "
+                        "KGSLB_STREAM_REPLICAS must not exceed the JetStream servers)"
+                    ) from exc
             except NatsTimeoutError:
                 self.may_create = False
         log.warning(
@@ -246,13 +285,14 @@ class _Provisioner:
                 await asyncio.sleep(LOOKUP_INTERVAL_SECONDS)
 
 
-async def bootstrap(js: JetStreamContext) -> dict[str, KeyValue]:
+async def bootstrap(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyValue]:
     """Create or update every stream and KV bucket; return the buckets by name.
 
-    A user that may only read gets the same result once they exist: lookups only, and no
-    update unless a field this build sets differs from what the server holds.
+    `replicas` (`--stream-replicas`): created with that many, raised to it when fewer, never
+    lowered. A user that may only read gets the same result once they exist: lookups only,
+    and no update unless a field this build sets differs from what the server holds.
     """
-    provisioner = _Provisioner(js)
+    provisioner = _Provisioner(js, replicas)
     for config in stream_configs():
         await provisioner.stream(config)
     return {bucket: await provisioner.bucket(bucket) for bucket in KV_BUCKETS}

@@ -33,6 +33,13 @@ class NatsSettings(BaseModel):
     nats_tls_ca: str | None = None
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="JetStream replicas of kgslb's streams and buckets: created with this many, "
+        "raised to it, never lowered (3 for the 3-node NATS cluster)",
+    )
 
 
 class ServiceSettings(NatsSettings):

@@ -80,7 +80,7 @@ class DnsService:
             LOGS_DROPPED.inc()
 
     async def run(self) -> None:
-        buckets = await bus.bootstrap(self.nc.jetstream())
+        buckets = await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
         mirrors = asyncio.gather(
             self._mirror(buckets[subjects.KV_ZONES], self._apply_zone),
             self._mirror(buckets[subjects.KV_HEALTH], self._apply_health),

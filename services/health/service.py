@@ -107,7 +107,7 @@ class HealthService:
         return self.settings.heartbeat_seconds * self.settings.dead_after_heartbeats
 
     async def run(self) -> None:
-        buckets = await bus.bootstrap(self.nc.jetstream())
+        buckets = await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
         self._health_kv = buckets[subjects.KV_HEALTH]
         self._leases_kv = buckets[subjects.KV_LEASES]
         # Announce first: peers re-shard before this replica probes anything.

@@ -178,7 +178,7 @@ class Reconciler:
         return "leader" if self._leading else "standby"
 
     async def run(self) -> None:
-        buckets = await bus.bootstrap(self.js)
+        buckets = await bus.bootstrap(self.js, self.settings.stream_replicas)
         self._leases = buckets[subjects.KV_LEASES]
         self._services = KvMirror(
             buckets[subjects.KV_SERVICES], subjects.KV_SERVICES, self.leadership

@@ -148,7 +148,7 @@ class Watcher:
 
     async def run(self) -> None:
         js = self.nc.jetstream()
-        await bus.bootstrap(js)
+        await bus.bootstrap(js, self.settings.stream_replicas)
         sink = kube.Sink(asyncio.get_running_loop(), self.settings.max_pending_changes)
         self._publisher = OrderedPublisher(
             js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published
