@@ -10,7 +10,8 @@ mirror, UDP batching, response cache) and an NSD serving the same names as stati
     dnsperf -s 127.0.0.1 -p PORT -d QUERYFILE -c 4 -T 1 -l SECONDS
 
 Scenarios: one weighted name with query logs off; a query file over all the names; query
-logs on at the default throttle (50 records/s); `--workers N`. Prints qps, lost, average
+logs on at the default throttle (50 records/s); the query file over all the names while
+/metrics (30,000 answer series after one pass) is scraped every second; `--workers N`. Prints qps, lost, average
 latency, server CPU per query and RSS for both, and the ratio to NSD; writes JSON to
 bench/results/. Needs `apt-get install dnsperf nsd`.
 """
@@ -21,11 +22,13 @@ import argparse
 import json
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from dns_stack import (
     HELLO,
     DnsperfResult,
@@ -55,6 +58,8 @@ class Scenario:
     query_file: Path
     flags: tuple[str, ...]
     target_ratio: float | None
+    scrape_port: int = 0
+    """When set, /metrics on this ops port is scraped every second while kgslb is measured."""
     pairs: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     """(NSD run, kgslb run) measured back to back, so both see the same machine load."""
 
@@ -90,6 +95,35 @@ def measure(port: int, pid: int, query_file: Path, seconds: int) -> dict[str, An
     }
 
 
+class Scraper(threading.Thread):
+    """GETs /metrics once a second, as a Prometheus would (15 times more often than usual)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.stop = threading.Event()
+        self.seconds: list[float] = []
+        self.sizes: list[int] = []
+        self.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            started = time.perf_counter()
+            body = httpx.get(self.url, timeout=10).content
+            self.seconds.append(time.perf_counter() - started)
+            self.sizes.append(len(body))
+
+    def finish(self) -> dict[str, Any]:
+        self.stop.set()
+        self.join()
+        return {
+            "count": len(self.seconds),
+            "max_seconds": round(max(self.seconds, default=0), 3),
+            "median_seconds": round(statistics.median(self.seconds or [0]), 3),
+            "bytes": max(self.sizes, default=0),
+        }
+
+
 def run_scenario(
     scenario: Scenario, nats_url: str, nsd: Nsd, workdir: Path, args: argparse.Namespace, probe: str
 ) -> None:
@@ -101,7 +135,10 @@ def run_scenario(
         assert process.process is not None
         for _ in range(args.repeat):
             nsd_run = measure(nsd.port, nsd.pid, scenario.query_file, args.seconds)
+            scraper = Scraper(scenario.scrape_port) if scenario.scrape_port else None
             ours = measure(port, process.process.pid, scenario.query_file, args.seconds)
+            if scraper is not None:
+                ours["scrapes"] = scraper.finish()
             scenario.pairs.append((nsd_run, ours))
     finally:
         process.stop()
@@ -130,10 +167,18 @@ def main() -> None:
         every = workdir / "names.txt"
         every.write_text("".join(f"{s.fqdn} A\n" for s in services[1:]) or f"{HELLO} A\n")
         quiet = ("--log-queries", "false")
+        scrape_port = free_port()
         scenarios = [
             Scenario("one weighted name", single, quiet, 0.9),
             Scenario(f"{args.names} names", every, quiet, 0.8),
             Scenario("query logs, 50/s", single, ("--log-per-second", "50"), 0.85),
+            Scenario(
+                f"{args.names} names, /metrics 1/s",
+                every,
+                (*quiet, "--ops-port", str(scrape_port)),
+                0.8,
+                scrape_port,
+            ),
             Scenario(
                 f"--workers {args.workers}", single, (*quiet, "--workers", str(args.workers)), None
             ),
@@ -166,6 +211,13 @@ def report(args: argparse.Namespace, scenarios: list[Scenario]) -> None:
         if scenario.target_ratio is not None:
             met = ratio >= scenario.target_ratio and lost == 0
             verdict = f">={scenario.target_ratio} {'ok' if met else 'MISS'}"
+        if "scrapes" in ours:
+            scrapes = ours["scrapes"]
+            print(
+                f"  /metrics while measured: {scrapes['count']} scrapes of "
+                f"{scrapes['bytes'] // 1024} KiB, median {scrapes['median_seconds'] * 1000:.0f} "
+                f"ms, max {scrapes['max_seconds'] * 1000:.0f} ms"
+            )
         for server, run in (("nsd", nsd), ("kgslb", ours)):
             mine = server == "kgslb"
             print(

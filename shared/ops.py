@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -54,5 +55,8 @@ class OpsServer:
         return web.Response(status=503, text=f"not ready{detail}\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        body = generate_latest(REGISTRY)
+        # Off the event loop: a DNS replica with 10,000 names exports 30,000 answer series,
+        # a quarter of a second of Python that would otherwise stop answering meanwhile.
+        # Collectors read the services' maps from this thread, so they iterate over copies.
+        body = await asyncio.to_thread(generate_latest, REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -292,8 +292,8 @@ class DnsEngine:
         """Answers per (fqdn, cluster, ip) so far: the table's rotations, plus hits on cached
         fixed answers (flushed and live)."""
         counts = self.table.answers_by_member()
-        counts.update(self.cached_answers)
-        for entry in self.cache.values():
+        counts.update(dict(self.cached_answers))
+        for entry in list(self.cache.values()):
             if entry.hits and entry.members:
                 fqdn = entry.qname.lower()
                 for member in entry.members:
@@ -301,8 +301,9 @@ class DnsEngine:
         return counts
 
     def query_counts(self) -> Counter[tuple[str, str, str]]:
-        counts = Counter(self.counts)
-        for entry in self.cache.values():
+        """Scrape time, from the ops thread: copies before iterating what the loop changes."""
+        counts = Counter(dict(self.counts))
+        for entry in list(self.cache.values()):
             if entry.hits:
                 counts[(entry.rcode, entry.qtype, entry.zone)] += entry.hits
         return counts

@@ -652,10 +652,10 @@ class AnswerTable:
         """Answers given per (fqdn, cluster, ip) since start: a scrape-time sum, not a
         per-query count. Response-cache hits are turns too, so they are included."""
         counts: Counter[tuple[str, str, str]] = Counter()
-        for fqdn, retired in self._retired_answers.items():
-            for (cluster, ip), times in retired.items():
+        for fqdn, retired in list(self._retired_answers.items()):
+            for (cluster, ip), times in list(retired.items()):
                 counts[(fqdn, cluster, ip)] += times
-        for answerer in self.gslb.values():
+        for answerer in list(self.gslb.values()):
             fqdn = answerer.spec.fqdn
             for target, times in answerer.answers_by_member():
                 counts[(fqdn, target.cluster, target.ip)] += times

@@ -423,7 +423,7 @@ class _StateCollector(Collector):
         members = GaugeMetricFamily(
             "kgslb_health_members", "Members this replica probes, by state", labels=["state"]
         )
-        tally = Tally(state.state for state in self.service.owned.values())
+        tally = Tally(state.state for state in list(self.service.owned.values()))
         for state in HealthState:
             members.add_metric([state.value], tally[state])
         yield members
