@@ -46,6 +46,7 @@ from shared.runtime import run_service
 log = logging.getLogger(__name__)
 SERVICE = "watcher"
 BATCH = 512
+STATUS_HEARTBEAT_SECONDS = 1.0
 """Queue items decided and published together (a list result counts as one)."""
 
 PUBLISHED = Counter(
@@ -162,6 +163,9 @@ class Watcher:
                 stream=subjects.STREAM_STATUS,
                 cb=self._on_status,
                 ordered_consumer=True,
+                # As the reconciler's events consumer: nats-py notices a restarted server only
+                # after two missed heartbeats, 5 s each by default.
+                idle_heartbeat=STATUS_HEARTBEAT_SECONDS,
                 deliver_policy=DeliverPolicy.ALL,
             )
             tasks.append(self._write_statuses())

@@ -9,8 +9,18 @@ import time
 from nats.aio.client import Client
 
 from kgslb.embedded import free_port
+from shared.policies import API_GROUP, API_VERSION
 from tests.integration.conftest import Services, eventually
-from tests.integration.test_watcher import VIPS, Kube, call, ingress
+from tests.integration.test_watcher import (
+    GDPS,
+    VIPS,
+    Kube,
+    _status,
+    call,
+    gdp,
+    ingress,
+    start_watcher,
+)
 from tests.reliability.load import UdpLoad
 from tests.reliability.stack import (
     answering,
@@ -69,3 +79,33 @@ async def test_nats_down_10_s_under_load_loses_no_query_and_everything_resumes(
     assert lost == 0
     assert pids(services) == before, "no service was restarted"
     assert all(process.running for process in services.running.values())
+
+
+async def test_the_home_watcher_writes_statuses_again_soon_after_nats_returns(
+    nats_client: Client, services: Services, kube: Kube
+) -> None:
+    start_watcher(services, kube, "s1az1", "--home", "true")
+    services.start("reconciler", "reconciler")
+
+    async def state(name: str) -> str | None:
+        return (await _status(kube, name)).get("state")
+
+    async def create(name: str) -> None:
+        await call(
+            kube.custom("s1az1").create_namespaced_custom_object,
+            API_GROUP, API_VERSION, "default", GDPS, gdp(name, {"s1az1": 6, "s2": 2}),
+        )  # fmt: skip
+
+    await create("before")
+    await eventually(lambda: state("before"), timeout_seconds=20)
+
+    services.nats.stop()
+    await asyncio.sleep(2)
+    services.nats.start()
+    returned = time.monotonic()
+    await create("after")
+    # nats-py's default heartbeat (5 s, two missed) kept the write-back deaf for ~10 s.
+    await eventually(lambda: state("after"), timeout_seconds=7)
+
+    print(f"\nstatus written {time.monotonic() - returned:.1f} s after NATS returned")
+    assert await state("after") == "Accepted"
