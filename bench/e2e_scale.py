@@ -281,7 +281,7 @@ def main() -> None:
         "--page-size",
         type=int,
         default=500,
-        help="watchers' list page size (the simulator sorts every object for each page)",
+        help="watchers' list page size",
     )
     parser.add_argument("--skip-restarts", action="store_true")
     parser.add_argument("--skip-qps", action="store_true")
