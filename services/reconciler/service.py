@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Coroutine, Iterable
@@ -46,6 +47,7 @@ from shared.runtime import replica_name, run_service
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
 WRITES_IN_FLIGHT = 64
+FREEZE_EVERY_EVENTS = 20_000
 EVENTS_HEARTBEAT_SECONDS = 1.0
 """The events consumer notices a restarted nats-server after two missed heartbeats and
 resumes; nats-py's default of 5 s left the reconciler deaf for up to 10 s after an outage."""
@@ -157,6 +159,7 @@ class Reconciler:
         self.published_status: dict[PolicyRef, PolicyStatus] = {}
         self.caught_up = asyncio.Event()
         self._dirty = asyncio.Event()
+        self._replayed = 0
         self._planned = False
         self._leading = False
         """Leader and converged: the bucket mirrors are current and writes go out."""
@@ -238,7 +241,14 @@ class Reconciler:
         else:
             self.planner.apply(message)
             EVENTS_APPLIED.labels(message.KIND).inc()
+        if not self.caught_up.is_set():
+            self._replayed += 1
+            if self._replayed % FREEZE_EVERY_EVENTS == 0:
+                # What the replay has built lives as long as the process: keep it out of
+                # every later cyclic-GC pass (a fifth of the replay time at 30,000 FQDNs).
+                gc.freeze()
         if not self.caught_up.is_set() and msg.metadata.num_pending == 0:
+            gc.freeze()
             log.info(
                 "replayed events stream",
                 extra={
