@@ -313,8 +313,9 @@ class QueryCountCollector(Collector):
     """Exports the engine's plain counters; a prometheus Counter per query would cost more
     than the answer itself."""
 
-    def __init__(self, engine: DnsEngine) -> None:
+    def __init__(self, engine: DnsEngine, answer_metrics: str = "member") -> None:
         self.engine = engine
+        self.answer_metrics = answer_metrics
 
     def collect(
         self,
@@ -340,14 +341,27 @@ class QueryCountCollector(Collector):
             "kgslb_dns_cached_responses", "Query packets with a ready response",
             value=len(engine.cache),
         )  # fmt: skip
-        answers = CounterMetricFamily(
-            "kgslb_dns_answers",
-            "Times a member's address was in an answer for a GSLB name",
-            labels=["fqdn", "cluster", "ip"],
-        )
-        for (fqdn, cluster, ip), count in sorted(engine.answers_by_member().items()):
-            answers.add_metric([fqdn, cluster, ip], count)
-        yield answers
+        if self.answer_metrics == "member":
+            answers = CounterMetricFamily(
+                "kgslb_dns_answers",
+                "Times a member's address was in an answer for a GSLB name",
+                labels=["fqdn", "cluster", "ip"],
+            )
+            for (fqdn, cluster, ip), count in sorted(engine.answers_by_member().items()):
+                answers.add_metric([fqdn, cluster, ip], count)
+            yield answers
+        elif self.answer_metrics == "cluster":
+            answers = CounterMetricFamily(
+                "kgslb_dns_answers",
+                "Times a member of the cluster was in an answer, over every GSLB name",
+                labels=["cluster"],
+            )
+            by_cluster: Counter[str] = Counter()
+            for (_, cluster, _), count in engine.answers_by_member().items():
+                by_cluster[cluster] += count
+            for cluster, count in sorted(by_cluster.items()):
+                answers.add_metric([cluster], count)
+            yield answers
         latency = HistogramMetricFamily(
             "kgslb_dns_response_seconds",
             "From reading a query to handing its reply to the kernel (a UDP batch's queries "

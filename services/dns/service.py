@@ -63,7 +63,7 @@ class DnsService:
                 settings.rrl_ipv6_prefix_length,
             ),
         )
-        REGISTRY.register(QueryCountCollector(self.engine))
+        REGISTRY.register(QueryCountCollector(self.engine, settings.answer_metrics))
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
         self._loaded: set[str] = set()

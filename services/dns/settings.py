@@ -3,6 +3,8 @@ the service so the CLI can describe them without loading the service and its met
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from shared.settings import ServiceSettings
@@ -38,5 +40,10 @@ class DnsSettings(ServiceSettings):
         default=2, ge=0, le=10,
         description="every Nth rate-limited response is sent truncated (0: drop them all)",
     )  # fmt: skip
+    answer_metrics: Literal["member", "cluster", "off"] = Field(
+        default="member",
+        description="kgslb_dns_answers_total labels: member (fqdn, cluster, ip: one series "
+        "per member of every name), cluster (summed over names), or off",
+    )
     rrl_ipv4_prefix_length: int = Field(default=24, ge=8, le=32)
     rrl_ipv6_prefix_length: int = Field(default=56, ge=16, le=128)

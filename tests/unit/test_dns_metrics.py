@@ -20,8 +20,10 @@ from services.dns.server import (
     QueryCountCollector,
     bind_udp_socket,
 )
+from services.dns.settings import DnsSettings
 from services.dns.udp import BatchUdpServer, PlainUdpServer
 from shared.models import Algorithm, HealthState
+from shared.settings import SettingsError, load_settings
 from shared.subjects import member_key
 from tests.unit.test_dns_answers import HELLO, SEED, ZONE, ask, seeded_engine, service
 
@@ -42,9 +44,11 @@ def ask_many(engine: DnsEngine, count: int, name: str = HELLO, **kwargs: object)
         ask(engine, name, **kwargs)  # type: ignore[arg-type]
 
 
-def scrape(engine: DnsEngine) -> dict[str, list[tuple[dict[str, str], float]]]:
+def scrape(
+    engine: DnsEngine, answer_metrics: str = "member"
+) -> dict[str, list[tuple[dict[str, str], float]]]:
     registry = CollectorRegistry()
-    registry.register(QueryCountCollector(engine))
+    registry.register(QueryCountCollector(engine, answer_metrics))
     text = generate_latest(registry).decode()
     return {
         family.name: [(sample.labels, sample.value) for sample in family.samples]
@@ -163,6 +167,37 @@ def test_the_answers_metric_is_labelled_by_fqdn_cluster_and_ip() -> None:
     assert sorted((s["fqdn"], s["cluster"], s["ip"], v) for s, v in samples) == sorted(
         (HELLO, cluster, ip, float(weight)) for ip, cluster, weight in SEED
     )
+
+
+def test_answers_summed_per_cluster_keep_a_series_per_cluster_only() -> None:
+    engine = seeded_engine(service(), service(fqdn=f"other.{ZONE}"))
+    ask_many(engine, 12)
+    ask_many(engine, 12, name=f"other.{ZONE}")
+
+    samples = scrape(engine, "cluster")["kgslb_dns_answers"]
+
+    assert sorted((s["cluster"], v) for s, v in samples) == [
+        ("s1az1", 12.0), ("s1az2", 8.0), ("s2", 4.0),
+    ]  # fmt: skip
+    assert all(set(s) == {"cluster"} for s, _ in samples)
+
+
+def test_answer_metrics_off_exports_no_answer_family() -> None:
+    engine = seeded_engine()
+    ask_many(engine, 12)
+
+    families = scrape(engine, "off")
+
+    assert "kgslb_dns_answers" not in families
+    assert "kgslb_dns_queries" in families
+
+
+def test_an_unknown_answer_metrics_mode_is_refused_naming_the_choices() -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(DnsSettings, {"answer_metrics": "fqdn"}, environ={})
+
+    assert "--answer-metrics" in str(refused.value)
+    assert "member" in str(refused.value) and "cluster" in str(refused.value)
 
 
 # Batched UDP ------------------------------------------------------------------------------------
