@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import functools
 import json
 import socket
@@ -285,11 +286,23 @@ def main() -> None:
     )
     parser.add_argument("--skip-restarts", action="store_true")
     parser.add_argument("--skip-qps", action="store_true")
+    parser.add_argument(
+        "--keep", type=Path, help="run in this directory and keep it (the services' logs)"
+    )
     args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
 
     names = [app_fqdn(i) for i in range(args.fqdns)]
     results: dict[str, Any] = {"revision": git_revision(), "args": vars(args)}
-    with tempfile.TemporaryDirectory(prefix="kgslb-scale-") as tmp, E2EStack(Path(tmp)) as stack:
+    with (
+        (
+            contextlib.nullcontext(str(args.keep))
+            if args.keep
+            else tempfile.TemporaryDirectory(prefix="kgslb-scale-")
+        ) as tmp,
+        E2EStack(Path(tmp)) as stack,
+    ):
         started = time.monotonic()
         stack.apply_seed_policies(gdp_spec(answers=3))
         stack.create_apps(args.fqdns)
