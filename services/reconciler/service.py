@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SERVICE = "reconciler"
 WRITES_IN_FLIGHT = 64
 FREEZE_EVERY_EVENTS = 20_000
+YIELD_EVERY_EVENTS = 256
 EVENTS_HEARTBEAT_SECONDS = 1.0
 """The events consumer notices a restarted nats-server after two missed heartbeats and
 resumes; nats-py's default of 5 s left the reconciler deaf for up to 10 s after an outage."""
@@ -170,6 +171,7 @@ class Reconciler:
         self._services: KvMirror | None = None
         self._zones: KvMirror | None = None
         self._leases: KeyValue | None = None
+        self._lease_nc: Client | None = None
 
     @property
     def ready(self) -> bool:
@@ -182,7 +184,11 @@ class Reconciler:
 
     async def run(self) -> None:
         buckets = await bus.bootstrap(self.js, self.settings.stream_replicas)
-        self._leases = buckets[subjects.KV_LEASES]
+        # The lease has a connection of its own: on the events connection its replies queue
+        # behind a replay's flood of messages, and at 300,000 events the leader timed out
+        # renewing, stood down and sat idle for 100 s (bench/e2e_scale.py --fqdns 100000).
+        self._lease_nc = await bus.connect(self.settings, f"kgslb-{SERVICE}-{self.replica}-lease")
+        self._leases = await self._lease_nc.jetstream().key_value(subjects.KV_LEASES)
         self._services = KvMirror(
             buckets[subjects.KV_SERVICES], subjects.KV_SERVICES, self.leadership
         )
@@ -207,6 +213,9 @@ class Reconciler:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
             await self._release()
+            if self._lease_nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._lease_nc.drain()
 
     # Inputs ---------------------------------------------------------------------------------
 
@@ -243,6 +252,10 @@ class Reconciler:
             EVENTS_APPLIED.labels(message.KIND).inc()
         if not self.caught_up.is_set():
             self._replayed += 1
+            if self._replayed % YIELD_EVERY_EVENTS == 0:
+                # A replay delivers faster than it is applied; let the lease, the ops
+                # endpoint and the NATS reader run in between.
+                await asyncio.sleep(0)
             if self._replayed % FREEZE_EVERY_EVENTS == 0:
                 # What the replay has built lives as long as the process: keep it out of
                 # every later cyclic-GC pass (a fifth of the replay time at 30,000 FQDNs).
