@@ -138,15 +138,28 @@ class KvMirror:
 async def in_flight(writes: Iterable[Coroutine[Any, Any, bool]]) -> int:
     """Run independent KV writes with up to WRITES_IN_FLIGHT awaiting their acks at once: one
     round trip per key made a 10,000-key change wait for 10,000 round trips in a row."""
-    gate = asyncio.Semaphore(WRITES_IN_FLIGHT)
+    # A fixed pool of writers pulling from one iterator: 100,000 changed keys are 64 tasks,
+    # not 100,000 queued in the event loop ahead of the lease renewal, and the coroutines of
+    # writes never started are never created.
+    pending = iter(writes)
+    written = 0
 
-    async def one(write: Coroutine[Any, Any, bool]) -> bool:
-        async with gate:
-            return await write
+    async def writer() -> None:
+        nonlocal written
+        for write in pending:
+            changed = await write  # not `written += await ...`: that reads `written` first
+            written += changed
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(one(write)) for write in writes]
-    return sum(task.result() for task in tasks)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(WRITES_IN_FLIGHT):
+                group.create_task(writer())
+    except* LostLeadership as lost:
+        raise lost.exceptions[0] from None
+    finally:
+        for write in pending:
+            write.close()  # after a failure: created by the iterator, never to run
+    return written
 
 
 class Reconciler:
