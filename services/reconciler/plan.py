@@ -10,6 +10,7 @@ GlobalDeploymentPolicy > defaults, each field taken whole from the first that se
 from __future__ import annotations
 
 import gc
+import itertools
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -329,6 +330,8 @@ class PlanDelta:
     replanned: int
     full: bool
     """The policies in force changed, so every FQDN was re-planned."""
+    more: bool = False
+    """`replan(limit=...)` left FQDNs to plan: call it again (statuses wait for the last)."""
 
 
 @contextmanager
@@ -413,6 +416,8 @@ class Planner:
         self._dirty: set[str] = set()
         self._policies_changed = True
         self._compactor = Compactor()
+        self._statuses_stale = False
+        self._freeze_due = False
 
     # Events ---------------------------------------------------------------------------------
 
@@ -497,21 +502,25 @@ class Planner:
 
     # Planning -------------------------------------------------------------------------------
 
-    def replan(self) -> PlanDelta:
-        """Bring the services and statuses up to date with everything applied so far."""
+    def replan(self, limit: int | None = None) -> PlanDelta:
+        """Bring the services and statuses up to date with everything applied so far; with
+        `limit`, plan at most that many FQDNs and say whether more are left, so that a caller
+        on an event loop can let other work run between parts of a 100,000-FQDN plan."""
         with _without_cyclic_gc():
-            delta = self._replan()
-        if delta.full:
+            delta = self._replan(limit)
+        self._freeze_due |= delta.full
+        if self._freeze_due and not delta.more:
             # The world just planned lives long: keep later collections from rescanning it,
             # which would stall an incremental re-plan for a tenth of a second at 10,000 FQDNs.
+            self._freeze_due = False
             gc.freeze()
         return delta
 
-    def _replan(self) -> PlanDelta:
+    def _replan(self, limit: int | None) -> PlanDelta:
         full = False
         # Statuses depend on the policies, on which GDP owns which FQDN and on which FQDNs
         # have a service; most object changes touch none of these.
-        statuses_stale = self._policies_changed
+        statuses_stale = self._policies_changed or self._statuses_stale
         if self._policies_changed:
             self._policies_changed = False
             previous = self.policies
@@ -525,8 +534,11 @@ class Planner:
                 full = True
                 self._dirty |= set(self._by_fqdn) | set(self.services)
         changed: dict[str, GslbService | None] = {}
-        replanned = len(self._dirty)
-        for fqdn in self._dirty:
+        batch = self._dirty
+        if limit is not None and len(batch) > limit:
+            batch = set(itertools.islice(self._dirty, limit))
+        replanned = len(batch)
+        for fqdn in batch:
             refs = sorted(self._by_fqdn.get(fqdn, ()), key=_ref_order)
             result = plan_fqdn(
                 fqdn, [self.observed[r] for r in refs], self.policies, self._namespace_labels
@@ -540,12 +552,17 @@ class Planner:
                     del self.services[fqdn]
                 else:
                     self.services[fqdn] = result.service
-        self._dirty.clear()
-        if statuses_stale:
+        if batch is self._dirty:
+            self._dirty.clear()
+        else:
+            self._dirty -= batch
+        more = bool(self._dirty)
+        self._statuses_stale = statuses_stale and more
+        if statuses_stale and not more:
             self.statuses = final_statuses(
                 self.policies, self._owned_count, self._shadowed_count, self.services
             )
-        return PlanDelta(services=changed, replanned=replanned, full=full)
+        return PlanDelta(services=changed, replanned=replanned, full=full, more=more)
 
     def _record_owner(self, fqdn: str, result: FqdnPlan) -> bool:
         """Record which GDPs own and shadow the FQDN; True when that changed."""

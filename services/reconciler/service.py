@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.reconciler.lease import Leadership, Step
-from services.reconciler.plan import Planner
+from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
 from shared import bus, subjects, wire
 from shared.logs import set_level
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 SERVICE = "reconciler"
 WRITES_IN_FLIGHT = 64
 FREEZE_EVERY_EVENTS = 20_000
+PLAN_CHUNK_FQDNS = 2_000
 YIELD_EVERY_EVENTS = 256
 EVENTS_HEARTBEAT_SECONDS = 1.0
 """The events consumer notices a restarted nats-server after two missed heartbeats and
@@ -386,7 +387,17 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         started = time.perf_counter()
-        delta = self.planner.replan()
+        delta = self.planner.replan(limit=PLAN_CHUNK_FQDNS)
+        while delta.more:
+            # A plan of 100,000 FQDNs takes seconds: in parts, the lease renewal and the NATS
+            # reader run in between (one synchronous plan lost the lease at that size).
+            await asyncio.sleep(0)
+            part = self.planner.replan(limit=PLAN_CHUNK_FQDNS)
+            delta.services.update(part.services)
+            delta = PlanDelta(
+                delta.services, delta.replanned + part.replanned, delta.full or part.full,
+                part.more,
+            )  # fmt: skip
         PLAN_SECONDS.observe(time.perf_counter() - started)
         PLANS.labels("full" if delta.full else "incremental").inc()
         REPLANNED.inc(delta.replanned)

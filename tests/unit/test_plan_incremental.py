@@ -266,10 +266,11 @@ events = st.lists(st.integers(0, 99).flatmap(_weighted), min_size=8, max_size=50
 
 
 @settings(max_examples=300, deadline=None)
-@given(events=events, replan_every=st.integers(1, 4))
+@given(events=events, replan_every=st.integers(1, 4), part=st.sampled_from([None, 1, 2, 5]))
 def test_incremental_planning_always_equals_a_full_plan(
-    events: list[WireModel], replan_every: int
+    events: list[WireModel], replan_every: int, part: int | None
 ) -> None:
+    """Also when each re-plan is made in parts of `part` FQDNs, as the reconciler does."""
     planner = Planner()
     accepted: dict[PolicyRef, PolicyObject] = {}
     observed: dict[ObjectRef, ObservedObject] = {}
@@ -280,7 +281,8 @@ def test_incremental_planning_always_equals_a_full_plan(
         _apply_to_world(event, observed, policies)
         if step % replan_every and step != len(events):
             continue
-        planner.replan()
+        while planner.replan(limit=part).more:
+            pass
         full: Plan = plan(observed, policies, accepted)
         accepted = full.accepted
         assert planner.services == full.services
@@ -334,3 +336,21 @@ def test_objects_with_different_labels_keep_their_own() -> None:
     labels = [planner.observed[ingress("s1", i).ref].labels for i in (1, 2)]
 
     assert labels == [{"app": "gslb", "tier": "web"}, {"app": "gslb"}]
+
+
+def test_a_replan_in_parts_says_when_more_is_left_and_updates_statuses_at_the_end() -> None:
+    planner = big_planner(0)
+    for index in range(25):
+        for cluster in CLUSTERS:
+            planner.apply(ingress(cluster, index))
+    statuses_before = dict(planner.statuses)
+
+    parts = []
+    while True:
+        delta = planner.replan(limit=10)
+        parts.append((delta.replanned, delta.more, planner.statuses == statuses_before))
+        if not delta.more:
+            break
+
+    assert parts == [(10, True, True), (10, True, True), (5, False, False)]
+    assert len(planner.services) == 25
