@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import cast
 
@@ -100,6 +100,24 @@ class LatencyHistogram:
         return out
 
 
+def count_hits(
+    entries: Iterable[CachedAnswer],
+    queries: Counter[tuple[str, str, str]] | None,
+    answers: Counter[tuple[str, str, str]] | None,
+) -> None:
+    """Add cache hits to the query counts (rcode, qtype, zone) and, for fixed answers, to the
+    answers per (fqdn, cluster, ip); a rotation's hits are its turns, counted by the table."""
+    for entry in entries:
+        if not entry.hits:
+            continue
+        if queries is not None:
+            queries[(entry.rcode, entry.qtype, entry.zone)] += entry.hits
+        if answers is not None and entry.members:
+            fqdn = entry.qname.lower()
+            for member in entry.members:
+                answers[(fqdn, member.cluster, member.ip)] += entry.hits
+
+
 def client_address(client_ip: str) -> bytes:
     """Packed address of a client, IPv4-mapped IPv6 folded to IPv4."""
     if ":" not in client_ip:
@@ -170,15 +188,7 @@ class DnsEngine:
             self._update_inline()
 
     def flush_cache(self) -> None:
-        counts = self.counts
-        answers = self.cached_answers
-        for entry in self.cache.values():
-            if entry.hits:
-                counts[(entry.rcode, entry.qtype, entry.zone)] += entry.hits
-                if entry.members:
-                    fqdn = entry.qname.lower()
-                    for member in entry.members:
-                        answers[(fqdn, member.cluster, member.ip)] += entry.hits
+        count_hits(self.cache.values(), self.counts, self.cached_answers)
         self.cache.clear()
         self._generation = self.table.generation
 
@@ -293,19 +303,13 @@ class DnsEngine:
         fixed answers (flushed and live)."""
         counts = self.table.answers_by_member()
         counts.update(dict(self.cached_answers))
-        for entry in list(self.cache.values()):
-            if entry.hits and entry.members:
-                fqdn = entry.qname.lower()
-                for member in entry.members:
-                    counts[(fqdn, member.cluster, member.ip)] += entry.hits
+        count_hits(list(self.cache.values()), None, counts)
         return counts
 
     def query_counts(self) -> Counter[tuple[str, str, str]]:
         """Scrape time, from the ops thread: copies before iterating what the loop changes."""
         counts = Counter(dict(self.counts))
-        for entry in list(self.cache.values()):
-            if entry.hits:
-                counts[(entry.rcode, entry.qtype, entry.zone)] += entry.hits
+        count_hits(list(self.cache.values()), counts, None)
         return counts
 
 
