@@ -31,10 +31,10 @@ if str(REPO) not in sys.path:
 from dns_stack import rss_mb  # noqa: E402
 
 from kgslb.embedded import ManagedProcess, NatsServer, free_port, service_process  # noqa: E402
-from kgslb.kubesim import KubeSim  # noqa: E402
-from kgslb.kubesim.resources import INGRESSES  # noqa: E402
-from kgslb.kubesim.store import ClusterStore  # noqa: E402
-from kgslb.kubesim.threaded import BackgroundKubeSim  # noqa: E402
+from kubesim import KubeSim  # noqa: E402
+from kubesim.resources import INGRESSES  # noqa: E402
+from kubesim.store import ClusterStore  # noqa: E402
+from kubesim.threaded import BackgroundKubeSim  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SEED = REPO / "examples" / "seed"

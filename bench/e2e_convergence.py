@@ -48,8 +48,8 @@ from _stack import (
 
 from kgslb.backends import control_site
 from kgslb.embedded import ManagedProcess, free_port
-from kgslb.kubesim import KubeSim
-from kgslb.kubesim.resources import INGRESSES
+from kubesim import KubeSim
+from kubesim.resources import INGRESSES
 
 HELLO = f"hello.{ZONE}"
 SPLITS = ({"s1az1": 6, "s1az2": 4, "s2": 2}, {"s1az1": 1, "s1az2": 1, "s2": 18})

@@ -58,8 +58,8 @@ from _stack import (
 from _stack import RESULTS as RESULTS_DIR
 from dns_stack import Nsd, gslb_service, require_tools, run_dnsperf, seed_zone
 
-from kgslb.kubesim import KubeSim
-from kgslb.kubesim.resources import INGRESSES
+from kubesim import KubeSim
+from kubesim.resources import INGRESSES
 
 MEMBERS = tuple((SHARED_VIPS[c], c, w) for c, w in zip(CLUSTERS, (6, 4, 2), strict=True))
 

@@ -39,9 +39,9 @@ import httpx
 from nats.js import JetStreamContext
 
 from kgslb.embedded import NatsServer, free_port, service_process
-from kgslb.kubesim import ClusterStore, KubeSim
-from kgslb.kubesim.resources import INGRESSES, NAMESPACES
-from kgslb.kubesim.store import MERGE_PATCH
+from kubesim import ClusterStore, KubeSim
+from kubesim.resources import INGRESSES, NAMESPACES
+from kubesim.store import MERGE_PATCH
 from services.watcher.publisher import COMPRESS_OVER_BYTES
 from shared import bus, subjects, wire
 from shared.models import ObjectKind, SyncMarker

@@ -220,7 +220,7 @@ def kube_sim(
 ) -> None:
     """Run the Kubernetes API simulator: one fake API server per cluster, for kubectl and the
     watchers. A simulator for trying kgslb and for tests, not a Kubernetes."""
-    from kgslb.kubesim import cli_main
+    from kubesim import cli_main
 
     names = [name.strip() for name in clusters.split(",") if name.strip()]
     if not names:

@@ -349,8 +349,8 @@ class Stack:
         self._write_state()
 
     def _start_kubesim(self) -> None:
-        from kgslb.kubesim import KubeSim
-        from kgslb.kubesim.threaded import BackgroundKubeSim
+        from kubesim import KubeSim
+        from kubesim.threaded import BackgroundKubeSim
 
         config = self.config
         sim = KubeSim(

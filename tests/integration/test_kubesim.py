@@ -23,15 +23,15 @@ from kubernetes import client, config, watch
 from kubernetes.client import V1Ingress, V1Namespace, V1Service
 from kubernetes.client.exceptions import ApiException
 
-from kgslb.kubesim import KubeSim, run_kubesim
-from kgslb.kubesim.ako import VipAllocator
-from kgslb.kubesim.resources import CRDS, INGRESSES, NAMESPACES, crd_manifest
-from kgslb.kubesim.store import (
+from kubesim import KubeSim, run_kubesim
+from kubesim.ako import VipAllocator
+from kubesim.resources import CRDS, INGRESSES, NAMESPACES, crd_manifest
+from kubesim.store import (
     STRATEGIC_PATCH,
     ApiError,
     ClusterStore,
 )
-from kgslb.kubesim.threaded import BackgroundKubeSim
+from kubesim.threaded import BackgroundKubeSim
 
 CLUSTERS = ["s1az1", "s1az2", "s2"]
 POOLS = {
@@ -1005,7 +1005,7 @@ async def test_run_kubesim_serves_until_cancelled(tmp_path: Path) -> None:
 def test_cli_main_prints_its_clusters_and_stops_on_sigint(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     script = (
-        "from kgslb.kubesim import cli_main; "
+        "from kubesim import cli_main; "
         f"cli_main(['s1az1', 's2'], '127.0.0.1', 0, {str(kubeconfig)!r}, "
         "{'s2': ['127.10.26.46']})"
     )

@@ -15,8 +15,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from kgslb.embedded import NatsServer
-from kgslb.kubesim import KubeSim
 from kgslb.up import load_stack_config, seed_messages
+from kubesim import KubeSim
 from shared import bus, wire
 from shared.settings import NatsSettings
 from tests.integration.conftest import Services, eventually

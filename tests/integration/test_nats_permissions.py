@@ -16,8 +16,8 @@ from kubernetes import client, config
 from nats.aio.client import Client
 
 from kgslb.embedded import NatsServer, free_port
-from kgslb.kubesim import KubeSim
 from kgslb.up import load_stack_config, seed_messages
+from kubesim import KubeSim
 from shared import bus, subjects, wire
 from shared.policies import API_GROUP, API_VERSION
 from shared.settings import NatsSettings

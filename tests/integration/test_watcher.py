@@ -20,9 +20,9 @@ from kubernetes import client, config
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from kgslb.kubesim import KubeSim
-from kgslb.kubesim.resources import INGRESSES
-from kgslb.kubesim.store import MERGE_PATCH
+from kubesim import KubeSim
+from kubesim.resources import INGRESSES
+from kubesim.store import MERGE_PATCH
 from shared import subjects, wire
 from shared.models import (
     ObjectKind,

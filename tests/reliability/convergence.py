@@ -8,7 +8,7 @@ import asyncio
 from nats.aio.client import Client
 from nats.js.errors import NoKeysError
 
-from kgslb.kubesim.resources import INGRESSES
+from kubesim.resources import INGRESSES
 from services.reconciler.plan import Plan, Planner
 from shared import bus, subjects, wire
 from shared.models import GslbService, ObjectKind

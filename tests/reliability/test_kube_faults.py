@@ -12,7 +12,7 @@ from collections.abc import Callable
 from nats.aio.client import Client
 
 from kgslb.embedded import free_port
-from kgslb.kubesim.server import Faults
+from kubesim.server import Faults
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_watcher import Kube
 from tests.reliability.convergence import (

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kgslb.kubesim.patch import MergeKeys
+from kubesim.patch import MergeKeys
 
 Obj = dict[str, Any]
 

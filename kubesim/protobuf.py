@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from kgslb.kubesim.resources import Obj
+from kubesim.resources import Obj
 
 _MAGIC = b"k8s\x00"
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kgslb.kubesim.patch import PatchError, json_merge_patch, json_patch, strategic_merge_patch
-from kgslb.kubesim.resources import (
+from kubesim.patch import PatchError, json_merge_patch, json_patch, strategic_merge_patch
+from kubesim.resources import (
     CRDS,
     DEPLOYMENTS,
     NAMESPACES,
@@ -35,7 +35,7 @@ from kgslb.kubesim.resources import (
     ResourceType,
     types_from_crd,
 )
-from kgslb.kubesim.selectors import FieldSelector, LabelSelector
+from kubesim.selectors import FieldSelector, LabelSelector
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"

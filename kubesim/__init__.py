@@ -14,10 +14,10 @@ from pathlib import Path
 
 import yaml
 
-from kgslb.kubesim.ako import VipAllocator
-from kgslb.kubesim.resources import CRDS, kgslb_crds
-from kgslb.kubesim.server import ClusterServer, Faults
-from kgslb.kubesim.store import DEFAULT_HISTORY_SECONDS, ApiError, ClusterStore
+from kubesim.ako import VipAllocator
+from kubesim.resources import CRDS, kgslb_crds
+from kubesim.server import ClusterServer, Faults
+from kubesim.store import DEFAULT_HISTORY_SECONDS, ApiError, ClusterStore
 
 __all__ = [
     "ApiError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from kgslb.kubesim import KubeSim
+from kubesim import KubeSim
 
 
 class BackgroundKubeSim:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from kgslb.kubesim.resources import Obj, Registry, ResourceType
+from kubesim.resources import Obj, Registry, ResourceType
 
 _QUERY_PARAMS = ("dryRun", "fieldManager", "fieldValidation", "force")
 # No strategic merge here on purpose: kubectl then computes it from its compiled-in types

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kgslb.kubesim.resources import (
+from kubesim.resources import (
     CRDS,
     DEPLOYMENTS,
     INGRESSES,

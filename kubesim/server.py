@@ -13,18 +13,18 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
-from kgslb.kubesim import openapi
-from kgslb.kubesim.protobuf import ProtobufError, decode_namespace
-from kgslb.kubesim.resources import Obj, ResourceType
-from kgslb.kubesim.selectors import FieldSelector, LabelSelector, SelectorError
-from kgslb.kubesim.store import (
+from kubesim import openapi
+from kubesim.protobuf import ProtobufError, decode_namespace
+from kubesim.resources import Obj, ResourceType
+from kubesim.selectors import FieldSelector, LabelSelector, SelectorError
+from kubesim.store import (
     PATCH_TYPES,
     ApiError,
     ClusterStore,
     WatchEvent,
     bad_request,
 )
-from kgslb.kubesim.tables import TABLE_MEDIA_TYPE, render_table
+from kubesim.tables import TABLE_MEDIA_TYPE, render_table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

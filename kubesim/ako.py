@@ -6,8 +6,8 @@ subresource, so it bumps resourceVersion and emits MODIFIED without touching gen
 
 from __future__ import annotations
 
-from kgslb.kubesim.resources import INGRESSES, SERVICES, Obj, ResourceType
-from kgslb.kubesim.store import ClusterStore, WatchEvent
+from kubesim.resources import INGRESSES, SERVICES, Obj, ResourceType
+from kubesim.store import ClusterStore, WatchEvent
 
 
 class VipAllocator:
