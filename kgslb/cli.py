@@ -220,7 +220,18 @@ def kube_sim(
 ) -> None:
     """Run the Kubernetes API simulator: one fake API server per cluster, for kubectl and the
     watchers. A simulator for trying kgslb and for tests, not a Kubernetes."""
-    from kubesim import cli_main
+    try:
+        from kubesim import cli_main
+    except ModuleNotFoundError as exc:
+        # The service image leaves the simulator out; say so rather than print a traceback.
+        if exc.name != "kubesim":
+            raise
+        print(
+            "kgslb kube-sim: the Kubernetes API simulator (package `kubesim`) is not installed;"
+            " it comes with a source install (`pip install -e .`), not with the service image",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2) from None
 
     names = [name.strip() for name in clusters.split(",") if name.strip()]
     if not names:

@@ -111,3 +111,20 @@ def test_the_build_context_builds_a_wheel_with_the_kgslb_command(tmp_path: Path)
 
     assert {"kgslb/cli.py", "shared/bus.py", "services/dns/service.py"} <= names
     assert "kgslb = kgslb.cli:app" in commands
+
+
+def test_the_build_context_leaves_the_kubernetes_api_simulator_out() -> None:
+    assert dockerignore_allows("kgslb/cli.py")
+    assert not dockerignore_allows("kubesim/__init__.py")
+
+
+def test_kube_sim_without_the_simulator_installed_says_so() -> None:
+    # As in the service image, where the kubesim package is absent.
+    code = "import sys; sys.modules['kubesim'] = None; from kgslb.cli import app; app(['kube-sim'])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "Kubernetes API simulator (package `kubesim`) is not installed" in result.stderr
+    assert "Traceback" not in result.stderr
