@@ -1,6 +1,6 @@
 """Follow a NATS KV bucket: its current values, then every put and delete, for as long as the
 process runs, through NATS reconnects, interrupted watches and a bucket that is missing for a
-while. `read_values` reads a bucket once. The one way kgslb reads KV."""
+while. `read_values` lists a bucket once. The one way kgslb follows or lists a bucket."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class BucketFollower:
     """Deliver every key of one bucket to `apply`, then every change, until cancelled.
 
     After a NATS reconnect the watch starts over at once: a restarted nats-server forgot the
-    watch's consumer and the watch would stall without a word. Entries delivered already are
+    watch's consumer, and the watch would stall (for good when the store was lost). Entries delivered already are
     skipped by revision, so `apply` sees only what changed meanwhile. Any failure (the bucket
     missing, JetStream not ready yet) is retried with a backoff of up to `max_retry_seconds`,
     logged once per outage; `apply` keeps what it was given. An `apply` that raises is
@@ -119,8 +119,6 @@ class BucketFollower:
         while True:
             try:
                 await self._watch_until_reconnect()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 WATCH_RESTARTS.labels(self.bucket, "error").inc()
                 await self._back_off(exc)
@@ -211,8 +209,8 @@ class BucketFollower:
         if self._failures == 1:
             self._outage_started = asyncio.get_running_loop().time()
             log.warning(
-                "cannot follow KV %s: %s; retrying every %s s at most, with what it "
-                "delivered so far kept",
+                "cannot follow KV %s: %s; retrying with a backoff of up to %s s, what was "
+                "delivered stays",
                 self.bucket,
                 _reason(exc),
                 self.max_retry_seconds,

@@ -219,8 +219,8 @@ async def test_a_missing_bucket_is_waited_for_with_one_warning_and_a_bounded_bac
         assert attempts() <= elapsed / RETRY_SECONDS + 1
         assert warnings_about(caplog, bucket) == [
             "cannot follow KV follow-later: the bucket does not exist (JetStream store lost, "
-            "or not created yet); retrying every 0.5 s at most, with what it delivered so far "
-            "kept"
+            "or not created yet); retrying with a backoff of up to 0.5 s, what was delivered "
+            "stays"
         ]
 
         kv = await create_bucket(nats_client, bucket)
