@@ -6,29 +6,17 @@ from __future__ import annotations
 import contextlib
 
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 from rich.console import Console
 from rich.table import Table
 
 from shared import bus, subjects, wire
+from shared.follow import read_values
 from shared.models import GslbService, HealthState, MemberHealth, PolicyState, PolicyStatus
 from shared.settings import NatsSettings
 
 
 class StatusSettings(NatsSettings):
     pass
-
-
-async def _all_values(kv: KeyValue) -> dict[str, bytes]:
-    values: dict[str, bytes] = {}
-    watcher = await kv.watchall(ignore_deletes=True)
-    async for entry in watcher:
-        if entry is None:
-            break
-        if entry.value:
-            values[entry.key] = entry.value
-    await watcher.stop()
-    return values
 
 
 async def read_statuses(js: JetStreamContext) -> list[PolicyStatus]:
@@ -46,9 +34,9 @@ async def show_status(settings: StatusSettings) -> None:
     nc = await bus.connect(settings, "kgslb-status")
     try:
         js = nc.jetstream()
-        buckets = await bus.bootstrap(js)
-        services = await _all_values(buckets[subjects.KV_SERVICES])
-        health_raw = await _all_values(buckets[subjects.KV_HEALTH])
+        await bus.bootstrap(js)
+        services = await read_values(js, subjects.KV_SERVICES)
+        health_raw = await read_values(js, subjects.KV_HEALTH)
         statuses = await read_statuses(js)
     finally:
         await nc.drain()

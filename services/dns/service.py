@@ -11,7 +11,6 @@ import socket
 from collections.abc import Callable
 
 from nats.aio.client import Client
-from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY, Counter, Gauge
 
 from services.dns.ratelimit import ResponseRateLimiter
@@ -26,13 +25,13 @@ from services.dns.settings import DnsSettings
 from services.dns.table import AnswerTable
 from services.dns.udp import udp_server
 from shared import bus, subjects, wire
+from shared.follow import BucketFollower, Change
 from shared.models import DnsQueryLog, GslbService, HealthState, MemberHealth, ZoneSpec
 from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
 SERVICE = "dns"
 LOG_QUEUE_RECORDS = 10_000
-RECONNECT_POLL_SECONDS = 0.5
 
 TABLE_UPDATES = Counter("kgslb_dns_table_updates_total", "KV updates applied", ["bucket"])
 LOGS_DROPPED = Counter("kgslb_dns_logs_dropped_total", "Query logs dropped: publisher behind")
@@ -66,12 +65,15 @@ class DnsService:
         REGISTRY.register(QueryCountCollector(self.engine, settings.answer_metrics))
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
-        self._loaded: set[str] = set()
-        self._all_loaded = asyncio.Event()
+        self._followers = [
+            self._follower(subjects.KV_ZONES, self._apply_zone),
+            self._follower(subjects.KV_HEALTH, self._apply_health),
+            self._follower(subjects.KV_SERVICES, self._apply_service),
+        ]
 
     @property
     def ready(self) -> bool:
-        return len(self._loaded) == 3
+        return all(follower.caught_up for follower in self._followers)
 
     def _enqueue_log(self, record: DnsQueryLog) -> None:
         try:
@@ -80,17 +82,14 @@ class DnsService:
             LOGS_DROPPED.inc()
 
     async def run(self) -> None:
-        buckets = await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
+        await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
         mirrors = asyncio.gather(
-            self._mirror(buckets[subjects.KV_ZONES], self._apply_zone),
-            self._mirror(buckets[subjects.KV_HEALTH], self._apply_health),
-            self._mirror(buckets[subjects.KV_SERVICES], self._apply_service),
-            self._publish_logs(),
+            *(follower.run() for follower in self._followers), self._publish_logs()
         )
         try:
             # Queries wait in the socket buffers until the table holds the whole KV: an
             # answer from a half-loaded table (REFUSED, NXDOMAIN) would be cached downstream.
-            await self._all_loaded.wait()
+            await asyncio.gather(*(follower.wait_caught_up() for follower in self._followers))
             loop = asyncio.get_running_loop()
             udp = udp_server(self.udp_sock, self.engine)
             udp.attach(loop)
@@ -107,47 +106,17 @@ class DnsService:
         finally:
             mirrors.cancel()
 
-    async def _mirror(self, kv: KeyValue, apply: Callable[[str, bytes | None, int], None]) -> None:
-        """Follow one bucket forever. After a reconnect the watch starts over at once (a
-        restarted nats-server forgot its consumer); entries already applied are skipped by
-        revision, so only what changed meanwhile touches the table."""
-        bucket = kv._name
-        applied: dict[str, int] = {}
-        while True:
-            try:
-                watcher = await kv.watchall()
-                guard = asyncio.create_task(self._stop_on_reconnect(watcher, bucket))
-                try:
-                    async for entry in watcher:
-                        if entry is None:
-                            self._loaded.add(bucket)
-                            if self.ready:
-                                self._all_loaded.set()
-                            log.info("loaded %s", bucket, extra={"names": len(self.table.gslb)})
-                            continue
-                        revision = entry.revision or 0
-                        if applied.get(entry.key) == revision:
-                            continue
-                        applied[entry.key] = revision
-                        deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                        apply(entry.key, None if deleted else entry.value, revision)
-                        TABLE_UPDATES.labels(bucket).inc()
-                        GSLB_NAMES.set(len(self.table.gslb))
-                finally:
-                    guard.cancel()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("watch of %s interrupted (%s); answering from memory", bucket, exc)
-                await asyncio.sleep(1)
+    def _follower(
+        self, bucket: str, apply: Callable[[str, bytes | None, int], None]
+    ) -> BucketFollower:
+        """Mirror one bucket into the table; after an outage only what changed touches it."""
 
-    async def _stop_on_reconnect(self, watcher: KeyValue.KeyWatcher, bucket: str) -> None:
-        reconnects = self.nc.stats["reconnects"]
-        while self.nc.stats["reconnects"] == reconnects:
-            await asyncio.sleep(RECONNECT_POLL_SECONDS)
-        log.info("nats reconnected: restarting the watch of %s", bucket)
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+        def mirror(change: Change) -> None:
+            apply(change.key, change.value, change.revision)
+            TABLE_UPDATES.labels(bucket).inc()
+            GSLB_NAMES.set(len(self.table.gslb))
+
+        return BucketFollower(self.nc, bucket, mirror)
 
     def _decode(self, key: str, value: bytes, model: type[wire.M]) -> wire.M | None:
         try:

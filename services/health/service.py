@@ -9,7 +9,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -38,6 +38,7 @@ from services.health.probes import Prober
 from services.health.scheduler import ProbeScheduler
 from services.health.settings import HealthSettings
 from shared import bus, subjects, wire
+from shared.follow import BucketFollower, Change
 from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth, utcnow
 from shared.runtime import replica_name, run_service
 
@@ -68,10 +69,6 @@ class Known:
     revision: int
 
 
-def _deleted(entry: KeyValue.Entry) -> bool:
-    return entry.operation in ("DEL", "PURGE") or not entry.value
-
-
 class HealthService:
     def __init__(self, settings: HealthSettings, nc: Client) -> None:
         self.settings = settings
@@ -87,8 +84,11 @@ class HealthService:
         self.owned: dict[str, MemberState] = {}
         self.sightings: dict[str, Sighting] = {}
         self.live: frozenset[str] = frozenset({self.replica})
-        self._loaded: set[str] = set()
-        self._all_loaded = asyncio.Event()
+        self._followers = [
+            BucketFollower(nc, subjects.KV_LEASES, self._apply_lease, subjects.HEALTH_REPLICA_KEYS),
+            BucketFollower(nc, subjects.KV_HEALTH, self._apply_health),
+            BucketFollower(nc, subjects.KV_SERVICES, self._apply_service),
+        ]
         self._started = False
         self._pending_writes: dict[str, None] = {}
         self._write_wanted = asyncio.Event()
@@ -114,11 +114,7 @@ class HealthService:
         await self._heartbeat()
         try:
             await asyncio.gather(
-                self._follow(
-                    buckets[subjects.KV_LEASES], subjects.HEALTH_REPLICA_KEYS, self._apply_lease
-                ),
-                self._follow(self._health_kv, ">", self._apply_health),
-                self._follow(buckets[subjects.KV_SERVICES], ">", self._apply_service),
+                *(follower.run() for follower in self._followers),
                 self._start_when_loaded(),
                 self._heartbeat_loop(),
                 self._sweep_loop(),
@@ -133,28 +129,10 @@ class HealthService:
 
     # Following KV ---------------------------------------------------------------------------
 
-    async def _follow(
-        self, kv: KeyValue, keys: str, apply: Callable[[KeyValue.Entry], None]
-    ) -> None:
-        """Mirror one bucket forever; a watch broken by a NATS outage starts over."""
-        bucket = kv._name
-        while True:
-            try:
-                watcher = await kv.watch(keys)
-                async for entry in watcher:
-                    if entry is None:
-                        self._loaded.add(bucket)
-                        if len(self._loaded) == 3:
-                            self._all_loaded.set()
-                        continue
-                    apply(entry)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("watch of %s interrupted (%s); probing on", bucket, exc)
-                await asyncio.sleep(1)
+    async def _all_caught_up(self) -> None:
+        await asyncio.gather(*(follower.wait_caught_up() for follower in self._followers))
 
-    def _decode(self, entry: KeyValue.Entry, model: type[wire.M]) -> wire.M | None:
+    def _decode(self, entry: Change | KeyValue.Entry, model: type[wire.M]) -> wire.M | None:
         try:
             return wire.decode(entry.value or b"", model)
         except wire.WireError as exc:
@@ -163,7 +141,7 @@ class HealthService:
             return None
 
     async def _start_when_loaded(self) -> None:
-        await self._all_loaded.wait()
+        await self._all_caught_up()
         self._started = True
         self._reshard()
         log.info(
@@ -175,9 +153,9 @@ class HealthService:
             },
         )
 
-    def _apply_service(self, entry: KeyValue.Entry) -> None:
+    def _apply_service(self, entry: Change) -> None:
         targets: dict[str, ProbeTarget] = {}
-        if not _deleted(entry):
+        if entry.value is not None:
             service = self._decode(entry, GslbService)
             if service is None:
                 return
@@ -192,32 +170,32 @@ class HealthService:
             for key in targets:
                 self._place(key)
 
-    def _apply_health(self, entry: KeyValue.Entry) -> None:
+    def _apply_health(self, entry: Change) -> None:
         key = entry.key
         current = self.known.get(key)
-        if current is not None and (entry.revision or 0) <= current.revision:
+        if current is not None and entry.revision <= current.revision:
             return
-        if _deleted(entry):
+        if entry.value is None:
             self.known.pop(key, None)
             if key in self.owned:
                 self._request_write(key)
             return
         health = self._decode(entry, MemberHealth)
-        self.known[key] = Known(health, entry.revision or 0)
+        self.known[key] = Known(health, entry.revision)
         if health is not None and key in self.owned and health.replica != self.replica:
             # Another replica probes it too while ownership moves: go on from its verdict.
             self.owned[key] = initial_state(health, utcnow())
 
-    def _apply_lease(self, entry: KeyValue.Entry) -> None:
+    def _apply_lease(self, entry: Change) -> None:
         try:
             replica = subjects.decode_token(entry.key.split(".", 1)[1])
         except ValueError:
             return
         if replica == self.replica:
-            if _deleted(entry):
+            if entry.value is None:
                 self._reannounce.set()
             return
-        if _deleted(entry):
+        if entry.value is None:
             self.sightings.pop(replica, None)
         else:
             heartbeat = self._decode(entry, HealthHeartbeat)
@@ -393,7 +371,7 @@ class HealthService:
         """Delete the health of members no service lists any more, once they were orphans at
         two sweeps in a row (a service being replaced is not an orphan). Apart from the
         heartbeat, so deleting a large service never delays it."""
-        await self._all_loaded.wait()
+        await self._all_caught_up()
         while True:
             await asyncio.sleep(self.settings.heartbeat_seconds)
             orphans = orphan_keys(self.known, self.targets, self.live, self.replica)

@@ -28,6 +28,7 @@ from services.reconciler.lease import Leadership, Step
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
 from shared import bus, subjects, wire
+from shared.follow import read_values
 from shared.logs import set_level
 from shared.models import (
     GslbService,
@@ -89,7 +90,10 @@ class LostLeadership(Exception):
 class KvMirror:
     """A KV bucket and what we know it holds, so unchanged values are never rewritten."""
 
-    def __init__(self, kv: KeyValue, bucket: str, leading: Leadership) -> None:
+    def __init__(
+        self, js: JetStreamContext, kv: KeyValue, bucket: str, leading: Leadership
+    ) -> None:
+        self.js = js
         self.kv = kv
         self.bucket = bucket
         self.leading = leading
@@ -97,15 +101,7 @@ class KvMirror:
 
     async def load(self) -> None:
         """Read what the bucket holds now (edits and deletes by hand included)."""
-        values: dict[str, bytes] = {}
-        watcher = await self.kv.watchall(ignore_deletes=True)
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
-                values[entry.key] = entry.value
-        await watcher.stop()
-        self.values = values
+        self.values = await read_values(self.js, self.bucket)
 
     def _check_leader(self) -> None:
         if not self.leading.is_leader(time.monotonic()):
@@ -204,9 +200,11 @@ class Reconciler:
         self._lease_nc = await bus.connect(self.settings, f"kgslb-{SERVICE}-{self.replica}-lease")
         self._leases = await self._lease_nc.jetstream().key_value(subjects.KV_LEASES)
         self._services = KvMirror(
-            buckets[subjects.KV_SERVICES], subjects.KV_SERVICES, self.leadership
+            self.js, buckets[subjects.KV_SERVICES], subjects.KV_SERVICES, self.leadership
         )
-        self._zones = KvMirror(buckets[subjects.KV_ZONES], subjects.KV_ZONES, self.leadership)
+        self._zones = KvMirror(
+            self.js, buckets[subjects.KV_ZONES], subjects.KV_ZONES, self.leadership
+        )
         await self._load_statuses()
         sub = await self.js.subscribe(
             subjects.EVENTS_STREAM_SUBJECTS[0],

@@ -1,0 +1,245 @@
+"""Follow a NATS KV bucket: its current values, then every put and delete, for as long as the
+process runs, through NATS reconnects, interrupted watches and a bucket that is missing for a
+while. `read_values` lists a bucket once. The one way kgslb follows or lists a bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+RECONNECT_POLL_SECONDS = 0.5
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 5.0
+"""The default bound of the backoff between attempts to watch a bucket again."""
+READ_IDLE_SECONDS = 10.0
+"""`read_values` gives up when NATS delivers nothing for this long."""
+STOP_WATCH_SECONDS = 1.0
+
+WATCH_RESTARTS = Counter(
+    "kgslb_kv_watch_restarts_total",
+    "Watches of a KV bucket started over (reconnect: NATS reconnected; error: an attempt "
+    "failed, the bucket missing included)",
+    ["bucket", "reason"],
+)
+SKIPPED_CHANGES = Counter(
+    "kgslb_kv_skipped_changes_total",
+    "KV changes the service could not apply (a value that does not decode): logged, skipped",
+    ["bucket"],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One key of a bucket as it is now."""
+
+    bucket: str
+    key: str
+    value: bytes | None
+    """None: the key was deleted or purged. An empty value counts as deleted."""
+    revision: int
+
+
+Apply = Callable[[Change], None]
+
+
+class BucketReadTimeout(TimeoutError):
+    """NATS stopped delivering while a bucket was being read."""
+
+
+class _WatchEnded(Exception):
+    """The watch stopped delivering without a reconnect: start over after a backoff."""
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, BucketNotFoundError):
+        # nats-py's text for it is "code=None err_code=None description='None'".
+        return "the bucket does not exist (JetStream store lost, or not created yet)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class BucketFollower:
+    """Deliver every key of one bucket to `apply`, then every change, until cancelled.
+
+    After a NATS reconnect the watch starts over at once: a restarted nats-server forgot the
+    watch's consumer, and the watch would stall (for good when the store was lost). Entries delivered already are
+    skipped by revision, so `apply` sees only what changed meanwhile. Any failure (the bucket
+    missing, JetStream not ready yet) is retried with a backoff of up to `max_retry_seconds`,
+    logged once per outage; `apply` keeps what it was given. An `apply` that raises is
+    logged and counted and its change skipped: one bad value never stalls the bucket.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        bucket: str,
+        apply: Apply,
+        keys: str = ">",
+        max_retry_seconds: float = MAX_RETRY_SECONDS,
+    ) -> None:
+        if max_retry_seconds < FIRST_RETRY_SECONDS:
+            raise ValueError(
+                f"follower of KV {bucket}: max_retry_seconds {max_retry_seconds} is below "
+                f"the first retry's {FIRST_RETRY_SECONDS} s"
+            )
+        self.bucket = bucket
+        self.keys = keys
+        self.max_retry_seconds = max_retry_seconds
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._apply = apply
+        self._revisions: dict[str, int] = {}
+        """Key -> revision last delivered, deletes included."""
+        self._caught_up = asyncio.Event()
+        self._failures = 0
+        self._outage_started = 0.0
+
+    @property
+    def caught_up(self) -> bool:
+        """Every value the bucket held when following began has been delivered. Stays true
+        through later outages: what was delivered is still the newest known."""
+        return self._caught_up.is_set()
+
+    async def wait_caught_up(self) -> None:
+        await self._caught_up.wait()
+
+    async def run(self) -> None:
+        """Follow until cancelled; never returns, never raises."""
+        while True:
+            try:
+                await self._watch_until_reconnect()
+            except Exception as exc:
+                WATCH_RESTARTS.labels(self.bucket, "error").inc()
+                await self._back_off(exc)
+            else:
+                WATCH_RESTARTS.labels(self.bucket, "reconnect").inc()
+                log.info("nats reconnected: restarting the watch of %s", self.bucket)
+
+    async def _watch_until_reconnect(self) -> None:
+        # Counted before the watch exists, so a reconnect while it is set up is not missed.
+        reconnects = self._nc.stats["reconnects"]
+        watcher = await self._open()
+        delivering = asyncio.create_task(self._deliver_all(watcher))
+        reconnected = asyncio.create_task(self._reconnected_since(reconnects))
+        try:
+            done, _ = await asyncio.wait(
+                {delivering, reconnected}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (delivering, reconnected):
+                task.cancel()
+            await asyncio.gather(delivering, reconnected, return_exceptions=True)
+            # Unsubscribing may fail or hang with NATS away; the consumer is ephemeral.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_WATCH_SECONDS):
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+        if delivering in done and reconnected not in done:
+            delivering.result()
+            raise _WatchEnded("the watch ended by itself")
+
+    async def _open(self) -> KeyValue.KeyWatcher:
+        """The bucket is looked up anew at every start: after a NATS restart on an empty
+        store it is gone, and this is where `BucketNotFoundError` surfaces."""
+        kv = await self._js.key_value(self.bucket)
+        return await kv.watch(self.keys)
+
+    async def _reconnected_since(self, reconnects: int) -> None:
+        while self._nc.stats["reconnects"] == reconnects:
+            await asyncio.sleep(RECONNECT_POLL_SECONDS)
+
+    async def _deliver_all(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:
+                self._now_caught_up()
+            else:
+                self._deliver(entry)
+
+    def _deliver(self, entry: KeyValue.Entry) -> None:
+        revision = entry.revision or 0
+        # Equal, not lower: a bucket created again after a lost store counts from 1 again.
+        if self._revisions.get(entry.key) == revision:
+            return
+        # Recorded before `apply` runs, so a change that fails is never met again.
+        self._revisions[entry.key] = revision
+        deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+        change = Change(self.bucket, entry.key, None if deleted else entry.value, revision)
+        try:
+            self._apply(change)
+        except Exception as exc:
+            SKIPPED_CHANGES.labels(self.bucket).inc()
+            log.error(
+                "skipped %s in KV %s at revision %d: %s",
+                entry.key,
+                self.bucket,
+                revision,
+                _reason(exc),
+                extra={"bucket": self.bucket, "key": entry.key, "revision": revision},
+            )
+
+    def _now_caught_up(self) -> None:
+        if self._failures:
+            log.info(
+                "following KV %s again after %.1f s",
+                self.bucket,
+                asyncio.get_running_loop().time() - self._outage_started,
+                extra={"bucket": self.bucket, "attempts": self._failures},
+            )
+            self._failures = 0
+        if not self._caught_up.is_set():
+            log.info(
+                "caught up with KV %s",
+                self.bucket,
+                extra={"bucket": self.bucket, "keys": len(self._revisions)},
+            )
+            self._caught_up.set()
+
+    async def _back_off(self, exc: Exception) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            self._outage_started = asyncio.get_running_loop().time()
+            log.warning(
+                "cannot follow KV %s: %s; retrying with a backoff of up to %s s, what was "
+                "delivered stays",
+                self.bucket,
+                _reason(exc),
+                self.max_retry_seconds,
+                extra={"bucket": self.bucket, "reason": _reason(exc)},
+            )
+        exponent = min(self._failures - 1, 16)
+        await asyncio.sleep(min(FIRST_RETRY_SECONDS * 2**exponent, self.max_retry_seconds))
+
+
+async def read_values(
+    js: JetStreamContext, bucket: str, idle_seconds: float = READ_IDLE_SECONDS
+) -> dict[str, bytes]:
+    """What `bucket` holds now, deleted keys left out, read once."""
+    kv = await js.key_value(bucket)
+    watcher = await kv.watch(">", ignore_deletes=True)
+    values: dict[str, bytes] = {}
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=idle_seconds)  # type: ignore[no-untyped-call]
+            except NatsTimeoutError:
+                raise BucketReadTimeout(
+                    f"reading KV {bucket}: nothing delivered for {idle_seconds} s after "
+                    f"{len(values)} keys (is NATS up?)"
+                ) from None
+            if entry is None:
+                return values
+            if entry.value:
+                values[entry.key] = entry.value
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
