@@ -43,7 +43,6 @@ from shared.policies import (
     DownResponseSpec,
     FallbackAlgorithm,
     GSLBHostRuleSpec,
-    HealthMonitorTemplate,
     PoolAlgorithmSettings,
     TrafficSplit,
 )
@@ -53,6 +52,9 @@ from shared.wire import WireModel
 DEFAULT_TTL_SECONDS = 30
 DEFAULT_WEIGHT = 1
 DEFAULT_PRIORITY = 10
+DEFAULT_MONITOR = HealthMonitorSpec()
+"""The policy's monitor goes into the service as is (one type, frozen); this one when none
+sets it."""
 
 NamespaceKey = tuple[str, str]
 """(cluster, namespace name)."""
@@ -173,12 +175,6 @@ def build_members(
     ]
 
 
-def _monitor(template: HealthMonitorTemplate | None) -> HealthMonitorSpec:
-    if template is None:
-        return HealthMonitorSpec()
-    return HealthMonitorSpec.model_validate(template.model_dump())
-
-
 def _down(spec: DownResponseSpec | None) -> DownResponse:
     if spec is None:
         return DownResponse()
@@ -251,16 +247,17 @@ def plan_fqdn(
     split = rule.traffic_split if rule and rule.traffic_split is not None else spec.traffic_split
     groups = build_members(chosen, split, rule, owner.vip_only)
     ttl = rule.ttl if rule and rule.ttl is not None else spec.ttl
+    monitor = (
+        rule.health_monitor_template
+        if rule and rule.health_monitor_template
+        else spec.health_monitor_template
+    )
     service = GslbService(
         fqdn=fqdn,
         ttl_seconds=ttl if ttl is not None else _zone_ttl(fqdn, policies.zones),
         answers=spec.answers,
         groups=groups,
-        health_monitor=_monitor(
-            rule.health_monitor_template
-            if rule and rule.health_monitor_template
-            else spec.health_monitor_template
-        ),
+        health_monitor=monitor or DEFAULT_MONITOR,
         down_response=_down(
             rule.down_response if rule and rule.down_response else spec.down_response
         ),
