@@ -204,20 +204,31 @@ class MonitorKind(StrEnum):
     """Control-plane only: a member is up while it exists and has a VIP."""
 
 
+# One type for the policies' healthMonitorTemplate and the services' monitor: its ranges become
+# the CRD schema (deploy/crds/generate.py) and hold for every service in KV; checks across
+# fields (timeout at most the interval) are in the reconciler's validation.
 class HealthMonitorSpec(Value):
-    """How to probe a member. Defaults are AMKO's: HEAD / every 10 s, 4 s timeout, 3 and 3."""
+    """How to probe a member: a policy's `healthMonitorTemplate`, carried as is into the GSLB
+    services it shapes. Durations in seconds; defaults are AMKO's (HEAD / every 10 s, 4 s
+    timeout, 3 successes up, 3 failures down)."""
 
-    kind: MonitorKind = MonitorKind.HTTP
-    method: str = "HEAD"
-    path: str = "/"
-    port: int | None = Field(default=None, description="None: 80 for http, 443 for https")
-    expected_codes: list[str] = Field(default_factory=lambda: ["2xx", "3xx"])
-    body_contains: str | None = None
-    tls_verify: bool = False
-    interval_seconds: float = 10.0
-    timeout_seconds: float = 4.0
-    successes_to_up: int = 3
-    failures_to_down: int = 3
+    kind: MonitorKind = Field(
+        default=MonitorKind.HTTP, description="none: control-plane only, never probed"
+    )
+    method: Literal["HEAD", "GET"] = "HEAD"
+    path: str = Field(default="/", description="HTTP path; the Host header is the FQDN")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="default 80 for http, 443 for https"
+    )
+    expected_codes: list[Annotated[str, Field(pattern=r"^([1-5]xx|[1-5][0-9]{2})$")]] = Field(
+        default_factory=lambda: ["2xx", "3xx"], description="status codes (200) or classes (2xx)"
+    )
+    body_contains: str | None = Field(default=None, description="text the body must contain")
+    tls_verify: bool = Field(default=False, description="verify the server certificate (https)")
+    interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    timeout_seconds: float = Field(default=4.0, gt=0, le=3600, description="at most the interval")
+    successes_to_up: int = Field(default=3, ge=1, le=50)
+    failures_to_down: int = Field(default=3, ge=1, le=50)
 
 
 class Algorithm(StrEnum):

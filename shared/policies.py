@@ -17,8 +17,8 @@ from pydantic.alias_generators import to_camel
 from shared.models import (
     Algorithm,
     DownResponseType,
+    HealthMonitorSpec,
     IPAddress,
-    MonitorKind,
     NameServer,
     SoaSpec,
     StaticRecord,
@@ -144,26 +144,9 @@ class TrafficSplit(Spec):
     )
 
 
-class HealthMonitorTemplate(Spec):
-    """An inline health monitor. Durations in seconds."""
-
-    kind: MonitorKind = Field(
-        default=MonitorKind.HTTP, description="none: control-plane only, never probed"
-    )
-    method: Literal["HEAD", "GET"] = "HEAD"
-    path: str = Field(default="/", description="HTTP path; the Host header is the FQDN")
-    port: int | None = Field(
-        default=None, ge=1, le=65535, description="default 80 for http, 443 for https"
-    )
-    expected_codes: list[Annotated[str, Field(pattern=r"^([1-5]xx|[1-5][0-9]{2})$")]] = Field(
-        default_factory=lambda: ["2xx", "3xx"], description="status codes (200) or classes (2xx)"
-    )
-    body_contains: str | None = Field(default=None, description="text the body must contain")
-    tls_verify: bool = Field(default=False, description="verify the server certificate (https)")
-    interval_seconds: float = Field(default=10.0, gt=0, le=3600)
-    timeout_seconds: float = Field(default=4.0, gt=0, le=3600, description="at most the interval")
-    successes_to_up: int = Field(default=3, ge=1, le=50)
-    failures_to_down: int = Field(default=3, ge=1, le=50)
+_INLINE_MONITOR = "An inline health monitor. Durations in seconds."
+"""What the CRDs say of `healthMonitorTemplate`, whose type (`HealthMonitorSpec`) is also the
+GSLB service's monitor."""
 
 
 class TopologyRule(Spec):
@@ -238,7 +221,9 @@ class GlobalDeploymentPolicySpec(Spec):
         description="AMKO's references to controller monitors: not supported, use "
         "healthMonitorTemplate",
     )
-    health_monitor_template: HealthMonitorTemplate | None = None
+    health_monitor_template: HealthMonitorSpec | None = Field(
+        default=None, description=_INLINE_MONITOR
+    )
     pool_algorithm_settings: PoolAlgorithmSettings | None = None
     down_response: DownResponseSpec | None = None
     default_domain: DnsName | None = Field(
@@ -274,7 +259,9 @@ class GSLBHostRuleSpec(Spec):
     health_monitor_refs: list[str] = Field(
         default_factory=list, description="not supported, use healthMonitorTemplate"
     )
-    health_monitor_template: HealthMonitorTemplate | None = None
+    health_monitor_template: HealthMonitorSpec | None = Field(
+        default=None, description=_INLINE_MONITOR
+    )
     pool_algorithm_settings: PoolAlgorithmSettings | None = None
     down_response: DownResponseSpec | None = None
     third_party_members: list[ThirdPartyMember] = Field(default_factory=list)

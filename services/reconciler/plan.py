@@ -1,5 +1,6 @@
 """The reconciler's brain: from the observed world and the policies to the desired GSLB
-services, the zones and the status of every policy object. No I/O here.
+services, the zones and the status of every policy object. No I/O and no process-wide side
+effects here (the shell tunes the garbage collector: gc_tuning.py).
 
 `plan_fqdn` decides one GSLB service; `Planner` keeps every service current as events arrive,
 re-planning only the FQDNs an object change touches (a policy change re-plans them all);
@@ -9,12 +10,10 @@ GlobalDeploymentPolicy > defaults, each field taken whole from the first that se
 
 from __future__ import annotations
 
-import gc
 import itertools
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.reconciler.validation import AcceptedGdp, Policies, validate
@@ -43,7 +42,6 @@ from shared.policies import (
     DownResponseSpec,
     FallbackAlgorithm,
     GSLBHostRuleSpec,
-    HealthMonitorTemplate,
     PoolAlgorithmSettings,
     TrafficSplit,
 )
@@ -53,6 +51,9 @@ from shared.wire import WireModel
 DEFAULT_TTL_SECONDS = 30
 DEFAULT_WEIGHT = 1
 DEFAULT_PRIORITY = 10
+DEFAULT_MONITOR = HealthMonitorSpec()
+"""The policy's monitor goes into the service as is (one type, frozen); this one when none
+sets it."""
 
 NamespaceKey = tuple[str, str]
 """(cluster, namespace name)."""
@@ -173,12 +174,6 @@ def build_members(
     ]
 
 
-def _monitor(template: HealthMonitorTemplate | None) -> HealthMonitorSpec:
-    if template is None:
-        return HealthMonitorSpec()
-    return HealthMonitorSpec.model_validate(template.model_dump())
-
-
 def _down(spec: DownResponseSpec | None) -> DownResponse:
     if spec is None:
         return DownResponse()
@@ -251,16 +246,17 @@ def plan_fqdn(
     split = rule.traffic_split if rule and rule.traffic_split is not None else spec.traffic_split
     groups = build_members(chosen, split, rule, owner.vip_only)
     ttl = rule.ttl if rule and rule.ttl is not None else spec.ttl
+    monitor = (
+        rule.health_monitor_template
+        if rule and rule.health_monitor_template
+        else spec.health_monitor_template
+    )
     service = GslbService(
         fqdn=fqdn,
         ttl_seconds=ttl if ttl is not None else _zone_ttl(fqdn, policies.zones),
         answers=spec.answers,
         groups=groups,
-        health_monitor=_monitor(
-            rule.health_monitor_template
-            if rule and rule.health_monitor_template
-            else spec.health_monitor_template
-        ),
+        health_monitor=monitor or DEFAULT_MONITOR,
         down_response=_down(
             rule.down_response if rule and rule.down_response else spec.down_response
         ),
@@ -334,19 +330,6 @@ class PlanDelta:
     """`replan(limit=...)` left FQDNs to plan: call it again (statuses wait for the last)."""
 
 
-@contextmanager
-def _without_cyclic_gc() -> Iterator[None]:
-    """Planning allocates many short-lived, acyclic values; each collection the cyclic GC
-    would trigger rescans the whole world held in memory, which doubled a full plan."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 _REF_FIELDS = set(ObjectRef.model_fields)
 _OBSERVED_FIELDS = set(ObservedObject.model_fields)
 _MEMBER_FIELDS = {"ip", "cluster", "weight", "monitor_ip", "sources", "control_plane_only"}
@@ -417,7 +400,6 @@ class Planner:
         self._policies_changed = True
         self._compactor = Compactor()
         self._statuses_stale = False
-        self._freeze_due = False
 
     # Events ---------------------------------------------------------------------------------
 
@@ -506,17 +488,6 @@ class Planner:
         """Bring the services and statuses up to date with everything applied so far; with
         `limit`, plan at most that many FQDNs and say whether more are left, so that a caller
         on an event loop can let other work run between parts of a 100,000-FQDN plan."""
-        with _without_cyclic_gc():
-            delta = self._replan(limit)
-        self._freeze_due |= delta.full
-        if self._freeze_due and not delta.more:
-            # The world just planned lives long: keep later collections from rescanning it,
-            # which would stall an incremental re-plan for a tenth of a second at 10,000 FQDNs.
-            self._freeze_due = False
-            gc.freeze()
-        return delta
-
-    def _replan(self, limit: int | None) -> PlanDelta:
         full = False
         # Statuses depend on the policies, on which GDP owns which FQDN and on which FQDNs
         # have a service; most object changes touch none of these.
@@ -600,10 +571,9 @@ def plan(
 ) -> Plan:
     """Decide the desired GSLB services, zones and policy statuses, all at once."""
     planner = Planner(last_accepted)
-    with _without_cyclic_gc():
-        for policy in policies.values():
-            planner.apply(policy)
-        for obj in observed.values():
-            planner.apply(obj)
+    for policy in policies.values():
+        planner.apply(policy)
+    for obj in observed.values():
+        planner.apply(obj)
     planner.replan()
     return planner.snapshot()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import Coroutine, Iterable
@@ -24,6 +23,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.lease import Leadership, Step
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
@@ -48,7 +48,6 @@ from shared.runtime import replica_name, run_service
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
 WRITES_IN_FLIGHT = 64
-FREEZE_EVERY_EVENTS = 20_000
 PLAN_CHUNK_FQDNS = 2_000
 YIELD_EVERY_EVENTS = 256
 EVENTS_HEARTBEAT_SECONDS = 1.0
@@ -166,6 +165,7 @@ class Reconciler:
         self.js = js
         self.replica = replica_name(settings)
         self.planner = Planner()
+        self.gc_tuning = GcTuning()
         self.leadership = Leadership(self.replica, settings.lease_ttl_seconds)
         self.published_status: dict[PolicyRef, PolicyStatus] = {}
         self.caught_up = asyncio.Event()
@@ -268,12 +268,9 @@ class Reconciler:
                 # A replay delivers faster than it is applied; let the lease, the ops
                 # endpoint and the NATS reader run in between.
                 await asyncio.sleep(0)
-            if self._replayed % FREEZE_EVERY_EVENTS == 0:
-                # What the replay has built lives as long as the process: keep it out of
-                # every later cyclic-GC pass (a fifth of the replay time at 30,000 FQDNs).
-                gc.freeze()
+            self.gc_tuning.event_replayed(self._replayed)
         if not self.caught_up.is_set() and msg.metadata.num_pending == 0:
-            gc.freeze()
+            self.gc_tuning.replay_done()
             log.info(
                 "replayed events stream",
                 extra={
@@ -385,12 +382,12 @@ class Reconciler:
 
     async def reconcile(self) -> None:
         started = time.perf_counter()
-        delta = self.planner.replan(limit=PLAN_CHUNK_FQDNS)
+        delta = self.gc_tuning.replan(self.planner, limit=PLAN_CHUNK_FQDNS)
         while delta.more:
             # A plan of 100,000 FQDNs takes seconds: in parts, the lease renewal and the NATS
             # reader run in between (one synchronous plan lost the lease at that size).
             await asyncio.sleep(0)
-            part = self.planner.replan(limit=PLAN_CHUNK_FQDNS)
+            part = self.gc_tuning.replan(self.planner, limit=PLAN_CHUNK_FQDNS)
             delta.services.update(part.services)
             delta = PlanDelta(
                 delta.services, delta.replanned + part.replanned, delta.full or part.full,
@@ -471,7 +468,7 @@ class Reconciler:
         await self._services.load()
         await self._zones.load()
         await self._load_statuses()
-        self.planner.replan()
+        self.gc_tuning.replan(self.planner)
         writes = await self._converge_all()
         self._leading = True
         self._last_resync = time.monotonic()
@@ -491,7 +488,7 @@ class Reconciler:
         await self._services.load()
         await self._zones.load()
         self.planner.invalidate()
-        self.planner.replan()
+        self.gc_tuning.replan(self.planner)
         writes = await self._converge_all()
         RESYNCS.inc()
         if writes:

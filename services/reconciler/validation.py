@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from shared.models import (
     Algorithm,
     DownResponseType,
+    HealthMonitorSpec,
     PolicyKind,
     PolicyObject,
     PolicyRef,
@@ -34,7 +35,6 @@ from shared.policies import (
     GlobalDeploymentPolicySpec,
     GSLBConfigSpec,
     GSLBHostRuleSpec,
-    HealthMonitorTemplate,
     PoolAlgorithmSettings,
     Selector,
     Spec,
@@ -181,7 +181,7 @@ def _check_split(path: str, split: Sequence[TrafficSplit], sites: set[str] | Non
     return out
 
 
-def _check_monitor(refs: Sequence[str], template: HealthMonitorTemplate | None) -> list[str]:
+def _check_monitor(refs: Sequence[str], template: HealthMonitorSpec | None) -> list[str]:
     if refs and template is not None:
         return [
             "spec.healthMonitorRefs and spec.healthMonitorTemplate are both set: use one of "

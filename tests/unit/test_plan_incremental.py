@@ -3,6 +3,7 @@ the one a full `plan` of the same world gives."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from hypothesis import given, settings
@@ -354,3 +355,29 @@ def test_a_replan_in_parts_says_when_more_is_left_and_updates_statuses_at_the_en
 
     assert parts == [(10, True, True), (10, True, True), (5, False, False)]
     assert len(planner.services) == 25
+
+
+def test_planning_leaves_the_garbage_collector_as_it_found_it() -> None:
+    """`plan` is pure: pausing or freezing the process-wide collector is the shell's choice
+    (services/reconciler/gc_tuning.py), never the planner's."""
+    observed = [ingress(cluster, index) for index in range(300) for cluster in CLUSTERS]
+    policies = [
+        PolicyObject(ref=CONFIG, spec=config_spec(*CLUSTERS)),
+        PolicyObject(ref=GDP, spec=GDP_SPEC),
+    ]
+    collections: list[int] = []
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    before = (gc.isenabled(), gc.get_freeze_count())
+    gc.callbacks.append(record)
+    try:
+        result = plan({o.ref: o for o in observed}, {p.ref: p for p in policies})
+    finally:
+        gc.callbacks.remove(record)
+
+    assert len(result.services) == 300
+    assert (gc.isenabled(), gc.get_freeze_count()) == before
+    assert collections, "no collection ran while planning: plan() paused the collector"
