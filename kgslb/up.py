@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kgslb.embedded import (
     ManagedProcess,
@@ -100,11 +100,20 @@ class SupervisionSpec(_Strict):
         description="SIGTERM, then SIGKILL after this; per tier (services, then nats-server)",
     )  # fmt: skip
 
+    @model_validator(mode="after")
+    def _first_delay_within_the_cap(self) -> SupervisionSpec:
+        if self.first_restart_delay_seconds > self.max_restart_delay_seconds:
+            raise ValueError(
+                f"firstRestartDelaySeconds ({self.first_restart_delay_seconds:g}) is above "
+                f"maxRestartDelaySeconds ({self.max_restart_delay_seconds:g})"
+            )
+        return self
+
     @property
     def restart_policy(self) -> RestartPolicy:
         return RestartPolicy(
             first_delay_seconds=self.first_restart_delay_seconds,
-            max_delay_seconds=max(self.max_restart_delay_seconds, self.first_restart_delay_seconds),
+            max_delay_seconds=self.max_restart_delay_seconds,
             stable_after_seconds=self.stable_after_seconds,
         )
 

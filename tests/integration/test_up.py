@@ -249,8 +249,12 @@ def test_a_killed_service_is_restarted_and_the_rest_of_the_stack_keeps_running(
     assert cells[:5] == ["dns", "running", str(after["dns"]), "1", "signal 9 (SIGKILL)"]
 
 
+async def quiet(_: Exception) -> None:
+    """nats-py prints every failed connect attempt otherwise; the polls expect some."""
+
+
 async def jetstream_answers(url: str) -> bool:
-    client = await nats.connect(url, connect_timeout=1, allow_reconnect=False)
+    client = await nats.connect(url, connect_timeout=1, allow_reconnect=False, error_cb=quiet)
     try:
         await client.jetstream().account_info()
     finally:
@@ -315,7 +319,9 @@ def test_sigterm_stops_every_child_a_restarted_one_included(tmp_path: Path) -> N
 
 
 async def member_health(nats_port: int) -> dict[str, str]:
-    client = await nats.connect(f"nats://127.0.0.1:{nats_port}", connect_timeout=1)
+    client = await nats.connect(
+        f"nats://127.0.0.1:{nats_port}", connect_timeout=1, allow_reconnect=False, error_cb=quiet
+    )
     try:
         bucket = await client.jetstream().key_value(subjects.KV_HEALTH)
         states = {}

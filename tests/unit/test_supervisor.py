@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from rich.console import Console
 
-from kgslb.embedded import ManagedProcess
+from kgslb.embedded import ManagedProcess, StartupError
 from kgslb.status import show_up_processes
 from kgslb.supervisor import (
     ChildRecord,
@@ -26,7 +27,7 @@ from kgslb.supervisor import (
     exit_line,
     restarted,
 )
-from kgslb.up import monitors_follow_backends
+from kgslb.up import load_stack_config, monitors_follow_backends
 
 POLICY = RestartPolicy(first_delay_seconds=0.5, max_delay_seconds=30, stable_after_seconds=60)
 
@@ -216,3 +217,46 @@ def test_status_shows_no_processes_where_no_kgslb_up_runs(tmp_path: Path) -> Non
     show_up_processes(console, tmp_path)
 
     assert console.export_text() == ""
+
+
+# The stack file's supervision settings ---------------------------------------------------------
+
+SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "kgslb.yaml"
+
+
+def stack_with(tmp_path: Path, supervision: dict[str, Any]) -> Path:
+    config = yaml.safe_load(SEED.read_text())
+    config["supervision"] = supervision
+    for cluster in config["clusters"].values():
+        cluster["apply"] = [str(SEED.parent / name) for name in cluster["apply"]]
+    path = tmp_path / "kgslb.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_seed_restarts_after_half_a_second_doubling_to_30_seconds() -> None:
+    policy = load_stack_config(SEED).supervision.restart_policy
+
+    assert policy == RestartPolicy(0.5, 30.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("supervision", "error"),
+    [
+        ({"maxRestartDelaySeconds": 0},
+         "supervision.maxRestartDelaySeconds: Input should be greater than 0"),
+        ({"firstRestartDelaySeconds": 60},
+         "supervision: Value error, firstRestartDelaySeconds (60) is above "
+         "maxRestartDelaySeconds (30)"),
+        ({"restartDelay": 1}, "supervision.restartDelay: Extra inputs are not permitted"),
+    ],
+)  # fmt: skip
+def test_a_bad_supervision_setting_is_named_in_one_line(
+    tmp_path: Path, supervision: dict[str, Any], error: str
+) -> None:
+    path = stack_with(tmp_path, supervision)
+
+    with pytest.raises(StartupError) as raised:
+        load_stack_config(path)
+
+    assert str(raised.value) == f"{path}: {error}"
