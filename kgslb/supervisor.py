@@ -47,8 +47,9 @@ class ChildState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ChildRecord:
-    """What the supervisor knows of one child. Times are `time.time()` seconds, so that the
-    published copy means something to another process."""
+    """What the supervisor knows of one child. Times are the supervisor's clock (monotonic:
+    a wall-clock step must not delay a restart); `Supervisor.snapshot` publishes them as
+    wall-clock times."""
 
     name: str
     state: ChildState
@@ -105,15 +106,15 @@ def exit_line(record: ChildRecord, log_path: Path) -> str:
 
 class Supervisor:
     """Watches children already started (`adopt`), restarts those that exit (`tick`), stops
-    them all in reverse dependency order (`stop`). Single-threaded: `kgslb up`'s main loop
-    calls `tick`, so a stop never races a restart."""
+    them tier by tier (`stop_together`). Single-threaded: `kgslb up`'s main loop calls `tick`,
+    so a stop never races a restart."""
 
     def __init__(
         self,
         policy: RestartPolicy,
         report: Callable[[str], None],
         on_change: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self._report = report
@@ -149,7 +150,8 @@ class Supervisor:
                 try:
                     process.spawn()
                 except OSError as exc:
-                    record = after_exit(record, f"could not start: {exc}", now, self.policy)
+                    failed = restarted(record, now)
+                    record = after_exit(failed, f"could not start: {exc}", now, self.policy)
                     self._report(exit_line(record, process.log_path))
                 else:
                     record = restarted(record, now)
@@ -174,7 +176,14 @@ class Supervisor:
             process.stop(max(deadline - time.monotonic(), 0.0))
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """The children as published in the state file (see `read_children`)."""
+        """The children as published in the state file, for `kgslb status`."""
+        to_wall = time.time() - self._clock()
+
+        def wall(seconds: float | None) -> str | None:
+            if seconds is None:
+                return None
+            return datetime.fromtimestamp(seconds + to_wall, UTC).isoformat(timespec="milliseconds")
+
         out: dict[str, dict[str, Any]] = {}
         for name, record in self._records.items():
             process = self._processes[name].process
@@ -183,19 +192,13 @@ class Supervisor:
                 "state": record.state.value,
                 "pid": process.pid if running and process is not None else None,
                 "restarts": record.restarts,
-                "started_at": _iso(record.started_at) if running else None,
+                "started_at": wall(record.started_at) if running else None,
                 "last_exit": record.last_exit or None,
-                "last_exit_at": _iso(record.last_exit_at),
-                "restart_at": _iso(record.restart_at),
+                "last_exit_at": wall(record.last_exit_at),
+                "restart_at": wall(record.restart_at),
                 "log": str(self._processes[name].log_path),
             }
         return out
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
 
 
 def write_json_atomically(path: Path, content: Mapping[str, Any]) -> None:

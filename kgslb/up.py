@@ -370,7 +370,6 @@ class Stack:
         self.kubeconfig = state_dir / "kubeconfig"
         self.nats: NatsServer | None = None
         self.kubesim: Any = None
-        self.services: dict[str, ManagedProcess] = {}
         self.ops_ports: dict[str, int] = {}
         self.backends_control = ""
         self.supervisor = Supervisor(
@@ -440,7 +439,6 @@ class Stack:
         args += ["--control-file", str(control_file)]
         backends = ManagedProcess("backends", args, self.logs / "backends.log", _env({}))
         backends.start()
-        self.services["backends"] = backends
         self.supervisor.adopt(backends)
         self.backends_control = _wait_for_file(control_file, backends, 10)
 
@@ -483,7 +481,6 @@ class Stack:
         self.ops_ports[name] = port
         process = service_process(name, args, self.logs, {**env, "KGSLB_OPS_PORT": str(port)})
         process.start()
-        self.services[name] = process
         self.supervisor.adopt(process)
 
     def _write_state(self) -> None:

@@ -125,6 +125,28 @@ def test_a_killed_child_is_restarted_once_its_back_off_has_passed(tmp_path: Path
     assert not child.running
 
 
+def test_a_child_that_cannot_be_started_again_is_retried_with_a_longer_back_off(
+    tmp_path: Path,
+) -> None:
+    child = ManagedProcess("sleeper", [sys.executable, "-c", "pass"], tmp_path / "s.log", {})
+    clock, lines = FakeClock(), []
+    supervisor = Supervisor(POLICY, lines.append, clock=clock)
+    child.start()
+    supervisor.adopt(child)
+    assert child.process is not None
+    child.process.wait(10)
+    child.argv = [str(tmp_path / "gone")]
+
+    supervisor.tick()
+    clock.now += 0.5
+    supervisor.tick()
+
+    assert lines[0].startswith("sleeper exited (exit code 0); restart 1 in 0.5 s")
+    assert lines[1].startswith("sleeper exited (could not start: [Errno 2] No such file")
+    assert "restart 2 in 1 s" in lines[1]
+    assert supervisor.records["sleeper"].state is ChildState.BACKING_OFF
+
+
 # The seed's monitors and backends.port ------------------------------------------------------
 
 GDP = {"apiVersion": "kgslb.io/v1alpha1", "kind": "GlobalDeploymentPolicy",
