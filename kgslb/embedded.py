@@ -77,6 +77,11 @@ class ManagedProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.spawn()
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be ready (what a restart does: the
+        supervisor must not block while one child comes up)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -147,7 +152,7 @@ class NatsServer(ManagedProcess):
         return f"nats://{self.host}:{self.port}"
 
     def start(self) -> None:
-        super().start()
+        self.spawn()
         try:
             wait_for_tcp(self.host, self.port, 10, "nats-server")
         except StartupError:

@@ -1,11 +1,16 @@
 """`kgslb status`: the GSLB services as the DNS sees them (members per priority group,
-weights, health, source objects) and every policy object that is Rejected, with its reason."""
+weights, health, source objects) and every policy object that is Rejected, with its reason;
+first, when a `kgslb up` runs here, its processes with their restarts."""
 
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from nats.js import JetStreamContext
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
@@ -16,7 +21,10 @@ from shared.settings import NatsSettings
 
 
 class StatusSettings(NatsSettings):
-    pass
+    state_dir: Path = Field(
+        default=Path(".kgslb"),
+        description="the state directory of a `kgslb up` whose processes to show, if any",
+    )
 
 
 async def read_statuses(js: JetStreamContext) -> list[PolicyStatus]:
@@ -29,8 +37,61 @@ async def read_statuses(js: JetStreamContext) -> list[PolicyStatus]:
     return statuses
 
 
+def show_up_processes(console: Console, state_dir: Path) -> None:
+    """The children of the `kgslb up` in `state_dir` as it last published them (its state
+    file, so this needs no NATS: it shows a stack whose nats-server is down). Nothing when
+    no `kgslb up` has a state file there."""
+    from kgslb.embedded import StartupError
+    from kgslb.up import read_state, up_is_running
+
+    try:
+        state = read_state(state_dir)
+    except StartupError as exc:
+        if (state_dir / "stack.json").exists():
+            console.print(f"kgslb up processes: {exc}")
+        return
+    children: dict[str, dict[str, Any]] = state.get("children", {})
+    table = Table(title=f"kgslb up processes ({state_dir})")
+    for column in ("process", "state", "pid", "restarts", "last exit", "when"):
+        table.add_column(column)
+    now = datetime.now(UTC)
+    for name, child in children.items():
+        if child.get("restart_at"):
+            wait = datetime.fromisoformat(child["restart_at"]) - now
+            when = f"restart in {max(wait.total_seconds(), 0):.1f} s"
+        elif child.get("started_at"):
+            when = "up " + _duration(now - datetime.fromisoformat(child["started_at"]))
+        else:
+            when = ""
+        restarts = int(child.get("restarts", 0))
+        table.add_row(
+            name,
+            child.get("state", "?"),
+            str(child.get("pid") or ""),
+            f"[yellow]{restarts}[/]" if restarts else "0",
+            child.get("last_exit") or "",
+            when,
+        )
+    console.print(table)
+    if not up_is_running(state):
+        console.print(
+            f"[red]kgslb up (pid {state.get('supervisor_pid')}) is not running[/]: its children "
+            "as it last wrote them; any still running were left behind."
+        )
+
+
+def _duration(elapsed: timedelta) -> str:
+    seconds = max(int(elapsed.total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 async def show_status(settings: StatusSettings) -> None:
     console = Console()
+    show_up_processes(console, settings.state_dir)
     nc = await bus.connect(settings, "kgslb-status")
     try:
         js = nc.jetstream()

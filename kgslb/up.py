@@ -4,12 +4,16 @@ Starts a JetStream nats-server, the Kubernetes API simulator with the member clu
 watcher per cluster, the reconciler, the health and DNS services, and a hello backend per site
 on its loopback VIP; then applies the seed's manifests (GSLBConfig, global-gdp, the hello
 Deployment/Service/Ingress in each cluster) through the Kubernetes API, exactly as a user would
-with kubectl. Ctrl-C or SIGTERM stops every process.
+with kubectl. Every child is supervised like a pod's containers: one that exits is restarted
+with back-off (`kgslb.supervisor`), and its restarts are published in the state file for
+`kgslb status`. Only Ctrl-C or SIGTERM stops the stack.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import shutil
 import signal
 import sys
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kgslb.embedded import (
     ManagedProcess,
@@ -28,6 +32,12 @@ from kgslb.embedded import (
     free_port,
     port_in_use,
     service_process,
+)
+from kgslb.supervisor import (
+    RestartPolicy,
+    Supervisor,
+    process_alive,
+    write_json_atomically,
 )
 from shared import wire
 from shared.models import (
@@ -61,8 +71,51 @@ class ClusterSpec(_Strict):
 
 
 class BackendsSpec(_Strict):
-    port: int = Field(default=80, ge=0, le=65535)
+    port: int = Field(
+        default=80,
+        ge=0,
+        le=65535,
+        description="every site's port; the seed's health monitors follow it (see "
+        "`monitors_follow_backends`)",
+    )
     hosts: list[str] = Field(default_factory=list, description="virtual hosts served")
+
+
+class SupervisionSpec(_Strict):
+    """How `up` restarts a child that exits, and how long it waits for each to stop."""
+
+    first_restart_delay_seconds: float = Field(
+        default=0.5, gt=0, le=3600, alias="firstRestartDelaySeconds"
+    )
+    max_restart_delay_seconds: float = Field(
+        default=30.0, gt=0, le=3600, alias="maxRestartDelaySeconds",
+        description="the back-off doubles up to this",
+    )  # fmt: skip
+    stable_after_seconds: float = Field(
+        default=60.0, gt=0, alias="stableAfterSeconds",
+        description="a child that ran this long before exiting is restarted after the first delay",
+    )  # fmt: skip
+    stop_grace_seconds: float = Field(
+        default=5.0, gt=0, le=300, alias="stopGraceSeconds",
+        description="SIGTERM, then SIGKILL after this; per tier (services, then nats-server)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _first_delay_within_the_cap(self) -> SupervisionSpec:
+        if self.first_restart_delay_seconds > self.max_restart_delay_seconds:
+            raise ValueError(
+                f"firstRestartDelaySeconds ({self.first_restart_delay_seconds:g}) is above "
+                f"maxRestartDelaySeconds ({self.max_restart_delay_seconds:g})"
+            )
+        return self
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        return RestartPolicy(
+            first_delay_seconds=self.first_restart_delay_seconds,
+            max_delay_seconds=self.max_restart_delay_seconds,
+            stable_after_seconds=self.stable_after_seconds,
+        )
 
 
 class NamedPolicy(_Strict):
@@ -92,6 +145,7 @@ class StackConfig(_Strict):
     nats: Listen = Field(default_factory=lambda: Listen(port=4222))
     kube_api: Listen = Field(default_factory=lambda: Listen(port=16443), alias="kubeApi")
     backends: BackendsSpec = Field(default_factory=BackendsSpec)
+    supervision: SupervisionSpec = Field(default_factory=SupervisionSpec)
     home_cluster: str = Field(alias="homeCluster")
     clusters: dict[str, ClusterSpec]
     gslb_config: NamedPolicy | None = Field(default=None, alias="gslbConfig")
@@ -203,7 +257,8 @@ def load_stack_config(path: Path) -> StackConfig:
 
 
 def manifests(config: StackConfig, stack_file: Path, cluster: str) -> list[dict[str, Any]]:
-    """The objects to apply in one cluster, in file order."""
+    """The objects to apply in one cluster, in file order, their monitors on the backends'
+    port."""
     documents: list[dict[str, Any]] = []
     for name in config.clusters[cluster].apply:
         path = stack_file.parent / name
@@ -211,7 +266,47 @@ def manifests(config: StackConfig, stack_file: Path, cluster: str) -> list[dict[
             documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
         except (OSError, yaml.YAMLError) as exc:
             raise StartupError(f"{stack_file}: clusters.{cluster}.apply: {path}: {exc}") from None
-    return documents
+    return monitors_follow_backends(documents, config.backends.port)
+
+
+DEFAULT_MONITOR_PORT = 80
+"""Where an http or tcp monitor without a port probes, and where the hello backends listen
+by default."""
+
+
+def monitors_follow_backends(documents: list[dict[str, Any]], port: int) -> list[dict[str, Any]]:
+    """The manifests with their health monitors on `port` (the hello backends' port).
+
+    The seed's manifests say nothing of the monitor's port, because backends and monitor
+    agree on 80. An operator who moves the backends (`backends.port: 8080`, to run without
+    root) expects the monitors to move with them, as an Avi monitor without a port probes
+    the virtual service's own port. So a GlobalDeploymentPolicy gets `port` in its
+    healthMonitorTemplate (the default template if it has none), and so does a GSLBHostRule
+    that has a template (one without keeps the GDP's). A template that names a port, or
+    whose kind does not default to 80 (https: 443; none: never probed), is the manifest
+    author's choice and stays as written. Port 0 (each site on its own free port) and 80
+    change nothing.
+    """
+    if port in (0, DEFAULT_MONITOR_PORT):
+        return documents
+    moved: list[dict[str, Any]] = []
+    for document in documents:
+        spec = document.get("spec") or {}
+        template = spec.get("healthMonitorTemplate")
+        if template is None and document.get("kind") == "GlobalDeploymentPolicy":
+            template = {}
+        if (
+            document.get("kind") not in ("GlobalDeploymentPolicy", "GSLBHostRule")
+            or not isinstance(template, dict)
+            or "port" in template
+            or template.get("kind", "http") not in ("http", "tcp")
+        ):
+            moved.append(document)
+            continue
+        document = copy.deepcopy(document)
+        document["spec"] = {**spec, "healthMonitorTemplate": {**template, "port": port}}
+        moved.append(document)
+    return moved
 
 
 def apply_manifests(kubeconfig: Path, cluster: str, documents: list[dict[str, Any]]) -> None:
@@ -239,12 +334,21 @@ def apply_manifests(kubeconfig: Path, cluster: str, documents: list[dict[str, An
             )
 
 
-def wait_for_answer(host: str, port: int, qname: str, timeout_seconds: float) -> list[str]:
+def wait_for_answer(
+    host: str,
+    port: int,
+    qname: str,
+    timeout_seconds: float,
+    keep_waiting: Callable[[], bool] = lambda: True,
+) -> list[str]:
+    """The first answer for `qname`; [] if `keep_waiting` said stop first."""
     import dns.message
     import dns.query
 
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
+        if not keep_waiting():
+            return []
         try:
             reply = dns.query.udp(dns.message.make_query(qname, "A"), host, port=port, timeout=0.5)
             addresses = [rr.address for rrset in reply.answer for rr in rrset]
@@ -266,9 +370,14 @@ class Stack:
         self.kubeconfig = state_dir / "kubeconfig"
         self.nats: NatsServer | None = None
         self.kubesim: Any = None
-        self.services: dict[str, ManagedProcess] = {}
         self.ops_ports: dict[str, int] = {}
         self.backends_control = ""
+        self.supervisor = Supervisor(
+            config.supervision.restart_policy,
+            report=lambda line: print(f"kgslb up: {line}", flush=True),
+            on_change=self._publish_children,
+        )
+        self._state_published = False
 
     def check_ports(self) -> None:
         config = self.config
@@ -308,6 +417,7 @@ class Stack:
         self.nats = NatsServer(self.state_dir / "jetstream", config.nats.host, config.nats.port)
         self.nats.log_path = self.logs / "nats-server.log"
         self.nats.start()
+        self.supervisor.adopt(self.nats)
 
         progress(f"starting the Kubernetes API simulator ({', '.join(config.clusters)})")
         self._start_kubesim()
@@ -320,13 +430,16 @@ class Stack:
         progress("starting hello backends: " + ", ".join(s.split("=")[1] for s in sites))
         control_file = self.state_dir / "backends.url"
         control_file.unlink(missing_ok=True)
+        # A fixed control port: a restarted backends process answers at the URL already
+        # published in the state file.
         args = [sys.executable, "-m", "kgslb.backends", "--port", str(config.backends.port)]
+        args += ["--control-port", str(free_port())]
         args += [a for host in config.backends.hosts for a in ("--host", host)]
         args += [a for site in sites for a in ("--site", site)]
         args += ["--control-file", str(control_file)]
         backends = ManagedProcess("backends", args, self.logs / "backends.log", _env({}))
         backends.start()
-        self.services["backends"] = backends
+        self.supervisor.adopt(backends)
         self.backends_control = _wait_for_file(control_file, backends, 10)
 
         env = {"KGSLB_NATS_URL": self.nats.url}
@@ -368,7 +481,7 @@ class Stack:
         self.ops_ports[name] = port
         process = service_process(name, args, self.logs, {**env, "KGSLB_OPS_PORT": str(port)})
         process.start()
-        self.services[name] = process
+        self.supervisor.adopt(process)
 
     def _write_state(self) -> None:
         assert self.nats is not None
@@ -378,23 +491,27 @@ class Stack:
             "backends_control": self.backends_control,
             "dns": f"{self.config.dns.host}:{self.config.dns.port}",
             "ops": {name: f"http://127.0.0.1:{port}" for name, port in self.ops_ports.items()},
+            "supervisor_pid": os.getpid(),
+            "children": self.supervisor.snapshot(),
         }
-        (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_json_atomically(self.state_dir / STATE_FILE, state)
+        self._state_published = True
 
-    def check_alive(self) -> None:
-        for name, process in self.services.items():
-            if not process.running:
-                raise StartupError(f"{name} exited; its last lines:\n{process.tail()}")
+    def _publish_children(self) -> None:
+        """Rewrite the state file on each exit and restart, once `start` has written it."""
+        if self._state_published:
+            self._write_state()
 
     def stop(self) -> None:
-        for process in self.services.values():
-            process.terminate()
-        for process in self.services.values():
-            process.stop()
+        """Every child, in reverse dependency order: the services (NATS clients, in parallel),
+        the Kubernetes API simulator, then nats-server; each tier within the stop grace."""
+        grace = self.config.supervision.stop_grace_seconds
+        clients = [name for name in reversed(self.supervisor.names) if name != "nats-server"]
+        self.supervisor.stop_together(clients, grace)
         if self.kubesim is not None:
             self.kubesim.stop()
         if self.nats is not None:
-            self.nats.stop()
+            self.supervisor.stop_together([self.nats.name], grace)
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
 
@@ -444,7 +561,7 @@ def summary(stack: Stack) -> str:
         "Try:",
         f"  dig @{dns.host} -p {dns.port} hello.avi.iberia.local +short",
         f"  dig @{dns.host} -p {dns.port} avi.iberia.local SOA",
-        f"  kgslb status --nats-url {stack.nats.url}",
+        f"  kgslb status --nats-url {stack.nats.url} --state-dir {stack.state_dir}",
         f"  kgslb check hello.avi.iberia.local --port {dns.port} --http-port "
         f"{config.backends.port} --nats-url {stack.nats.url}",
         f"  {kubectl} --context {config.home_cluster} get gdp -A",
@@ -452,7 +569,7 @@ def summary(stack: Stack) -> str:
         '--type merge -p \'{"spec":{"trafficSplit":[{"cluster":"s1az1","weight":6},'
         '{"cluster":"s1az2","weight":3},{"cluster":"s2","weight":1}]}}\'',
         f"  kgslb backend stop s2 --state-dir {stack.state_dir}",
-        "Ctrl-C stops everything.",
+        "A process that exits is restarted (see `kgslb status`); Ctrl-C stops everything.",
     ]
     missing = [
         f"  note: `{tool}` is not installed (Debian package {package})"
@@ -476,12 +593,21 @@ def run_up(stack_file: Path, state_dir: Path) -> int:
         config = load_stack_config(stack_file)
         stack = Stack(config, state_dir)
         stack.start(progress=lambda line: print(f"… {line}", flush=True))
-        first = wait_for_answer(config.dns.host, config.dns.port, "hello.avi.iberia.local", 30)
+
+        def supervise() -> bool:
+            assert stack is not None
+            stack.supervisor.tick()
+            return not stop_requested
+
+        first = wait_for_answer(
+            config.dns.host, config.dns.port, "hello.avi.iberia.local", 30, supervise
+        )
+        if stop_requested:
+            return 0
         print(summary(stack), flush=True)
         print(f"\nfirst answer for hello.avi.iberia.local: {', '.join(first)}", flush=True)
-        while not stop_requested:
-            stack.check_alive()
-            time.sleep(0.5)
+        while supervise():
+            time.sleep(0.2)
         return 0
     except StartupError as exc:
         print(f"kgslb up: {exc}", file=sys.stderr)
@@ -497,4 +623,12 @@ def read_state(state_dir: Path) -> dict[str, Any]:
         state: dict[str, Any] = json.loads(path.read_text())
     except OSError:
         raise StartupError(f"no running `kgslb up` found ({path} is missing)") from None
+    except json.JSONDecodeError as exc:
+        raise StartupError(f"{path}: not the state of a `kgslb up`: {exc}") from None
     return state
+
+
+def up_is_running(state: dict[str, Any]) -> bool:
+    """False when the `kgslb up` that wrote `state` is gone (killed before it could clean up)."""
+    pid = state.get("supervisor_pid")
+    return isinstance(pid, int) and process_alive(pid)

@@ -263,9 +263,14 @@ def test_03_the_hello_ingress_exists_in_each_cluster_with_its_vip(walk: Walkthro
 
 
 def test_04_status_shows_one_service_with_three_members(walk: Walkthrough) -> None:
-    output = walk.run("4. kgslb status", f"COLUMNS=160 kgslb status {walk.nats}")
+    output = walk.run(
+        "4. kgslb status", f"COLUMNS=160 kgslb status {walk.nats} --state-dir {walk.state}"
+    )
     for vip in VIPS.values():
         assert vip in output
+    processes = [line.split("│")[1].strip() for line in output.splitlines()
+                 if line.startswith("│") and "running" in line]  # fmt: skip
+    assert processes[0] == "nats-server" and "dns" in processes, "the processes of kgslb up"
 
 
 def test_05_check_visits_every_site(walk: Walkthrough) -> None:
@@ -359,6 +364,6 @@ def test_11_aaaa_is_an_empty_noerror_in_respond_mode_and_silence_in_drop_mode(
 def test_12_a_stopped_site_leaves_the_answers_and_returns(walk: Walkthrough) -> None:
     walk.run("12. Stop the s2 backend", f"kgslb backend stop s2 --state-dir {walk.state}")
     wait_until(lambda: VIPS["s2"] not in picks(walk.dns_port, 41), 10, "s2 withdrawn")
-    walk.run("12. s2 is down", f"COLUMNS=160 kgslb status {walk.nats}")
+    walk.run("12. s2 is down", f"COLUMNS=160 kgslb status {walk.nats} --state-dir {walk.state}")
     walk.run("12. Start it again", f"kgslb backend start s2 --state-dir {walk.state}")
     wait_until(lambda: VIPS["s2"] in picks(walk.dns_port, 41), 10, "s2 back")

@@ -1,27 +1,42 @@
-"""`kgslb up`, as a user runs it: one command, answers within 30 s, Ctrl-C leaves nothing."""
+"""`kgslb up`, as a user runs it: one command, answers within 30 s, a child that dies is
+restarted while the rest keeps running, and only Ctrl-C or SIGTERM stops it, leaving nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
+import nats
 import yaml
 
 from kgslb.embedded import free_port, port_in_use
+from shared import subjects, wire
+from shared.models import MemberHealth
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "kgslb.yaml"
 
 
 def stack_file(
-    tmp_path: Path, dns_port: int, nats_port: int, monitor: dict[str, object] | None = None
+    tmp_path: Path,
+    dns_port: int,
+    nats_port: int,
+    monitor: dict[str, object] | None = None,
+    monitor_on_backends_port: bool = True,
 ) -> Path:
-    """The seed stack on free ports, its manifests referenced from examples/seed."""
+    """The seed stack on free ports, its manifests referenced from examples/seed; `monitor`
+    replaces the GDP's monitor, naming the backends' port unless told not to."""
     config = yaml.safe_load(SEED.read_text())
     config["dns"]["port"] = dns_port
     config["nats"]["port"] = nats_port
@@ -31,10 +46,9 @@ def stack_file(
         cluster["apply"] = [str(SEED.parent / name) for name in cluster["apply"]]
     if monitor is not None:
         documents = list(yaml.safe_load_all((SEED.parent / "global-gdp.yaml").read_text()))
-        documents[-1]["spec"]["healthMonitorTemplate"] = {
-            **monitor,
-            "port": config["backends"]["port"],
-        }
+        documents[-1]["spec"]["healthMonitorTemplate"] = (
+            {**monitor, "port": config["backends"]["port"]} if monitor_on_backends_port else monitor
+        )
         gdp = tmp_path / "global-gdp.yaml"
         gdp.write_text(yaml.safe_dump_all(documents))
         home = config["clusters"][config["homeCluster"]]
@@ -156,3 +170,187 @@ def test_stopping_the_s2_backend_takes_s2_out_of_the_answers_and_starting_it_bri
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(20)
+
+
+# Supervision ----------------------------------------------------------------------------------
+
+SEED_VIPS = {"127.10.25.46", "127.10.26.40", "127.10.23.40"}
+FAST_MONITOR = {"intervalSeconds": 0.5, "timeoutSeconds": 0.4, "successesToUp": 2,
+                "failuresToDown": 2}  # fmt: skip
+
+
+def start_up(stack: Path, state: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kgslb", "up", "-c", str(stack), "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_for_line(process, "Ctrl-C", 30)
+    return process
+
+
+def stop_up(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)
+    process.wait(30)
+
+
+def children(state: Path) -> dict[str, dict[str, Any]]:
+    """The children as `kgslb up` publishes them in its state file."""
+    published: dict[str, dict[str, Any]] = json.loads((state / "stack.json").read_text())[
+        "children"
+    ]
+    return published
+
+
+def pids(state: Path) -> dict[str, int | None]:
+    return {name: child["pid"] for name, child in children(state).items()}
+
+
+def answered(port: int) -> bool:
+    try:
+        return bool(query(port, "hello.avi.iberia.local").answer)
+    except dns.exception.DNSException:
+        return False
+
+
+def test_a_killed_service_is_restarted_and_the_rest_of_the_stack_keeps_running(
+    tmp_path: Path,
+) -> None:
+    dns_port, nats_port = free_port(), free_port()
+    state = tmp_path / "state"
+    process = start_up(stack_file(tmp_path, dns_port, nats_port), state)
+    try:
+        before = pids(state)
+        assert before["dns"] is not None
+
+        os.kill(before["dns"], signal.SIGKILL)
+
+        wait_until(lambda: pids(state)["dns"] not in (None, before["dns"]), 20)
+        wait_until(lambda: answered(dns_port), 20)
+        after = pids(state)
+        exit_line = wait_for_line(process, "dns exited", 5).splitlines()[-1]
+        status = subprocess.run(
+            [sys.executable, "-m", "kgslb", "status", "--nats-url",
+             f"nats://127.0.0.1:{nats_port}", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        assert process.poll() is None, "kgslb up is still running"
+    finally:
+        stop_up(process)
+
+    assert exit_line == (
+        f"kgslb up: dns exited (signal 9 (SIGKILL)); restart 1 in 0.5 s "
+        f"(log {state / 'logs' / 'dns.log'})"
+    )
+    assert {n: p for n, p in after.items() if n != "dns"} == {
+        n: p for n, p in before.items() if n != "dns"
+    }
+    dns_row = next(line for line in status.stdout.splitlines() if line.startswith("│ dns "))
+    cells = [cell.strip() for cell in dns_row.strip("│").split("│")]
+    assert cells[:5] == ["dns", "running", str(after["dns"]), "1", "signal 9 (SIGKILL)"]
+
+
+async def quiet(_: Exception) -> None:
+    """nats-py prints every failed connect attempt otherwise; the polls expect some."""
+
+
+async def jetstream_answers(url: str) -> bool:
+    client = await nats.connect(url, connect_timeout=1, allow_reconnect=False, error_cb=quiet)
+    try:
+        await client.jetstream().account_info()
+    finally:
+        await client.close()
+    return True
+
+
+def nats_serves_jetstream(port: int) -> bool:
+    try:
+        return asyncio.run(jetstream_answers(f"nats://127.0.0.1:{port}"))
+    except Exception:
+        return False
+
+
+def test_nats_server_killed_with_its_store_deleted_comes_back_on_the_same_port(
+    tmp_path: Path,
+) -> None:
+    dns_port, nats_port = free_port(), free_port()
+    state = tmp_path / "state"
+    process = start_up(stack_file(tmp_path, dns_port, nats_port), state)
+    try:
+        before = pids(state)
+        assert before["nats-server"] is not None
+        shutil.rmtree(state / "jetstream")
+
+        os.kill(before["nats-server"], signal.SIGKILL)
+
+        wait_until(lambda: pids(state)["nats-server"] not in (None, before["nats-server"]), 20)
+        wait_until(lambda: nats_serves_jetstream(nats_port), 20)
+        after = pids(state)
+        assert process.poll() is None, "kgslb up is still running"
+    finally:
+        stop_up(process)
+
+    assert (state / "jetstream").is_dir(), "a new, empty store"
+    assert {n: p for n, p in after.items() if n != "nats-server"} == {
+        n: p for n, p in before.items() if n != "nats-server"
+    }
+
+
+def test_sigterm_stops_every_child_a_restarted_one_included(tmp_path: Path) -> None:
+    dns_port, nats_port = free_port(), free_port()
+    state = tmp_path / "state"
+    process = start_up(stack_file(tmp_path, dns_port, nats_port), state)
+    try:
+        health = pids(state)["health"]
+        assert health is not None
+        os.kill(health, signal.SIGKILL)
+        wait_until(lambda: pids(state)["health"] not in (None, health), 20)
+        running = children_of(process.pid)
+        assert len(running) == 8, "nats-server, backends, 3 watchers, reconciler, health, dns"
+        assert set(pids(state).values()) == set(running)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+    assert process.returncode == 0
+    assert [pid for pid in running if Path(f"/proc/{pid}").exists()] == []
+    assert not (state / "stack.json").exists()
+    assert not port_in_use("127.0.0.1", nats_port)
+    assert not port_in_use("127.0.0.1", dns_port, udp=True)
+
+
+async def member_health(nats_port: int) -> dict[str, str]:
+    client = await nats.connect(
+        f"nats://127.0.0.1:{nats_port}", connect_timeout=1, allow_reconnect=False, error_cb=quiet
+    )
+    try:
+        bucket = await client.jetstream().key_value(subjects.KV_HEALTH)
+        states = {}
+        for key in await bucket.keys():
+            entry = await bucket.get(key)
+            if entry.value:
+                health = wire.decode(entry.value, MemberHealth)
+                states[str(health.ip)] = health.state.value
+    finally:
+        await client.close()
+    return states
+
+
+def every_seed_member_up(nats_port: int) -> bool:
+    try:
+        return asyncio.run(member_health(nats_port)) == dict.fromkeys(SEED_VIPS, "up")
+    except Exception:
+        return False
+
+
+def test_backends_on_a_high_port_are_probed_there_and_every_member_is_answered(
+    tmp_path: Path,
+) -> None:
+    dns_port, nats_port = free_port(), free_port()
+    stack = stack_file(tmp_path, dns_port, nats_port, FAST_MONITOR, monitor_on_backends_port=False)
+    assert yaml.safe_load(stack.read_text())["backends"]["port"] > 1024
+    process = start_up(stack, tmp_path / "state")
+    try:
+        wait_until(lambda: every_seed_member_up(nats_port), 30)
+        assert answers(dns_port, 12) == SEED_VIPS
+    finally:
+        stop_up(process)
