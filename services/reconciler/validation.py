@@ -640,8 +640,13 @@ def validate(
 
 
 def _in_zones(fqdn: str, zones: Mapping[str, ZoneSpec]) -> bool:
-    labels = fqdn.split(".")
-    return any(".".join(labels[index:]) in zones for index in range(len(labels)))
+    dot = -1
+    while True:
+        if fqdn[dot + 1 :] in zones:
+            return True
+        dot = fqdn.find(".", dot + 1)
+        if dot < 0:
+            return False
 
 
 def gslb_name_problem(fqdn: str, zones: Mapping[str, ZoneSpec]) -> BadName | None:

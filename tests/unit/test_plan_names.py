@@ -162,6 +162,34 @@ def test_a_rejected_name_is_new_once_not_on_every_replan() -> None:
     assert newly_rejected(first, planner.rejected_names) == []
 
 
+def test_a_zone_added_for_a_rejected_host_plans_it_and_clears_the_note() -> None:
+    outside = bad_ingress(host="hello.example.com", name="elsewhere")
+    soa = {"mname": "ns.example.com.", "rname": "h.example.com."}
+    more_zones = {
+        **CONFIG_SPEC,
+        "zones": [*CONFIG_SPEC["zones"], {"name": "example.com", "soa": soa}],
+    }
+    planner = Planner()
+    for message in [*SEED_POLICIES.values(), *SEED_WORLD.values(), outside]:
+        planner.apply(message)
+    planner.replan()
+
+    planner.apply(policy(CONFIG, more_zones, generation=2))
+    planner.replan()
+
+    full = plan(
+        world(*SEED_WORLD.values(), outside),
+        {**SEED_POLICIES, CONFIG: policy(CONFIG, more_zones, 2)},
+    )
+    assert set(planner.services) == set(full.services) == {HELLO, "hello.example.com"}
+    assert planner.rejected_names == full.rejected_names == {}
+    assert (
+        planner.statuses[GDP].message
+        == full.statuses[GDP].message
+        == ("accepted: selects 2 GSLB service(s)")
+    )
+
+
 # Bounded status messages ----------------------------------------------------------------------
 
 
