@@ -67,15 +67,18 @@ class _Drop:
 
 
 _WatchQueue = asyncio.Queue[WatchEvent | _Drop]
+FROZEN_POLL_SECONDS = 0.05
 
 
 class Faults:
     """Fault switches of one cluster, settable from Python (any thread) or over HTTP.
 
     `refuse` answers every API request with 503, `unauthorized` with 401, and
-    `latency_seconds` delays every response; the two actions take effect immediately.
+    `latency_seconds` delays every response; `frozen` is a SIGSTOPped API server: connections
+    are accepted and requests read, but nothing is answered, and open watches send nothing
+    (not even bookmarks), until it is cleared. The two actions take effect immediately.
     Over HTTP, `POST /kubesim/faults` takes a JSON object with any of `refuse`,
-    `unauthorized`, `latency_seconds`, `drop_watches` (true, or "abrupt") and
+    `unauthorized`, `latency_seconds`, `frozen`, `drop_watches` (true, or "abrupt") and
     `expire_history` (true); `GET /kubesim/faults` reports the switches. Both bypass the faults.
     """
 
@@ -84,6 +87,12 @@ class Faults:
         self.refuse = False
         self.unauthorized = False
         self.latency_seconds = 0.0
+        self.frozen = False
+
+    async def thawed(self) -> None:
+        """Return once the server is not frozen (polled: the switch is set from any thread)."""
+        while self.frozen:
+            await asyncio.sleep(FROZEN_POLL_SECONDS)
 
     def drop_watches(self, *, abrupt: bool = False) -> int:
         """End every open watch stream now (no ERROR event); returns how many were open.
@@ -102,6 +111,7 @@ class Faults:
             "refuse": self.refuse,
             "unauthorized": self.unauthorized,
             "latency_seconds": self.latency_seconds,
+            "frozen": self.frozen,
         }
 
 
@@ -203,6 +213,7 @@ class ClusterServer:
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
         if not request.path.startswith("/kubesim/"):
+            await self.faults.thawed()
             if self.faults.latency_seconds > 0:
                 await asyncio.sleep(self.faults.latency_seconds)
             if self.faults.refuse:
@@ -220,13 +231,17 @@ class ClusterServer:
         body = await _read_body(request)
         if not isinstance(body, dict):
             raise bad_request("expected a JSON object")
-        known = {"refuse", "unauthorized", "latency_seconds", "drop_watches", "expire_history"}
+        known = {
+            "refuse", "unauthorized", "latency_seconds", "frozen", "drop_watches", "expire_history"
+        }  # fmt: skip
         if unknown := set(body) - known:
             raise bad_request(f"unknown fault switches: {sorted(unknown)}; known: {sorted(known)}")
         if "refuse" in body:
             self.faults.refuse = bool(body["refuse"])
         if "unauthorized" in body:
             self.faults.unauthorized = bool(body["unauthorized"])
+        if "frozen" in body:
+            self.faults.frozen = bool(body["frozen"])
         if "latency_seconds" in body:
             try:
                 self.faults.latency_seconds = float(body["latency_seconds"])
@@ -512,6 +527,7 @@ class ClusterServer:
         await response.prepare(request)
 
         async def send(event_type: str, obj: Obj) -> None:
+            await self.faults.thawed()
             if as_table and event_type != "BOOKMARK" and event_type != "ERROR":
                 obj = render_table(
                     rtype, [obj], include, {"resourceVersion": obj["metadata"]["resourceVersion"]}

@@ -36,6 +36,11 @@ LOG_QUEUE_RECORDS = 10_000
 TABLE_UPDATES = Counter("kgslb_dns_table_updates_total", "KV updates applied", ["bucket"])
 LOGS_DROPPED = Counter("kgslb_dns_logs_dropped_total", "Query logs dropped: publisher behind")
 GSLB_NAMES = Gauge("kgslb_dns_gslb_names", "GSLB names in the answer table")
+BAD_VALUES = Counter(
+    "kgslb_dns_bad_values_total",
+    "KV values ignored (undecodable, or a GSLB name that is not a hostname), by message kind",
+    ["kind"],
+)
 
 
 class DnsService:
@@ -122,6 +127,7 @@ class DnsService:
         try:
             return wire.decode(value, model)
         except wire.WireError as exc:
+            BAD_VALUES.labels(model.KIND).inc()
             log.error("ignoring bad %s value for %s: %s", model.KIND, key, exc)
             return None
 
@@ -139,11 +145,21 @@ class DnsService:
 
     def _apply_service(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:
-            self.table.remove_service(subjects.fqdn_from_key(key), revision)
+            try:
+                fqdn = subjects.fqdn_from_key(key)
+            except ValueError:
+                return  # not a key the reconciler writes, so never in the table
+            self.table.remove_service(fqdn, revision)
             return
         service = self._decode(key, value, GslbService)
-        if service is not None:
-            self.table.set_service(service, revision)
+        if service is None:
+            return
+        if (bad := self.table.set_service(service, revision)) is not None:
+            BAD_VALUES.labels(GslbService.KIND).inc()
+            log.error(
+                "ignoring GslbService value for %s: %s; the name is not answered",
+                key, bad.describe(),
+            )  # fmt: skip
 
     def _apply_health(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:

@@ -34,6 +34,7 @@ from shared.models import (
     UnhandledPolicy,
     ZoneSpec,
 )
+from shared.names import BadName, hostname_problem
 from shared.subjects import member_key, normalize_fqdn
 
 SERIAL_MODULO = 2**32
@@ -599,7 +600,11 @@ class AnswerTable:
             for parent in _strict_ancestors(owner, zone.key):
                 self._ancestors[parent] += sign
 
-    def set_service(self, service: GslbService, revision: int = 0) -> None:
+    def set_service(self, service: GslbService, revision: int = 0) -> BadName | None:
+        """Answer `service` from now on. A name that is not a hostname (never planned; written
+        by hand or by an older reconciler) is refused and returned, and nothing changes."""
+        if (bad := hostname_problem(service.fqdn)) is not None:
+            return bad
         spec = NameSpec.of(service, self._interned)
         key = wire.name_to_wire(spec.fqdn)
         self._drop_service(key)
@@ -609,8 +614,11 @@ class AnswerTable:
         for parent in _strict_ancestors(key, b""):
             self._ancestors[parent] += 1
         self._service_changed(key, revision)
+        return None
 
     def remove_service(self, fqdn: str, revision: int = 0) -> None:
+        if hostname_problem(fqdn) is not None:
+            return  # never set: nothing to remove
         key = wire.name_to_wire(normalize_fqdn(fqdn))
         self._drop_service(key)
         self._retired_answers.pop(normalize_fqdn(fqdn), None)

@@ -14,9 +14,16 @@ import itertools
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from services.reconciler.validation import AcceptedGdp, Policies, validate
+from services.reconciler.validation import (
+    AcceptedGdp,
+    Policies,
+    RejectedName,
+    bounded_message,
+    gslb_name_problem,
+    validate,
+)
 from shared.models import (
     Algorithm,
     DownResponse,
@@ -68,6 +75,8 @@ class Plan:
     """The policy objects in force: the newest valid version of each."""
     log_level: str = "INFO"
     refresh_interval_seconds: int = 1800
+    rejected_names: dict[str, RejectedName] = field(default_factory=dict)
+    """FQDNs that selected objects would serve and that are not planned, with why."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class FqdnPlan:
     """The GDP whose objects make the service."""
     shadowed: tuple[PolicyRef, ...] = ()
     """Later GDPs that select objects of this FQDN too, and leave it to the owner."""
+    rejected: RejectedName | None = None
+    """Selected objects would serve the FQDN, but it cannot be a GSLB service."""
 
 
 # Selection ----------------------------------------------------------------------------------
@@ -240,6 +251,9 @@ def plan_fqdn(
             shadowed.append(gdp.ref)
     if owner is None:
         return FqdnPlan(None, None)
+    if (bad := gslb_name_problem(fqdn, policies.zones)) is not None:
+        refs = tuple(obj.ref for obj in chosen)
+        return FqdnPlan(None, None, rejected=RejectedName(fqdn, bad, owner.ref, refs))
 
     spec = owner.spec
     rule_ref, rule = policies.host_rules.get(fqdn, (None, None))
@@ -278,11 +292,17 @@ def final_statuses(
     owned: Mapping[PolicyRef, int],
     shadowed: Mapping[PolicyRef, int],
     services: Mapping[str, GslbService],
+    rejected: Mapping[str, RejectedName] | None = None,
 ) -> dict[PolicyRef, PolicyStatus]:
-    """Accepted statuses say what the object does in the world now."""
+    """Accepted statuses say what the object does in the world now, and which names the
+    objects it selects bring that are not planned (bounded: see `bounded_message`)."""
     statuses = dict(policies.statuses)
     config = policies.config
     rule_fqdn = {ref: fqdn for fqdn, (ref, _) in policies.host_rules.items()}
+    rejected = rejected or {}
+    not_planned: defaultdict[PolicyRef, list[str]] = defaultdict(list)
+    for fqdn in sorted(rejected):
+        not_planned[rejected[fqdn].policy].append(rejected[fqdn].describe())
     for ref, status in policies.statuses.items():
         if status.state != PolicyState.ACCEPTED:
             continue
@@ -303,13 +323,22 @@ def final_statuses(
                     f"; {shadowed[ref]} FQDN(s) it selects belong to an earlier "
                     "GlobalDeploymentPolicy (by namespace/name)"
                 )
+            if ref in not_planned:
+                note = bounded_message(note + "; ", not_planned[ref])
         elif ref.kind == PolicyKind.GSLB_HOST_RULE:
             fqdn = rule_fqdn[ref]
-            note = (
-                f"accepted: governs GSLB service {fqdn}"
-                if fqdn in services
-                else f"accepted: no GSLB service {fqdn} yet (no GlobalDeploymentPolicy selects it)"
-            )
+            if fqdn in services:
+                note = f"accepted: governs GSLB service {fqdn}"
+            elif fqdn in rejected:
+                note = bounded_message("accepted: ", [rejected[fqdn].describe()])
+            elif (bad := gslb_name_problem(fqdn, policies.zones)) is not None:
+                note = bounded_message(
+                    "accepted: ", [f"{bad.describe()}; no GSLB service can be planned for it"]
+                )
+            else:
+                note = (
+                    f"accepted: no GSLB service {fqdn} yet (no GlobalDeploymentPolicy selects it)"
+                )
         else:
             continue
         statuses[ref] = status.model_copy(update={"message": note})
@@ -396,6 +425,8 @@ class Planner:
         self._shadowed: dict[str, tuple[PolicyRef, ...]] = {}
         self._owned_count: Counter[PolicyRef] = Counter()
         self._shadowed_count: Counter[PolicyRef] = Counter()
+        self.rejected_names: dict[str, RejectedName] = {}
+        """FQDNs that selected objects would serve and that cannot be GSLB services."""
         self._dirty: set[str] = set()
         self._policies_changed = True
         self._compactor = Compactor()
@@ -515,6 +546,7 @@ class Planner:
                 fqdn, [self.observed[r] for r in refs], self.policies, self._namespace_labels
             )
             statuses_stale |= self._record_owner(fqdn, result)
+            statuses_stale |= self._record_rejected(fqdn, result)
             previous_service = self.services.get(fqdn)
             if result.service != previous_service:
                 changed[fqdn] = result.service
@@ -531,7 +563,11 @@ class Planner:
         self._statuses_stale = statuses_stale and more
         if statuses_stale and not more:
             self.statuses = final_statuses(
-                self.policies, self._owned_count, self._shadowed_count, self.services
+                self.policies,
+                self._owned_count,
+                self._shadowed_count,
+                self.services,
+                self.rejected_names,
             )
         return PlanDelta(services=changed, replanned=replanned, full=full, more=more)
 
@@ -552,6 +588,13 @@ class Planner:
                 self._shadowed_count[ref] += 1
         return old_owner != result.owner or old_shadowed != result.shadowed
 
+    def _record_rejected(self, fqdn: str, result: FqdnPlan) -> bool:
+        """Record whether the FQDN is a rejected name; True when that changed."""
+        before = self.rejected_names.pop(fqdn, None)
+        if result.rejected is not None:
+            self.rejected_names[fqdn] = result.rejected
+        return before != result.rejected
+
     def snapshot(self) -> Plan:
         config = self.policies.config
         return Plan(
@@ -561,6 +604,7 @@ class Planner:
             accepted=dict(self.policies.accepted),
             log_level=config.log_level if config else "INFO",
             refresh_interval_seconds=config.refresh_interval if config else 1800,
+            rejected_names=dict(self.rejected_names),
         )
 
 

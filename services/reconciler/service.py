@@ -27,6 +27,7 @@ from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.lease import Leadership, Step
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
+from services.reconciler.validation import RejectedName, newly_rejected
 from shared import bus, subjects, wire
 from shared.follow import read_values
 from shared.logs import set_level
@@ -43,6 +44,7 @@ from shared.models import (
     Tombstone,
     utcnow,
 )
+from shared.names import NameProblem
 from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,14 @@ REPLANNED = Counter("kgslb_reconciler_replanned_fqdns_total", "FQDNs re-planned"
 KV_WRITES = Counter("kgslb_reconciler_kv_writes_total", "KV writes", ["bucket", "op"])
 REJECTED = Gauge("kgslb_reconciler_rejected_objects", "Policy objects currently Rejected")
 SERVICES = Gauge("kgslb_reconciler_services", "Desired GSLB services")
+REJECTED_NAMES = Counter(
+    "kgslb_reconciler_rejected_names_total",
+    "Names of selected objects that cannot be GSLB services, each counted once, by reason",
+    ["reason"],
+)
+UNPLANNED_NAMES = Gauge(
+    "kgslb_reconciler_unplanned_names", "Names not planned now, by reason", ["reason"]
+)
 LEADER = Gauge("kgslb_reconciler_leader", "1 while this replica is the leader and writes")
 LEADERSHIP = Counter(
     "kgslb_reconciler_leadership_changes_total", "Leadership acquired or lost", ["change"]
@@ -168,6 +178,7 @@ class Reconciler:
         self.gc_tuning = GcTuning()
         self.leadership = Leadership(self.replica, settings.lease_ttl_seconds)
         self.published_status: dict[PolicyRef, PolicyStatus] = {}
+        self._rejected_names: dict[str, RejectedName] = {}
         self.caught_up = asyncio.Event()
         self._dirty = asyncio.Event()
         self._replayed = 0
@@ -408,6 +419,7 @@ class Reconciler:
         )
         SERVICES.set(len(self.planner.services))
         REJECTED.set(sum(s.state == PolicyState.REJECTED for s in self.planner.statuses.values()))
+        self._report_rejected_names()
         if not self.leadership.is_leader(time.monotonic()):
             if self._leading:
                 self._step_down()
@@ -430,6 +442,22 @@ class Reconciler:
                     "applied plan",
                     extra={"kv_writes": writes, "services": len(self.planner.services)},
                 )
+
+    def _report_rejected_names(self) -> None:
+        """Log and count each rejected name once, not on every re-plan (the statuses of the
+        policies that selected them say it for as long as it lasts)."""
+        current = self.planner.rejected_names
+        for rejected in newly_rejected(self._rejected_names, current):
+            REJECTED_NAMES.labels(rejected.bad.problem.value).inc()
+            log.warning(
+                "%s: %s", rejected.policy, rejected.describe(),
+                extra={"policy": str(rejected.policy), "reason": rejected.bad.problem.value},
+            )  # fmt: skip
+        self._rejected_names = dict(current)
+        for problem in NameProblem:
+            UNPLANNED_NAMES.labels(problem.value).set(
+                sum(r.bad.problem == problem for r in current.values())
+            )
 
     def _apply_log_level(self) -> None:
         config = self.planner.policies.config

@@ -3,6 +3,8 @@
 Pure: the policy objects and what was accepted before go in, `Policies` comes out. Every
 problem names the object, the field as written in the CR, the value and what is allowed. A
 rejected edit keeps the last accepted version in force, so a typo never drops a service.
+Also here: which names can be GSLB services (`gslb_name_problem`) and the bound on a status
+message (`bounded_message`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from shared.models import (
     Algorithm,
     DownResponseType,
     HealthMonitorSpec,
+    ObjectRef,
     PolicyKind,
     PolicyObject,
     PolicyRef,
@@ -29,6 +32,7 @@ from shared.models import (
     StaticRecord,
     ZoneSpec,
 )
+from shared.names import BadName, NameProblem, hostname_problem
 from shared.policies import (
     DNS_NAME_PATTERN,
     DownResponseSpec,
@@ -89,6 +93,52 @@ class Policies:
 
 
 # Messages -----------------------------------------------------------------------------------
+
+MAX_STATUS_PROBLEMS = 10
+"""A status message lists at most this many problems, then says how many more there are."""
+MAX_STATUS_MESSAGE_BYTES = 1024
+"""...and stays under this many bytes (UTF-8), however long each problem is."""
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """`text` in at most `max_bytes` UTF-8 bytes, ending in '...' when cut."""
+    if len(text.encode()) <= max_bytes:
+        return text
+    kept = text.encode()[: max(max_bytes - 3, 0)].decode(errors="ignore")
+    return kept + "..."
+
+
+def bounded_message(
+    head: str,
+    problems: Sequence[str],
+    tail: str = "",
+    *,
+    max_problems: int = MAX_STATUS_PROBLEMS,
+    max_bytes: int = MAX_STATUS_MESSAGE_BYTES,
+) -> str:
+    """`head`, the problems joined by '; ', then `tail`: the first `max_problems` that fit in
+    `max_bytes`, and '... and K more' for the rest, so that a GDP with 500 bad entries gets
+    a status an operator can read (and etcd can store), not 25 kB."""
+    budget = max_bytes - len(head.encode()) - len(tail.encode())
+    shown: list[str] = []
+    used = 0
+    for index, item in enumerate(problems):
+        if len(shown) == max_problems:
+            break
+        left_after = len(problems) - index - 1
+        reserve = len(f"; ... and {left_after} more") if left_after else 0
+        separator = 2 if shown else 0
+        room = budget - used - separator - reserve
+        if len(item.encode()) > room:
+            if shown:
+                break
+            item = _cut(item, room)
+        shown.append(item)
+        used += separator + len(item.encode())
+    text = "; ".join(shown)
+    if left := len(problems) - len(shown):
+        text += f"; ... and {left} more" if shown else f"{left} problem(s)"
+    return head + text + tail
 
 
 def _shown(value: Any) -> str:
@@ -384,6 +434,8 @@ def _check_host_rule(
     spec: GSLBHostRuleSpec, members: frozenset[str] | None, other_owner: PolicyRef | None
 ) -> list[str]:
     out = []
+    if (bad := hostname_problem(spec.fqdn)) is not None:
+        out.append(problem("spec.fqdn", spec.fqdn, f"not a hostname: {bad.detail}"))
     if other_owner is not None:
         out.append(problem("spec.fqdn", spec.fqdn, f"already governed by {other_owner}"))
     third_party = {m.site for m in spec.third_party_members}
@@ -449,9 +501,8 @@ def _status(
 def _rejected(
     obj: PolicyObject, problems: Sequence[str], used: PolicyObject | None
 ) -> PolicyStatus:
-    message = f"{obj.ref}: " + "; ".join(problems)
-    if used is not None:
-        message += f" (keeping generation {used.generation})"
+    keeping = f" (keeping generation {used.generation})" if used is not None else ""
+    message = bounded_message(f"{obj.ref}: ", problems, keeping)
     return _status(obj, PolicyState.REJECTED, message, used)
 
 
@@ -583,3 +634,59 @@ def validate(
             normalize_fqdn(g.spec.default_domain) for g in gdps if g.spec.default_domain
         ),
     )
+
+
+# Names that can be GSLB services ------------------------------------------------------------
+
+
+def _in_zones(fqdn: str, zones: Mapping[str, ZoneSpec]) -> bool:
+    dot = -1
+    while True:
+        if fqdn[dot + 1 :] in zones:
+            return True
+        dot = fqdn.find(".", dot + 1)
+        if dot < 0:
+            return False
+
+
+def gslb_name_problem(fqdn: str, zones: Mapping[str, ZoneSpec]) -> BadName | None:
+    """Why a (normalised) FQDN cannot be a GSLB service, or None: it must be a hostname, and
+    lie in a zone of the GSLBConfig when it has any (the DNS answers nothing else). Without
+    zones nothing is answered anyway, and the services are still planned and probed."""
+    if (bad := hostname_problem(fqdn)) is not None:
+        return bad
+    if zones and not _in_zones(fqdn, zones):
+        return BadName(
+            fqdn,
+            NameProblem.OUTSIDE_ZONES,
+            f"lies outside every zone of the GSLBConfig (zones: {_allowed(list(zones))})",
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class RejectedName:
+    """An FQDN that objects selected by a GDP would serve, and that is never planned."""
+
+    fqdn: str
+    bad: BadName
+    policy: PolicyRef
+    """The GDP whose selection brought the name (the one that would own it)."""
+    objects: tuple[ObjectRef, ...]
+
+    def describe(self) -> str:
+        first = self.objects[0]
+        others = f" (and {len(self.objects) - 1} more)" if len(self.objects) > 1 else ""
+        where = f"{first.kind} {first.cluster}/{first.namespace}/{first.name}{others}"
+        return f"{where}: {self.bad.describe()}; not planned"
+
+
+def newly_rejected(
+    before: Mapping[str, RejectedName], now: Mapping[str, RejectedName]
+) -> list[RejectedName]:
+    """Rejections that are new or now have another reason: what to log, once."""
+    return [
+        rejected
+        for fqdn, rejected in sorted(now.items())
+        if fqdn not in before or before[fqdn].bad != rejected.bad
+    ]

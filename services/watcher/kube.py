@@ -3,6 +3,9 @@
 
 Each resource gets one daemon thread that lists (paged), then watches from the list's
 resourceVersion with bookmarks, and hands decoded JSON to the event loop through `Sink`.
+The client's reads block, so a frozen API server is noticed by socket read timeouts (a watch
+silent for `dead_watch_seconds` is dead) and by `ListWatch.pending_since`, which the event
+loop reads to see a request that has gone unanswered.
 Raw responses (`_preload_content=False`) skip the client's model classes, which would cost
 more than everything else the watcher does per event.
 """
@@ -16,7 +19,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -36,8 +39,6 @@ log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 CONNECT_TIMEOUT_SECONDS = 5.0
 REQUEST_TIMEOUT_SECONDS = 30.0
-WATCH_READ_MARGIN_SECONDS = 30.0
-"""A watch read that stays silent this long past the server's own timeout is a dead link."""
 QUICK_CLOSE_SECONDS = 1.0
 
 ListCall = Callable[..., Any]
@@ -69,7 +70,8 @@ class Failed:
     """The list or watch of `resource` ended badly; a relist follows after `retry_in_seconds`.
 
     `reason`: `expired` (410 Gone: the resourceVersion was compacted), `dropped` (the stream
-    broke mid-way), or `error` (the API refused or could not be reached)."""
+    broke mid-way), `dead` (the stream stayed silent, not even a bookmark, for the dead-watch
+    time), or `error` (the API refused or could not be reached)."""
 
     resource: str
     reason: str
@@ -207,6 +209,15 @@ def describe_error(exc: BaseException, cluster: str, resource: str) -> str:
     return f"cluster {cluster}: {resource}: {type(exc).__name__}: {exc}"
 
 
+def unanswered(pending_since: Mapping[str, float | None], now: float, grace: float) -> set[str]:
+    """The resources whose request has waited longer than `grace` for a response."""
+    return {
+        resource
+        for resource, since in pending_since.items()
+        if since is not None and now - since > grace
+    }
+
+
 # List, then watch ---------------------------------------------------------------------------
 
 
@@ -216,6 +227,10 @@ class Expired(Exception):
 
 class WatchBroken(Exception):
     """The server ended a watch with an ERROR event other than 410."""
+
+
+class DeadWatch(Exception):
+    """A watch stream received nothing, not even a bookmark, for the dead-watch time."""
 
 
 def _lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:
@@ -229,12 +244,23 @@ def _lines(response: urllib3.HTTPResponse) -> Iterator[bytes]:
         yield buffer
 
 
+def _silence_is_death(lines: Iterator[bytes], dead_watch_seconds: float) -> Iterator[bytes]:
+    try:
+        yield from lines
+    except urllib3.exceptions.ReadTimeoutError:
+        raise DeadWatch(
+            f"watch received nothing, not even a bookmark, for {dead_watch_seconds:g} s; "
+            "abandoned (is the API server frozen, or the link dead?)"
+        ) from None
+
+
 class ListWatch:
     """List, then watch from the list's resourceVersion, on a daemon thread.
 
     A watch the server closes cleanly (its timeout) resumes from the last resourceVersion
-    seen (events and bookmarks); 410 Gone, a broken stream or any API error reports `Failed`,
-    backs off and relists, so nothing between the old and the new list is lost.
+    seen (events and bookmarks); 410 Gone, a broken stream, a dead one (silent for
+    `dead_watch_seconds`: the server sends a bookmark every minute) or any API error reports
+    `Failed`, backs off and relists, so nothing between the old and the new list is lost.
     """
 
     def __init__(
@@ -247,6 +273,7 @@ class ListWatch:
         *,
         page_size: int,
         watch_timeout_seconds: int,
+        dead_watch_seconds: float,
     ) -> None:
         self.cluster = cluster
         self.resource = resource
@@ -255,6 +282,10 @@ class ListWatch:
         self.backoff = backoff
         self.page_size = page_size
         self.watch_timeout_seconds = watch_timeout_seconds
+        self.dead_watch_seconds = dead_watch_seconds
+        self.pending_since: float | None = None
+        """Monotonic time a request was sent whose response has not begun yet; None between
+        requests. Written by the worker thread, read by the event loop."""
         self.stopping = threading.Event()
         self._response: urllib3.HTTPResponse | None = None
         self._thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
@@ -283,6 +314,8 @@ class ListWatch:
                     version = self._watch(version)
             except Expired as exc:
                 failure = ("expired", f"cluster {self.cluster}: {self.resource}: {exc}")
+            except DeadWatch as exc:
+                failure = ("dead", f"cluster {self.cluster}: {self.resource}: {exc}")
             except (
                 urllib3.exceptions.ProtocolError,
                 urllib3.exceptions.ReadTimeoutError,
@@ -302,6 +335,7 @@ class ListWatch:
             self.stopping.wait(delay)
 
     def _call(self, **kwargs: Any) -> urllib3.HTTPResponse:
+        self.pending_since = time.monotonic()
         try:
             return cast(urllib3.HTTPResponse, self.list_call(_preload_content=False, **kwargs))
         except ApiException as exc:
@@ -310,6 +344,8 @@ class ListWatch:
             if exc.status == 410:
                 raise Expired(f"410 {exc.reason}") from None
             raise
+        finally:
+            self.pending_since = None
 
     def _list(self) -> str:
         items: list[dict[str, Any]] = []
@@ -343,12 +379,14 @@ class ListWatch:
             resource_version=version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout,
-            _request_timeout=(CONNECT_TIMEOUT_SECONDS, timeout + WATCH_READ_MARGIN_SECONDS),
+            # The read timeout applies to each read: a frozen server, or a link that died
+            # without a reset, ends the watch instead of blocking the thread for good.
+            _request_timeout=(CONNECT_TIMEOUT_SECONDS, self.dead_watch_seconds),
         )
         self._response = response
         events = 0
         try:
-            for line in _lines(response):
+            for line in _silence_is_death(_lines(response), self.dead_watch_seconds):
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":

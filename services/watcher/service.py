@@ -3,10 +3,11 @@
 
 Worker threads list and watch (see `kube`), the event loop decides what to publish (`view`)
 and publishes it in order with JetStream acks (`publisher`). An unreachable or unauthorised
-cluster is logged, counted (`kgslb_watcher_api_errors_total`), turns /readyz false, is
-retried with backoff, and is published as a `ClusterStatus` that the home watcher writes into
-the GSLBConfig's `status.clusters`; each cluster has its own watcher process, so the others
-keep flowing.
+cluster, or one whose API stops answering (a frozen API server accepts connections and says
+nothing), is logged, counted (`kgslb_watcher_api_errors_total`,
+`kgslb_watcher_dead_watches_total`), turns /readyz false, is retried with backoff, and is
+published as a `ClusterStatus` that the home watcher writes into the GSLBConfig's
+`status.clusters`; each cluster has its own watcher process, so the others keep flowing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -61,8 +63,18 @@ KUBE_EVENTS = Counter(
 )
 RELISTS = Counter(
     "kgslb_watcher_relists_total",
-    "Relists after a failed list or watch, by reason (expired, dropped, error)",
+    "Relists after a failed list or watch, by reason (expired, dropped, dead, error)",
     ["cluster", "resource", "reason"],
+)
+DEAD_WATCHES = Counter(
+    "kgslb_watcher_dead_watches_total",
+    "Watches abandoned after receiving nothing, not even a bookmark, for --dead-watch-seconds",
+    ["cluster", "kind"],
+)
+INVALID_HOSTS = Counter(
+    "kgslb_watcher_invalid_hosts_total",
+    "Hosts of published Ingresses and Services that are not DNS hostnames (never planned)",
+    ["cluster", "reason"],
 )
 API_ERRORS = Counter(
     "kgslb_watcher_api_errors_total",
@@ -120,6 +132,8 @@ class Watcher:
         self.resources = list(self.calls)
         self._listed: set[str] = set()
         self._failing: dict[str, str] = {}
+        self._unanswered: dict[str, str] = {}
+        """Resources whose request has waited longer than --unreachable-grace-seconds."""
         self._warned_hostname_only: set[str] = set()
         self._status_dirty = asyncio.Event()
         self._publisher: OrderedPublisher | None = None
@@ -130,19 +144,23 @@ class Watcher:
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds)
 
+    def _problems(self) -> dict[str, str]:
+        """What makes the cluster unreachable now: API errors and unanswered requests."""
+        return {**self._unanswered, **self._failing}
+
     @property
     def ready(self) -> bool:
         """Every resource listed and published, none failing, JetStream acking."""
         healthy = self._publisher is not None and self._publisher.healthy
-        return healthy and not self._failing and self._listed == set(self.resources)
+        return healthy and not self._problems() and self._listed == set(self.resources)
 
     def readiness_detail(self) -> str:
         waiting = [r for r in self.resources if r not in self._listed]
         parts = [f"cluster {self.cluster}"]
         if waiting:
             parts.append(f"waiting for the first list of {', '.join(waiting)}")
-        if self._failing:
-            parts.append("failing: " + "; ".join(self._failing.values()))
+        if problems := self._problems():
+            parts.append("failing: " + "; ".join(problems.values()))
         if self._publisher is not None and not self._publisher.healthy:
             parts.append("JetStream does not ack")
         return ", ".join(parts)
@@ -178,9 +196,11 @@ class Watcher:
                 self._backoff(),
                 page_size=self.settings.page_size,
                 watch_timeout_seconds=self.settings.watch_timeout_seconds,
+                dead_watch_seconds=self.settings.dead_watch_seconds,
             )
             for resource, call in self.calls.items()
         ]
+        tasks.append(self._judge_liveness(watches))
         for watch in watches:
             watch.start()
         try:
@@ -210,7 +230,7 @@ class Watcher:
             await publisher.publish(outgoing)
             for resource in listed:
                 self._listed.add(resource)
-            REACHABLE.labels(self.cluster).set(0 if self._failing else 1)
+            REACHABLE.labels(self.cluster).set(0 if self._problems() else 1)
             self._update_cluster_status()
             sink.done(len(batch))
             if self.settings.home:
@@ -256,6 +276,12 @@ class Watcher:
                 "%s; retrying in %.1f s", failure.error, failure.retry_in_seconds,
                 extra={"cluster": self.cluster, "resource": failure.resource},
             )  # fmt: skip
+        elif failure.reason == "dead":
+            DEAD_WATCHES.labels(self.cluster, failure.resource).inc()
+            log.warning(
+                "%s; relisting in %.1f s", failure.error, failure.retry_in_seconds,
+                extra={"cluster": self.cluster, "resource": failure.resource},
+            )  # fmt: skip
         else:
             log.info(
                 "%s watch %s (%s); relisting in %.1f s",
@@ -267,6 +293,15 @@ class Watcher:
         for problem in decision.problems:
             BAD_OBJECTS.labels(self.cluster).inc()
             log.warning("skipping object: %s", problem, extra={"cluster": self.cluster})
+        for observation in decision.bad_hosts:
+            ref = observation.ref
+            for bad in observation.bad_hosts:
+                INVALID_HOSTS.labels(self.cluster, bad.problem.value).inc()
+                log.warning(
+                    "%s %s/%s in cluster %s: %s; the reconciler will not plan it",
+                    ref.kind, ref.namespace, ref.name, ref.cluster, bad.describe(),
+                    extra={"cluster": self.cluster, "reason": bad.problem.value},
+                )  # fmt: skip
         for skipped in decision.skipped:
             assert skipped.skip is not None
             SKIPPED.labels(self.cluster, skipped.skip.value).inc()
@@ -285,9 +320,38 @@ class Watcher:
 
     # Cluster reachability -> GSLBConfig status (through the home watcher) ---------------------
 
+    async def _judge_liveness(self, watches: list[kube.ListWatch]) -> None:
+        """A frozen API server accepts connections and never answers: the worker threads
+        block in their reads, so the event loop looks at how long each request has waited.
+        Beyond the grace the cluster is Unreachable, until the request is answered."""
+        grace = self.settings.unreachable_grace_seconds
+        while True:
+            await asyncio.sleep(min(1.0, grace / 2))
+            pending = {watch.resource: watch.pending_since for watch in watches}
+            late = kube.unanswered(pending, time.monotonic(), grace)
+            if late == set(self._unanswered):
+                continue
+            for resource in late - set(self._unanswered):
+                self._unanswered[resource] = (
+                    f"cluster {self.cluster}: {resource}: no answer from the API server in "
+                    f"{grace:g} s (frozen, overloaded, or the link is dead?)"
+                )
+                log.warning(
+                    "%s", self._unanswered[resource],
+                    extra={"cluster": self.cluster, "resource": resource},
+                )  # fmt: skip
+            for resource in set(self._unanswered) - late:
+                del self._unanswered[resource]
+                log.info(
+                    "cluster %s: %s: the API server answers again", self.cluster, resource,
+                    extra={"cluster": self.cluster, "resource": resource},
+                )  # fmt: skip
+            REACHABLE.labels(self.cluster).set(0 if self._problems() else 1)
+            self._update_cluster_status()
+
     def _update_cluster_status(self) -> None:
-        if self._failing:
-            state, message = ClusterState.UNREACHABLE, "; ".join(sorted(self._failing.values()))
+        if problems := self._problems():
+            state, message = ClusterState.UNREACHABLE, "; ".join(sorted(problems.values()))
         elif self._listed == set(self.resources):
             state, message = ClusterState.CONNECTED, ""
         else:

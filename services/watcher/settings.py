@@ -27,6 +27,20 @@ class WatcherSettings(ServiceSettings):
     watch_timeout_seconds: int = Field(
         default=300, ge=1, le=3600, description="server-side watch timeout (randomised up to 2x)"
     )
+    dead_watch_seconds: float = Field(
+        default=75.0,
+        gt=0,
+        le=3600,
+        description="a watch that receives nothing, not even a bookmark, this long is dead: "
+        "abandoned and relisted (kube-apiserver sends a bookmark every minute)",
+    )
+    unreachable_grace_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="a request to the API unanswered this long (the relist after a dead "
+        "watch, too) reports the cluster Unreachable until it answers",
+    )
     backoff_initial_seconds: float = Field(default=0.5, gt=0, le=60)
     backoff_max_seconds: float = Field(default=30.0, gt=0, le=600)
     max_pending_changes: int = Field(

@@ -5,7 +5,9 @@ What is left out is only what no policy could use: an Ingress or LoadBalancer Se
 an IP in `status.loadBalancer.ingress`, and a Service that is not `type: LoadBalancer`.
 Hostname-only load-balancer entries (`{hostname: abc.elb.amazonaws.com}`) are not addresses a
 GSLB member can be answered with, so they are ignored; an object that has only those counts
-as having no IP (the skip reason says so).
+as having no IP (the skip reason says so). Hosts are checked here too (`bad_hosts`), for the
+logs and metrics of the cluster they come from; they are published as seen, so that the
+reconciler can report them in the status of the policy that selects the object.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from shared.models import (
     PolicyRef,
     PolicyStatus,
 )
+from shared.names import BadName, hostname_problem
 
 Obj = Mapping[str, Any]
 
@@ -62,6 +65,12 @@ class Observation:
     message: ObservedObject | None
     skip: Skip | None = None
     detail: str = ""
+    bad_hosts: tuple[BadName, ...] = ()
+    """Hosts of the message that are not DNS hostnames: the reconciler will not plan them."""
+
+
+def bad_hosts(hosts: Iterable[str]) -> tuple[BadName, ...]:
+    return tuple(bad for host in hosts if (bad := hostname_problem(host, wildcard=True)))
 
 
 Fingerprint = tuple[object, ...]
@@ -191,7 +200,7 @@ def observe_ingress(cluster: str, obj: Obj) -> Observation:
         # The ingress controller serves HTTP, and HTTPS for the TLS hosts.
         ports=[HTTP_PORT, HTTPS_PORT] if tls_hosts else [HTTP_PORT],
     )
-    return Observation(ref, message)
+    return Observation(ref, message, bad_hosts=bad_hosts(message.hosts))
 
 
 def service_hostnames(obj: Obj) -> list[str]:
@@ -223,7 +232,7 @@ def observe_service(cluster: str, obj: Obj) -> Observation:
         vips=addresses.ips,
         ports=list(dict.fromkeys(ports)),
     )
-    return Observation(ref, message)
+    return Observation(ref, message, bad_hosts=bad_hosts(message.hosts))
 
 
 def observe_namespace(cluster: str, obj: Obj) -> Observation:

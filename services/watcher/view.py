@@ -55,6 +55,14 @@ class Decision:
     messages: list[Outgoing] = field(default_factory=list)
     skipped: list[Observation] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    bad_hosts: list[Observation] = field(default_factory=list)
+    """Published observations with hosts that are not DNS hostnames (said once per change)."""
+
+    def publish(self, observation: Observation) -> None:
+        assert observation.message is not None
+        self.messages.append((observation.ref.subject, observation.message))
+        if observation.bad_hosts:
+            self.bad_hosts.append(observation)
 
 
 class ClusterView:
@@ -87,7 +95,7 @@ class ClusterView:
                 decision.skipped.append(observation)
                 continue
             now[observation.ref] = fingerprint(observation.message)
-            decision.messages.append((observation.ref.subject, observation.message))
+            decision.publish(observation)
         for ref in before.keys() - now.keys():
             decision.messages.append((ref.subject, Tombstone(ref=ref)))
         self._published[kind] = now
@@ -120,7 +128,7 @@ class ClusterView:
         new = fingerprint(message)
         if published.get(ref) != new:
             published[ref] = new
-            decision.messages.append((ref.subject, message))
+            decision.publish(observation)
         return decision
 
     def marker(self) -> SyncMarker:

@@ -530,3 +530,34 @@ async def test_an_unreachable_member_cluster_shows_in_the_gslbconfig_status(
     kube.sim.faults["s2"].refuse = False
     up = await eventually(lambda: states({"s1az1": "Connected", "s2": "Connected"}))
     assert up["s2"]["message"] == ""
+
+
+async def test_a_frozen_api_makes_the_watcher_unready_and_it_relists_when_the_api_returns(
+    nats_client: Client, services: Services, kube: Kube
+) -> None:
+    name = start_watcher(
+        services, kube, "s2", "--dead-watch-seconds", "1", "--unreachable-grace-seconds", "1"
+    )
+    await wait_ready(services, name)
+
+    kube.sim.faults["s2"].frozen = True
+    try:
+        kube.sim.store("s2").create(INGRESSES, "default", ingress("during"))
+        dead = await eventually(
+            lambda: metric(services, name, "kgslb_watcher_dead_watches_total", cluster="s2")
+        )
+
+        async def unready() -> bool:
+            return await readyz(services, name) == 503
+
+        await eventually(unready)
+        reachable = await metric(services, name, "kgslb_watcher_cluster_reachable", cluster="s2")
+        assert await observed(nats_client, ingress_ref("during", "s2")) is None
+    finally:
+        kube.sim.faults["s2"].frozen = False
+
+    await wait_ready(services, name)
+    await eventually(lambda: observed(nats_client, ingress_ref("during", "s2")))
+    relists = await metric(services, name, "kgslb_watcher_relists_total", reason="dead")
+    assert dead >= 1 and relists >= 1, "a silent watch is abandoned and relisted"
+    assert reachable == 0

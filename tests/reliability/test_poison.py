@@ -180,6 +180,29 @@ async def _answers(port: int, name: str) -> bool:
     return bool((await ask(port, name)).answer)
 
 
+async def test_dns_skips_a_stored_name_that_is_not_a_hostname_without_stalling_its_watch(
+    nats_client: Client, services: Services
+) -> None:
+    port = await seeded(nats_client, services)
+    kv = await nats_client.jetstream().key_value(subjects.KV_SERVICES)
+    bad = gslb(f"{'x' * 70}.avi.iberia.local")
+    third = "third.avi.iberia.local"
+
+    await put_service(nats_client, bad)
+    await put_service(nats_client, gslb(OTHER))
+    await eventually(lambda: _answers(port, OTHER), timeout_seconds=10)
+    await kv.delete(subjects.fqdn_key(bad.fqdn))
+    await put_service(nats_client, gslb(third))
+    await eventually(lambda: _answers(port, third), timeout_seconds=10)
+
+    counted = await metric(services, "dns", "kgslb_dns_bad_values_total", kind="GslbService")
+    log = services.running["dns"].log_path.read_text()
+    assert counted == 1
+    assert log.count("ignoring GslbService value for") == 1
+    assert "label 1 is 70 octets (max 63)" in log
+    assert "interrupted" not in log, "a bad name never restarts the watch"
+
+
 async def test_health_counts_every_poison_value_and_probes_the_next_good_service(
     nats_client: Client, services: Services
 ) -> None:

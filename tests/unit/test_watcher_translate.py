@@ -18,6 +18,7 @@ from services.watcher.translate import (
     status_patch,
 )
 from shared.models import HostPath, ObjectKind, PolicyKind, PolicyRef, PolicyState, PolicyStatus
+from shared.names import NameProblem
 
 HOST = "hello.avi.iberia.local"
 
@@ -163,6 +164,29 @@ def test_load_balancer_service_reports_vips_ports_and_external_dns_hostnames() -
     assert message.hosts == ["a.example.com", "b.example.com"]
     assert message.vips == ["10.1.1.1"]
     assert message.ports == [80, 443]
+
+
+def test_hosts_that_are_not_hostnames_are_published_as_seen_and_flagged() -> None:
+    long_label = f"{'x' * 70}.avi.iberia.local"
+    rules = [{"host": h} for h in (HOST, long_label, "*.avi.iberia.local")]
+
+    observation = observe_ingress("s2", ingress(lb=[{"ip": "10.1.1.1"}], rules=rules))
+
+    assert observation.message is not None
+    assert observation.message.hosts == [HOST, long_label, "*.avi.iberia.local"]
+    assert [(b.name, b.problem) for b in observation.bad_hosts] == [
+        (long_label, NameProblem.LABEL_TOO_LONG)
+    ]
+
+
+def test_a_bad_external_dns_hostname_is_flagged() -> None:
+    annotation = {"external-dns.alpha.kubernetes.io/hostname": "ok.example.com,under_score.com"}
+
+    observation = observe_service("s1az1", service(lb=[{"ip": "10.1.1.1"}], annotations=annotation))
+
+    assert [(b.name, b.problem) for b in observation.bad_hosts] == [
+        ("under_score.com", NameProblem.BAD_CHARACTER)
+    ]
 
 
 def test_a_service_that_is_not_a_load_balancer_is_left_out() -> None:
