@@ -16,11 +16,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from services.reconciler.statuses import final_statuses
 from services.reconciler.validation import (
     AcceptedGdp,
     Policies,
     RejectedName,
-    bounded_message,
     gslb_name_problem,
     validate,
 )
@@ -34,10 +34,8 @@ from shared.models import (
     ObjectRef,
     ObservedObject,
     PolicyDeleted,
-    PolicyKind,
     PolicyObject,
     PolicyRef,
-    PolicyState,
     PolicyStatus,
     PriorityGroup,
     SyncMarker,
@@ -282,67 +280,6 @@ def plan_fqdn(
         ),
     )
     return FqdnPlan(service, owner.ref, tuple(shadowed))
-
-
-# Statuses -----------------------------------------------------------------------------------
-
-
-def final_statuses(
-    policies: Policies,
-    owned: Mapping[PolicyRef, int],
-    shadowed: Mapping[PolicyRef, int],
-    services: Mapping[str, GslbService],
-    rejected: Mapping[str, RejectedName] | None = None,
-) -> dict[PolicyRef, PolicyStatus]:
-    """Accepted statuses say what the object does in the world now, and which names the
-    objects it selects bring that are not planned (bounded: see `bounded_message`)."""
-    statuses = dict(policies.statuses)
-    config = policies.config
-    rule_fqdn = {ref: fqdn for fqdn, (ref, _) in policies.host_rules.items()}
-    rejected = rejected or {}
-    not_planned: defaultdict[PolicyRef, list[str]] = defaultdict(list)
-    for fqdn in sorted(rejected):
-        not_planned[rejected[fqdn].policy].append(rejected[fqdn].describe())
-    for ref, status in policies.statuses.items():
-        if status.state != PolicyState.ACCEPTED:
-            continue
-        if ref.kind == PolicyKind.GSLB_CONFIG and config is not None:
-            note = (
-                f"active GSLBConfig: {len(config.member_clusters)} member cluster(s), "
-                f"{len(config.zones)} zone(s)"
-            )
-        elif ref.kind == PolicyKind.GLOBAL_DEPLOYMENT_POLICY:
-            gdp = next(g for g in policies.gdps if g.ref == ref)
-            note = (
-                f"accepted: selects {owned.get(ref, 0)} GSLB service(s)"
-                if gdp.selects_anything
-                else "accepted: matchRules is empty: selects nothing"
-            )
-            if shadowed.get(ref):
-                note += (
-                    f"; {shadowed[ref]} FQDN(s) it selects belong to an earlier "
-                    "GlobalDeploymentPolicy (by namespace/name)"
-                )
-            if ref in not_planned:
-                note = bounded_message(note + "; ", not_planned[ref])
-        elif ref.kind == PolicyKind.GSLB_HOST_RULE:
-            fqdn = rule_fqdn[ref]
-            if fqdn in services:
-                note = f"accepted: governs GSLB service {fqdn}"
-            elif fqdn in rejected:
-                note = bounded_message("accepted: ", [rejected[fqdn].describe()])
-            elif (bad := gslb_name_problem(fqdn, policies.zones)) is not None:
-                note = bounded_message(
-                    "accepted: ", [f"{bad.describe()}; no GSLB service can be planned for it"]
-                )
-            else:
-                note = (
-                    f"accepted: no GSLB service {fqdn} yet (no GlobalDeploymentPolicy selects it)"
-                )
-        else:
-            continue
-        statuses[ref] = status.model_copy(update={"message": note})
-    return statuses
 
 
 # Incremental planning -----------------------------------------------------------------------
