@@ -26,8 +26,7 @@ from services.dns.selection import client_bucket, rendezvous_pick
 from shared.models import Algorithm, GslbService, TopologyEntry
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
+class Client(NamedTuple):
     """Whom a query's answer is for, worked out once per query: the EDNS Client Subnet when
     the query carries one, else the address the query came from."""
 
