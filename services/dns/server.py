@@ -21,7 +21,8 @@ from prometheus_client.registry import Collector
 
 from services.dns import wire
 from services.dns.ratelimit import LogThrottle, ResponseRateLimiter, Verdict
-from services.dns.table import AnswerTable, Response, Rotation, Target
+from services.dns.rotation import Rotation, Target
+from services.dns.table import AnswerTable, Response
 from shared.models import DnsQueryLog
 
 log = logging.getLogger(__name__)

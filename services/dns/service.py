@@ -14,16 +14,12 @@ from nats.aio.client import Client
 from prometheus_client import REGISTRY, Counter, Gauge
 
 from services.dns.ratelimit import ResponseRateLimiter
-from services.dns.server import (
-    DnsEngine,
-    QueryCountCollector,
-    bind_tcp_socket,
-    bind_udp_socket,
-    serve_tcp,
-)
+from services.dns.server import DnsEngine, QueryCountCollector, serve_tcp
 from services.dns.settings import DnsSettings
+from services.dns.sockets import listening
 from services.dns.table import AnswerTable
 from services.dns.udp import udp_server
+from services.dns.workers import supervise
 from shared import bus, subjects, wire
 from shared.follow import BucketFollower, Change
 from shared.models import DnsQueryLog, GslbService, HealthState, MemberHealth, ZoneSpec
@@ -176,48 +172,17 @@ class DnsService:
                 await self.nc.publish(subjects.dnslog_subject(record.zone), wire.encode(record))
 
 
-def _inherited(settings: DnsSettings) -> tuple[socket.socket, socket.socket]:
-    try:
-        udp_fd, tcp_fd = (int(part) for part in settings.dns_socket_fds.split(","))
-        udp = socket.socket(fileno=udp_fd)
-        tcp = socket.socket(fileno=tcp_fd)
-    except (ValueError, OSError) as exc:
-        raise SystemExit(
-            f"kgslb dns: --dns-socket-fds {settings.dns_socket_fds!r} is not two open sockets "
-            f"'udp_fd,tcp_fd': {exc}"
-        ) from None
-    udp.setblocking(False)
-    tcp.setblocking(False)
-    return udp, tcp
-
-
-def bind(settings: DnsSettings, reuse_port: bool = False) -> tuple[socket.socket, socket.socket]:
-    """Bind both sockets before anything else, so a busy port fails fast and clearly."""
-    try:
-        udp = bind_udp_socket(settings.dns_host, settings.dns_port, reuse_port)
-    except OSError as exc:
-        raise SystemExit(
-            f"kgslb dns: cannot listen on udp {settings.dns_host}:{settings.dns_port}: "
-            f"{exc.strerror}"
-        ) from None
-    try:
-        tcp = bind_tcp_socket(settings.dns_host, udp.getsockname()[1], reuse_port)
-    except OSError as exc:
-        udp.close()
-        raise SystemExit(
-            f"kgslb dns: cannot listen on tcp {settings.dns_host}:{settings.dns_port}: "
-            f"{exc.strerror}"
-        ) from None
-    return udp, tcp
-
-
 async def main(settings: DnsSettings) -> None:
+    """`kgslb dns`: one process, or with `--workers N` a supervisor of N worker processes."""
     if settings.workers > 1:
-        from services.dns.workers import supervise
-
         await supervise(settings)
         return
-    udp, tcp = _inherited(settings) if settings.dns_socket_fds else bind(settings)
+    await serve(settings)
+
+
+async def serve(settings: DnsSettings) -> None:
+    """One process answering on its own sockets, or on those a supervisor handed over."""
+    udp, tcp = listening(settings)
 
     async def build(nc: Client) -> DnsService:
         return DnsService(settings, nc, udp, tcp)

@@ -40,6 +40,8 @@ CLASSIC_UDP_SIZE = 512
 DEFAULT_EDNS_UDP_SIZE = 1232
 """What we advertise and the most we send over UDP (the DNS Flag Day 2020 value)."""
 OPTION_ECS = 8
+EDNS_FLAG_DO = 0x8000
+"""DNSSEC OK, in the OPT record's flags (RFC 3225)."""
 ECS_FAMILY_BITS = {1: 32, 2: 128}
 
 
@@ -99,6 +101,8 @@ class Query:
     edns_udp_size: int
     edns_version: int
     client_subnet: ClientSubnet | None = None
+    dnssec_ok: bool = False
+    """The DO bit of the query's OPT record: copied into the reply's OPT (RFC 3225 3)."""
 
     def max_udp_size(self, server_limit: int = DEFAULT_EDNS_UDP_SIZE) -> int:
         """RFC 6891 6.2.5: the client's advertised size, never under 512, capped by ours."""
@@ -148,6 +152,7 @@ def parse_query(packet: bytes) -> Query:
     edns = False
     udp_size = 0
     version = 0
+    dnssec_ok = False
     subnet: ClientSubnet | None = None
     for _ in range(arcount):
         record_start = offset
@@ -169,6 +174,7 @@ def parse_query(packet: bytes) -> Query:
         if edns:
             raise QueryError("more than one OPT record", FORMERR, query_id, flags)
         edns, udp_size, version = True, rclass, (ttl >> 16) & 0xFF
+        dnssec_ok = bool(ttl & EDNS_FLAG_DO)
         subnet = _parse_options(packet, rdata_start, offset, query_id, flags)
     if offset != end:
         raise QueryError("trailing bytes after the last record", FORMERR, query_id, flags)
@@ -184,6 +190,7 @@ def parse_query(packet: bytes) -> Query:
         edns_udp_size=udp_size,
         edns_version=version,
         client_subnet=subnet,
+        dnssec_ok=dnssec_ok,
     )
 
 
@@ -350,9 +357,15 @@ def record(owner: bytes, rtype: int, ttl: int, data: bytes) -> bytes:
 
 
 def opt_record(
-    udp_size: int = DEFAULT_EDNS_UDP_SIZE, ext_rcode: int = 0, options: bytes = b""
+    udp_size: int = DEFAULT_EDNS_UDP_SIZE,
+    ext_rcode: int = 0,
+    options: bytes = b"",
+    dnssec_ok: bool = False,
 ) -> bytes:
-    return b"\x00" + struct.pack("!HHBBHH", OPT, udp_size, ext_rcode, 0, 0, len(options)) + options
+    flags = EDNS_FLAG_DO if dnssec_ok else 0
+    return (
+        b"\x00" + struct.pack("!HHBBHH", OPT, udp_size, ext_rcode, 0, flags, len(options)) + options
+    )
 
 
 def header(

@@ -2,8 +2,9 @@
 
 The parent binds N UDP and N TCP sockets on the same address with SO_REUSEPORT (the kernel
 spreads clients over them by flow hash), hands one pair to each worker as inherited file
-descriptors, and restarts a worker that dies on the sockets it had. Each worker is a complete
-`kgslb dns` with its own NATS connection, KV mirror, round-robin turns and query logs (replica
+descriptors, and restarts a worker that dies on the sockets it had. Each worker is the DNS
+service's own entry point (`python -m services.dns`, configured by KGSLB_* variables alone),
+with its own NATS connection, KV mirror, round-robin turns and query logs (replica
 `<replica>-w<i>`); its ops endpoint listens on `--ops-port + i` when a port is given.
 """
 
@@ -17,8 +18,8 @@ import signal
 import socket
 import sys
 
-from services.dns.service import bind
 from services.dns.settings import DnsSettings
+from services.dns.sockets import bind
 from shared.logs import setup_logging
 from shared.runtime import replica_name
 from shared.settings import env_key
@@ -26,6 +27,8 @@ from shared.settings import env_key
 log = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 5.0
+WORKER_MODULE = "services.dns"
+"""Run with `python -m`: one DNS process on inherited sockets (`__main__.py`)."""
 
 
 def worker_environment(
@@ -57,7 +60,7 @@ class Worker:
         port = udp.getsockname()[1]
         fds = (udp.fileno(), tcp.fileno())
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kgslb", "dns",
+            sys.executable, "-m", WORKER_MODULE,
             env=worker_environment(self.settings, self.index, port, fds),
             pass_fds=fds,
             stdin=asyncio.subprocess.DEVNULL,

@@ -34,6 +34,7 @@ from shared.models import (
     PriorityGroup,
     SoaSpec,
     StaticRecord,
+    TopologyEntry,
     UnhandledPolicy,
     ZoneSpec,
 )
@@ -44,6 +45,12 @@ DROP_ZONE = "drop.test"
 HELLO = f"hello.{ZONE}"
 CANARY = f"canary.{ZONE}"
 STICKY = f"sticky.{ZONE}"
+NEAREST = f"nearest.{ZONE}"
+S2_IP = "127.10.23.40"
+S2_SUBNET = dns.edns.ECSOption("10.1.2.0", 24)
+"""Mapped to site s2 by NEAREST's topology."""
+S2_HASHED_SUBNET = dns.edns.ECSOption("203.0.6.0", 24)
+"""A subnet that weighted rendezvous hashing over the SEED members gives to s2."""
 SEED = (("127.10.25.46", "s1az1", 6), ("127.10.26.40", "s1az2", 4), ("127.10.23.40", "s2", 2))
 BIG_TXT = " ".join(f'"{"x" * 200}"' for _ in range(7))
 
@@ -61,6 +68,8 @@ def zone(name: str = ZONE, unhandled: UnhandledPolicy = UnhandledPolicy.RESPOND)
             StaticRecord(name="_http._tcp", type="SRV", value="0 5 80 test"),
             StaticRecord(name="@", type="MX", value="10 test"),
             StaticRecord(name="big", type="TXT", value=BIG_TXT),
+            StaticRecord(name="near", type="CNAME", value="nearest"),
+            StaticRecord(name="sticky-alias", type="CNAME", value="sticky"),
         ],
         unhandled=unhandled,
     )
@@ -87,6 +96,11 @@ SERVICES = [
     gslb(HELLO),
     gslb(CANARY, CANARY_MEMBERS),
     gslb(STICKY, algorithm=Algorithm.CONSISTENT_HASH),
+    gslb(
+        NEAREST,
+        algorithm=Algorithm.TOPOLOGY,
+        topology=[TopologyEntry(client_subnet="10.1.2.0/24", site="s2")],
+    ),
     gslb(f"hello.{DROP_ZONE}"),
 ]
 
@@ -448,6 +462,49 @@ def test_an_ecs_subnet_is_hashed_and_echoed_with_its_scope(port: int) -> None:
     assert len({addresses(r)[0] for r in replies}) == 1
     echoed = [o for o in replies[0].options if isinstance(o, dns.edns.ECSOption)]
     assert [(o.address, o.srclen, o.scopelen) for o in echoed] == [("203.0.113.0", 24, 24)]
+
+
+@pytest.mark.parametrize(
+    ("name", "alias", "subnet"),
+    [(NEAREST, f"near.{ZONE}", S2_SUBNET), (STICKY, f"sticky-alias.{ZONE}", S2_HASHED_SUBNET)],
+    ids=["Topology", "ConsistentHash"],
+)
+def test_the_ecs_subnet_decides_alike_asked_directly_and_through_a_cname(
+    port: int, name: str, alias: str, subnet: dns.edns.ECSOption
+) -> None:
+    direct = [addresses(query(port, name, use_edns=0, options=[subnet])) for _ in range(6)]
+    aliased = [addresses(query(port, alias, use_edns=0, options=[subnet])) for _ in range(6)]
+
+    assert direct == [[S2_IP]] * 6
+    assert aliased == [[S2_IP]] * 6
+
+
+# DNSSEC OK (RFC 3225) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dnssec_ok", [True, False], ids=["DO=1", "DO=0"])
+def test_the_do_bit_is_copied_into_the_reply(port: int, dnssec_ok: bool) -> None:
+    reply = query(port, HELLO, use_edns=0, want_dnssec=dnssec_ok)
+
+    assert bool(reply.ednsflags & dns.flags.DO) == dnssec_ok
+
+
+@pytest.mark.parametrize(
+    ("name", "status"),
+    [(HELLO, "NOERROR"), (f"nope.{ZONE}", "NXDOMAIN")],
+    ids=["answer", "NXDOMAIN"],
+)
+def test_dig_dnssec_sees_do_in_our_opt_record(port: int, name: str, status: str) -> None:
+    out = dig(port, "+dnssec", name, "A")
+
+    assert f"status: {status}" in out
+    assert "; EDNS: version: 0, flags: do;" in out
+
+
+def test_dig_without_dnssec_sees_no_do(port: int) -> None:
+    out = dig(port, HELLO, "A")
+
+    assert "; EDNS: version: 0, flags:;" in out
 
 
 # Property: random and broken packets -----------------------------------------------------------

@@ -231,3 +231,16 @@ async def test_a_killed_worker_is_restarted_and_stopping_leaves_no_worker(
     workers = worker_pids(parent.process.pid)
     parent.stop()
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+async def test_workers_run_the_dns_service_entry_point_not_the_cli(
+    nats_client: Client, services: Services
+) -> None:
+    await seeded(nats_client, services, "--workers", "2")
+    parent = services.running["dns"]
+    assert parent.process is not None
+
+    workers = worker_pids(parent.process.pid)
+
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] for pid in workers]
+    assert commands == [[b"-m", b"services.dns"]] * 2

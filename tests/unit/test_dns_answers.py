@@ -289,6 +289,53 @@ def test_edns_version_1_is_badvers_with_an_opt_record() -> None:
     assert reply.answer == []
 
 
+REPLY_PATHS = [
+    (HELLO, "A"),
+    ("test.avi.iberia.local", "A"),
+    ("www.avi.iberia.local", "A"),
+    ("nope.avi.iberia.local", "A"),
+    (HELLO, "AAAA"),
+    ("host.sub.avi.iberia.local", "A"),
+    ("www.example.com", "A"),
+    ("big.avi.iberia.local", "TXT"),
+]
+REPLY_PATH_IDS = [
+    "GSLB answer", "static answer", "CNAME", "NXDOMAIN", "NODATA", "referral", "REFUSED",
+    "truncated",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dnssec_ok", [True, False], ids=["DO=1", "DO=0"])
+@pytest.mark.parametrize(("name", "rdtype"), REPLY_PATHS, ids=REPLY_PATH_IDS)
+def test_the_do_bit_of_the_query_is_copied_into_the_reply(
+    name: str, rdtype: str, dnssec_ok: bool
+) -> None:
+    reply = ask(seeded_engine(), name, rdtype, use_edns=0, want_dnssec=dnssec_ok)
+
+    assert reply.edns == 0
+    assert bool(reply.ednsflags & dns.flags.DO) == dnssec_ok
+
+
+@pytest.mark.parametrize("dnssec_ok", [True, False], ids=["DO=1", "DO=0"])
+def test_badvers_copies_the_do_bit_too(dnssec_ok: bool) -> None:
+    reply = ask(seeded_engine(), HELLO, use_edns=1, want_dnssec=dnssec_ok)
+
+    assert reply.rcode() == dns.rcode.BADVERS
+    assert bool(reply.ednsflags & dns.flags.DO) == dnssec_ok
+
+
+def test_the_response_cache_keeps_queries_with_and_without_do_apart() -> None:
+    engine = seeded_engine()
+    names = (HELLO, "test.avi.iberia.local", "nope.avi.iberia.local")
+
+    for name in names:
+        for dnssec_ok in (True, False, True, False):
+            reply = ask(engine, name, use_edns=0, want_dnssec=dnssec_ok)
+            assert bool(reply.ednsflags & dns.flags.DO) == dnssec_ok, (name, dnssec_ok)
+
+    assert len(engine.cache) == 2 * len(names)
+
+
 def test_a_response_larger_than_512_is_truncated_for_a_client_without_edns() -> None:
     reply = ask(seeded_engine(), "big.avi.iberia.local", "TXT")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 from collections import Counter
+from collections.abc import Callable
 
 import dns.edns
 import dns.message
@@ -395,3 +396,65 @@ def test_topology_answers_are_counted_for_the_site_members() -> None:
 
     counted = {(c, ip): n for (_, c, ip), n in engine.answers_by_member().items() if n}
     assert counted == {("s1az1", S1AZ1_IP): 6, ("s1az2", S1AZ2_IP): 4, ("s2", S2_IP): 2 + 5}
+
+
+# One decision, asked directly or through a CNAME ------------------------------------------------
+
+WWW = "www.avi.iberia.local"
+"""A static CNAME to HELLO in the test zone."""
+S2_SUBNET = dns.edns.ECSOption("10.1.2.0", 24)
+"""Mapped to site s2 by the topology RULES."""
+S2_HASHED_SUBNET = dns.edns.ECSOption("203.0.6.0", 24)
+"""A subnet that weighted rendezvous hashing over the SEED members gives to s2."""
+RESOLVERS = [f"10.{n}.0.53" for n in range(6)]
+"""Six resolvers, outside every topology rule, that hash to different SEED members."""
+
+
+def six_answers(engine: DnsEngine, name: str, subnet: dns.edns.ECSOption) -> list[str]:
+    """One answer per resolver, each forwarding the same client subnet."""
+    return [
+        addresses(ask(engine, name, client=resolver, use_edns=0, options=[subnet]))[0]
+        for resolver in RESOLVERS
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name_service", "subnet"),
+    [(topology, S2_SUBNET), (hashed, S2_HASHED_SUBNET)],
+    ids=["Topology", "ConsistentHash"],
+)
+def test_the_ecs_subnet_decides_alike_asked_directly_and_through_a_cname(
+    name_service: Callable[[], GslbService], subnet: dns.edns.ECSOption
+) -> None:
+    engine = seeded_engine(name_service())
+
+    assert six_answers(engine, HELLO, subnet) == [S2_IP] * 6
+    assert six_answers(engine, WWW, subnet) == [S2_IP] * 6
+
+
+@pytest.mark.parametrize(
+    ("name_service", "subnet", "scope"),
+    [
+        (topology, S2_SUBNET, 24),
+        (lambda: hashed(hash_mask_bits=20), S2_HASHED_SUBNET, 20),
+        (service, S2_SUBNET, 0),
+    ],
+    ids=["Topology: the source length", "ConsistentHash: the hash mask", "RoundRobin: zero"],
+)
+def test_an_answer_through_a_cname_echoes_the_scope_the_name_asked_directly_echoes(
+    name_service: Callable[[], GslbService], subnet: dns.edns.ECSOption, scope: int
+) -> None:
+    engine = seeded_engine(name_service())
+
+    for name in (HELLO, WWW):
+        reply = ask(engine, name, use_edns=0, options=[subnet])
+        echoed = [o for o in reply.options if isinstance(o, dns.edns.ECSOption)]
+        assert [(o.srclen, o.scopelen) for o in echoed] == [(24, scope)], name
+
+
+def test_through_a_cname_a_topology_client_without_ecs_is_answered_by_its_own_site() -> None:
+    engine = seeded_engine(topology())
+
+    answered = {addresses(ask(engine, WWW, client="10.1.2.7"))[0] for _ in range(6)}
+
+    assert answered == {S2_IP}
