@@ -16,14 +16,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from services.reconciler.names import RejectedName, gslb_name_problem
 from services.reconciler.statuses import final_statuses
-from services.reconciler.validation import (
-    AcceptedGdp,
-    Policies,
-    RejectedName,
-    gslb_name_problem,
-    validate,
-)
+from services.reconciler.validation import AcceptedGdp, Policies, validate
 from shared.models import (
     Algorithm,
     DownResponse,

@@ -25,9 +25,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.lease import Leadership, Step
+from services.reconciler.names import RejectedName, newly_rejected
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
-from services.reconciler.validation import RejectedName, newly_rejected
 from shared import bus, subjects, wire
 from shared.follow import read_values
 from shared.logs import set_level

@@ -7,12 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from services.reconciler.validation import (
-    Policies,
-    RejectedName,
-    bounded_message,
-    gslb_name_problem,
-)
+from services.reconciler.messages import bounded_message
+from services.reconciler.names import RejectedName, gslb_name_problem
+from services.reconciler.validation import Policies
 from shared.models import GslbService, PolicyKind, PolicyRef, PolicyState, PolicyStatus
 
 

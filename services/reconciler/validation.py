@@ -3,27 +3,30 @@
 Pure: the policy objects and what was accepted before go in, `Policies` comes out. Every
 problem names the object, the field as written in the CR, the value and what is allowed. A
 rejected edit keeps the last accepted version in force, so a typo never drops a service.
-Also here: which names can be GSLB services (`gslb_name_problem`) and the bound on a status
-message (`bounded_message`).
+How a problem is worded and bounded is in messages.py; which names can be GSLB services in
+names.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from services.reconciler.messages import (
+    allowed_values,
+    bounded_message,
+    describe_validation_error,
+    problem,
+)
 from shared.models import (
     Algorithm,
     DownResponseType,
     HealthMonitorSpec,
-    ObjectRef,
     PolicyKind,
     PolicyObject,
     PolicyRef,
@@ -32,7 +35,7 @@ from shared.models import (
     StaticRecord,
     ZoneSpec,
 )
-from shared.names import BadName, NameProblem, hostname_problem
+from shared.names import hostname_problem
 from shared.policies import (
     DNS_NAME_PATTERN,
     DownResponseSpec,
@@ -92,116 +95,6 @@ class Policies:
         return {ref: obj.spec for ref, obj in self.accepted.items()}
 
 
-# Messages -----------------------------------------------------------------------------------
-
-MAX_STATUS_PROBLEMS = 10
-"""A status message lists at most this many problems, then says how many more there are."""
-MAX_STATUS_MESSAGE_BYTES = 1024
-"""...and stays under this many bytes (UTF-8), however long each problem is."""
-
-
-def _cut(text: str, max_bytes: int) -> str:
-    """`text` in at most `max_bytes` UTF-8 bytes, ending in '...' when cut."""
-    if len(text.encode()) <= max_bytes:
-        return text
-    kept = text.encode()[: max(max_bytes - 3, 0)].decode(errors="ignore")
-    return kept + "..."
-
-
-def bounded_message(
-    head: str,
-    problems: Sequence[str],
-    tail: str = "",
-    *,
-    max_problems: int = MAX_STATUS_PROBLEMS,
-    max_bytes: int = MAX_STATUS_MESSAGE_BYTES,
-) -> str:
-    """`head`, the problems joined by '; ', then `tail`: the first `max_problems` that fit in
-    `max_bytes`, and '... and K more' for the rest, so that a GDP with 500 bad entries gets
-    a status an operator can read (and etcd can store), not 25 kB."""
-    budget = max_bytes - len(head.encode()) - len(tail.encode())
-    shown: list[str] = []
-    used = 0
-    for index, item in enumerate(problems):
-        if len(shown) == max_problems:
-            break
-        left_after = len(problems) - index - 1
-        reserve = len(f"; ... and {left_after} more") if left_after else 0
-        separator = 2 if shown else 0
-        room = budget - used - separator - reserve
-        if len(item.encode()) > room:
-            if shown:
-                break
-            item = _cut(item, room)
-        shown.append(item)
-        used += separator + len(item.encode())
-    text = "; ".join(shown)
-    if left := len(problems) - len(shown):
-        text += f"; ... and {left} more" if shown else f"{left} problem(s)"
-    return head + text + tail
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def problem(path: str, value: Any, what: str) -> str:
-    return f"{path} = {_shown(value)}: {what}"
-
-
-def _allowed(names: Sequence[str] | set[str] | frozenset[str]) -> str:
-    return ", ".join(sorted(names)) or "none"
-
-
-def inner_model(annotation: Any) -> type[BaseModel] | None:
-    """The model inside `X | None`, `list[X]`, `Annotated[X, ...]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin is None and not isinstance(annotation, types.UnionType):
-        return None
-    for arg in typing.get_args(annotation):
-        found = inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """The CR field names allowed at `loc` (the parent of an unknown field)."""
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if current is None:
-            return []
-        if isinstance(part, int):
-            continue
-        by_alias = {(f.alias or name): f for name, f in current.model_fields.items()}
-        info = by_alias.get(part) or current.model_fields.get(part)
-        if info is None:
-            return []
-        current = inner_model(info.annotation)
-    if current is None:
-        return []
-    return [f.alias or name for name, f in current.model_fields.items()]
-
-
-def describe_validation_error(model: type[BaseModel], exc: ValidationError) -> list[str]:
-    """One problem per pydantic error: the CR field path, the value, what is allowed."""
-    problems = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        path = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = f"unknown field (allowed: {_allowed(_fields_at(model, loc[:-1]))})"
-        if err["type"] == "missing" or isinstance(err.get("input"), dict):
-            problems.append(f"{path}: {message}")
-        else:
-            problems.append(problem(path, err.get("input"), message))
-    return problems
-
-
 # Checks that span fields --------------------------------------------------------------------
 
 
@@ -226,7 +119,9 @@ def _check_split(path: str, split: Sequence[TrafficSplit], sites: set[str] | Non
         seen.add(entry.cluster)
         if sites is not None and entry.cluster not in sites:
             out.append(
-                problem(where, entry.cluster, f"not a member cluster (allowed: {_allowed(sites)})")
+                problem(
+                    where, entry.cluster, f"not a member cluster (allowed: {allowed_values(sites)})"
+                )
             )
     return out
 
@@ -310,7 +205,7 @@ def _check_algorithm(settings: PoolAlgorithmSettings | None, sites: set[str] | N
                 problem(
                     f"{where}.site",
                     rule.site,
-                    f"not a member cluster or third-party site (allowed: {_allowed(sites)})",
+                    f"not a member cluster or third-party site (allowed: {allowed_values(sites)})",
                 )
             )
     fallback = settings.fallback_algorithm
@@ -421,7 +316,9 @@ def _check_gdp(spec: GlobalDeploymentPolicySpec, members: frozenset[str] | None)
         seen.add(match.cluster)
         if sites is not None and match.cluster not in sites:
             out.append(
-                problem(where, match.cluster, f"not a member cluster (allowed: {_allowed(sites)})")
+                problem(
+                    where, match.cluster, f"not a member cluster (allowed: {allowed_values(sites)})"
+                )
             )
     out += _check_split("spec.trafficSplit", spec.traffic_split, sites)
     out += _check_monitor(spec.health_monitor_refs, spec.health_monitor_template)
@@ -463,7 +360,9 @@ def _check_host_rule(
         if members is not None and entry.cluster not in members:
             out.append(
                 problem(
-                    where, entry.cluster, f"not a member cluster (allowed: {_allowed(members)})"
+                    where,
+                    entry.cluster,
+                    f"not a member cluster (allowed: {allowed_values(members)})",
                 )
             )
     if spec.traffic_split is not None:
@@ -634,59 +533,3 @@ def validate(
             normalize_fqdn(g.spec.default_domain) for g in gdps if g.spec.default_domain
         ),
     )
-
-
-# Names that can be GSLB services ------------------------------------------------------------
-
-
-def _in_zones(fqdn: str, zones: Mapping[str, ZoneSpec]) -> bool:
-    dot = -1
-    while True:
-        if fqdn[dot + 1 :] in zones:
-            return True
-        dot = fqdn.find(".", dot + 1)
-        if dot < 0:
-            return False
-
-
-def gslb_name_problem(fqdn: str, zones: Mapping[str, ZoneSpec]) -> BadName | None:
-    """Why a (normalised) FQDN cannot be a GSLB service, or None: it must be a hostname, and
-    lie in a zone of the GSLBConfig when it has any (the DNS answers nothing else). Without
-    zones nothing is answered anyway, and the services are still planned and probed."""
-    if (bad := hostname_problem(fqdn)) is not None:
-        return bad
-    if zones and not _in_zones(fqdn, zones):
-        return BadName(
-            fqdn,
-            NameProblem.OUTSIDE_ZONES,
-            f"lies outside every zone of the GSLBConfig (zones: {_allowed(list(zones))})",
-        )
-    return None
-
-
-@dataclass(frozen=True)
-class RejectedName:
-    """An FQDN that objects selected by a GDP would serve, and that is never planned."""
-
-    fqdn: str
-    bad: BadName
-    policy: PolicyRef
-    """The GDP whose selection brought the name (the one that would own it)."""
-    objects: tuple[ObjectRef, ...]
-
-    def describe(self) -> str:
-        first = self.objects[0]
-        others = f" (and {len(self.objects) - 1} more)" if len(self.objects) > 1 else ""
-        where = f"{first.kind} {first.cluster}/{first.namespace}/{first.name}{others}"
-        return f"{where}: {self.bad.describe()}; not planned"
-
-
-def newly_rejected(
-    before: Mapping[str, RejectedName], now: Mapping[str, RejectedName]
-) -> list[RejectedName]:
-    """Rejections that are new or now have another reason: what to log, once."""
-    return [
-        rejected
-        for fqdn, rejected in sorted(now.items())
-        if fqdn not in before or before[fqdn].bad != rejected.bad
-    ]

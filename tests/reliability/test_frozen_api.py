@@ -13,8 +13,8 @@ from typing import Any
 from nats.aio.client import Client
 
 from kgslb.embedded import free_port
-from kgslb.kubesim.resources import INGRESSES
 from kgslb.up import load_stack_config
+from kubesim.resources import INGRESSES
 from shared.policies import API_GROUP, API_VERSION
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_watcher import (

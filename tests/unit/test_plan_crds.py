@@ -13,7 +13,8 @@ import yaml
 from pydantic import BaseModel
 
 from deploy.crds.generate import rendered
-from services.reconciler.validation import SPEC_MODELS, inner_model
+from services.reconciler.messages import inner_model
+from services.reconciler.validation import SPEC_MODELS
 from shared.models import PolicyKind
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.reconciler.messages import MAX_STATUS_MESSAGE_BYTES, bounded_message
+from services.reconciler.names import newly_rejected
 from services.reconciler.plan import Planner, plan
-from services.reconciler.validation import (
-    MAX_STATUS_MESSAGE_BYTES,
-    bounded_message,
-    newly_rejected,
-)
 from shared.models import PolicyState, Tombstone
 from shared.names import NameProblem
 from tests.unit.test_plan import (
