@@ -188,6 +188,14 @@ def build_zone(spec: ZoneSpec, serial: int | None = None) -> Zone:
         datas[owner_key][rtype].append(
             (rec.ttl_seconds if rec.ttl_seconds is not None else ttl, data, ip)
         )
+    for ns_key in list(declared_glue):
+        # A name server inside the zone is a name of the zone: a resolver asks for its
+        # address and must get the glue as an authoritative answer, not NXDOMAIN.
+        if is_under(ns_key, key) and not _has_address(datas, ns_key):
+            for ip in declared_glue.pop(ns_key):
+                address = ipaddress.ip_address(ip)
+                rtype = wire.A if address.version == 4 else wire.AAAA
+                datas[ns_key][rtype].append((ttl, address.packed, str(address)))
     static: dict[bytes, dict[int, RRSet]] = {}
     for owner_key, types in datas.items():
         static[owner_key] = {}
@@ -216,6 +224,11 @@ def build_zone(spec: ZoneSpec, serial: int | None = None) -> Zone:
         apex_glue=_glue(static[key].get(wire.NS), static, declared_glue),
         cuts=cuts,
     )
+
+
+def _has_address(datas: Mapping[bytes, Mapping[int, list[object]]], owner_key: bytes) -> bool:
+    types = datas.get(owner_key, {})
+    return bool(types.get(wire.A) or types.get(wire.AAAA))
 
 
 def _glue(

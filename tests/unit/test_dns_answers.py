@@ -596,3 +596,23 @@ def test_the_engine_counts_queries_by_rcode_type_and_zone_including_cache_hits()
 
     assert counts[("NOERROR", "A", ZONE)] == 3
     assert counts[("NXDOMAIN", "A", ZONE)] == 1
+
+
+def test_a_name_server_inside_the_zone_answers_its_glue_address() -> None:
+    # One NS name per site, inside the zone (k8gb style): a resolver checks their addresses.
+    servers = [
+        NameServer(name="ns-s1az1.avi.iberia.local.", glue=["127.0.0.1"]),
+        NameServer(name="ns-s2.avi.iberia.local.", glue=["127.0.0.3", "::3"]),
+        NameServer(name="g-dns.iberia.local.", glue=["127.0.0.9"]),
+    ]
+    engine = seeded_engine(zone=zone_spec(nameservers=servers))
+
+    reply = ask(engine, "ns-s2.avi.iberia.local")
+    assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AA
+    assert addresses(reply) == ["127.0.0.3"]
+    assert addresses(ask(engine, "ns-s2.avi.iberia.local", "AAAA")) == ["::3"]
+    # The glue still comes with the NS set, once per address.
+    glue = sorted(rr.address for rrset in ask(engine, ZONE, "NS").additional for rr in rrset)
+    assert glue == ["127.0.0.1", "127.0.0.3", "127.0.0.9", "::3"]
+    # A name server outside the zone is not ours to answer.
+    assert ask(engine, "g-dns.iberia.local").rcode() == dns.rcode.REFUSED
