@@ -14,7 +14,7 @@ import dataclasses
 import ipaddress
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.dns import wire
@@ -226,7 +226,7 @@ def build_zone(spec: ZoneSpec, serial: int | None = None) -> Zone:
     )
 
 
-def _has_address(datas: Mapping[bytes, Mapping[int, list[object]]], owner_key: bytes) -> bool:
+def _has_address(datas: Mapping[bytes, Mapping[int, Sequence[object]]], owner_key: bytes) -> bool:
     types = datas.get(owner_key, {})
     return bool(types.get(wire.A) or types.get(wire.AAAA))
 
