@@ -315,9 +315,11 @@ def apply_manifests(kubeconfig: Path, cluster: str, documents: list[dict[str, An
     from kubernetes.dynamic import DynamicClient
     from kubernetes.dynamic.exceptions import ConflictError
 
-    client = DynamicClient(
-        kube_config.new_client_from_config(config_file=str(kubeconfig), context=cluster)
+    # The kubernetes client is untyped; these two calls are the whole of its use here.
+    api = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig), context=cluster
     )
+    client = DynamicClient(api)  # type: ignore[no-untyped-call]
     for document in documents:
         resource = client.resources.get(api_version=document["apiVersion"], kind=document["kind"])
         namespace = (

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from nats.aio.client import Client
 
@@ -76,11 +76,13 @@ async def run_service(
     log.info("%s stopped", name)
 
 
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run a service's main coroutine on uvloop where available."""
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a service's (or a command's) main coroutine on uvloop where available."""
     try:
         import uvloop
-
-        uvloop.run(main)
     except ImportError:
-        asyncio.run(main)
+        return asyncio.run(main)
+    return uvloop.run(main)
