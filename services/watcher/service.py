@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -25,6 +26,7 @@ from prometheus_client import Counter, Gauge
 
 from services.watcher import kube
 from services.watcher.backoff import Backoff
+from services.watcher.home import Heartbeat, Home
 from services.watcher.publisher import OrderedPublisher
 from services.watcher.settings import WatcherSettings
 from services.watcher.translate import Skip
@@ -41,7 +43,7 @@ from shared.models import (
     SyncMarker,
     utcnow,
 )
-from shared.runtime import run_service
+from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
 SERVICE = "watcher"
@@ -115,7 +117,10 @@ class Watcher:
         self.api = api
         self.cluster = cluster
         self.view = ClusterView(cluster)
-        self.policies = PolicyView()
+        self.policies = PolicyView(cluster if settings.home else "")
+        self.home: Home | None = None
+        """The home role (--home true): publishes the CRs, or keeps copies of them."""
+        self._policy_lock = asyncio.Lock()
         self.calls = kube.list_calls(api, settings.home)
         self.resources = list(self.calls)
         self._listed: set[str] = set()
@@ -145,19 +150,41 @@ class Watcher:
             parts.append("failing: " + "; ".join(self._failing.values()))
         if self._publisher is not None and not self._publisher.healthy:
             parts.append("JetStream does not ack")
+        if self.home is not None:
+            parts.append(f"home role {self.home.role.value}")
+            parts.extend(self.home.problems)
         return ", ".join(parts)
 
     async def run(self) -> None:
         js = self.nc.jetstream()
-        await bus.bootstrap(js, self.settings.stream_replicas)
+        buckets = await bus.bootstrap(js, self.settings.stream_replicas)
         sink = kube.Sink(asyncio.get_running_loop(), self.settings.max_pending_changes)
         self._publisher = OrderedPublisher(
             js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published
         )
         tasks = [self._consume(sink, self._publisher), self._report_cluster(js)]
+        heartbeat = Heartbeat(
+            buckets[subjects.KV_LEASES],
+            self.cluster,
+            self.settings,
+            lambda: self._cluster_status,
+            replica_name(self.settings),
+        )
         subscription = None
         if self.settings.home:
             await self._seed_policies(js)
+            self.home = Home(
+                self.cluster,
+                self.settings,
+                self.api,
+                self.policies,
+                heartbeat,
+                self._policy_lock,
+                self._status_dirty,
+            )
+            # Before anything is listed: a home back after a failover publishes nothing.
+            await self.home.start(js, self._publisher.publish)
+            tasks.append(self.home.run())
             subscription = await js.subscribe(
                 f"{subjects.STATUS_PREFIX}.>",
                 stream=subjects.STREAM_STATUS,
@@ -169,6 +196,8 @@ class Watcher:
                 deliver_policy=DeliverPolicy.ALL,
             )
             tasks.append(self._write_statuses())
+        else:
+            tasks.append(heartbeat.run())
         watches = [
             kube.ListWatch(
                 self.cluster,
@@ -201,13 +230,14 @@ class Watcher:
                 batch.append(sink.queue.get_nowait())
             outgoing = []
             listed = []
-            for item in batch:
-                decision = self._decide(item)
-                if decision is not None:
-                    outgoing.extend(decision.messages)
-                if isinstance(item, kube.Listed):
-                    listed.append(item.resource)
-            await publisher.publish(outgoing)
+            async with self._policy_lock:
+                for item in batch:
+                    decision = self._decide(item)
+                    if decision is not None:
+                        outgoing.extend(decision.messages)
+                    if isinstance(item, kube.Listed):
+                        listed.append(item.resource)
+                await publisher.publish(outgoing)
             for resource in listed:
                 self._listed.add(resource)
             REACHABLE.labels(self.cluster).set(0 if self._failing else 1)
@@ -229,7 +259,7 @@ class Watcher:
                     extra={"cluster": self.cluster, "resource": item.resource},
                 )  # fmt: skip
             if isinstance(kind, PolicyKind):
-                decision = self.policies.listed(kind, item.items)
+                decision = self._policies_listed(kind, item.items)
             else:
                 decision = self.view.listed(kind, item.items)
             log.info(
@@ -240,11 +270,25 @@ class Watcher:
         else:
             KUBE_EVENTS.labels(self.cluster, item.resource, item.type).inc()
             if isinstance(kind, PolicyKind):
-                decision = self.policies.changed(kind, item.type, item.obj)
+                decision = self._policies_changed(kind, item.type, item.obj)
             else:
                 decision = self.view.changed(kind, item.type, item.obj)
         self._report(decision)
         return decision
+
+    def _policies_listed(self, kind: PolicyKind, items: list[dict[str, Any]]) -> Decision:
+        if self.home is not None:
+            self.home.observe_listed(kind, items)
+            if not self.home.publishing:
+                return Decision()
+        return self.policies.listed(kind, items)
+
+    def _policies_changed(self, kind: PolicyKind, event: str, obj: dict[str, Any]) -> Decision:
+        if self.home is not None:
+            self.home.observe_changed(kind, event, obj)
+            if not self.home.publishing:
+                return Decision()
+        return self.policies.changed(kind, event, obj)
 
     def _failed(self, failure: kube.Failed) -> None:
         RELISTS.labels(self.cluster, failure.resource, failure.reason).inc()
@@ -353,6 +397,8 @@ class Watcher:
             self.policies.want_status(status)
         elif isinstance(status, ClusterStatus):
             self.policies.want_cluster(status)
+        if self.home is not None:
+            self.home.on_status(status)
         self._status_dirty.set()
 
     async def _write_statuses(self) -> None:
@@ -360,7 +406,8 @@ class Watcher:
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
-            for ref, patch in self.policies.status_patches():
+            assert self.home is not None
+            for ref, patch in self.home.status_patches():
                 try:
                     status = await asyncio.to_thread(kube.patch_status, self.api, ref, patch)
                 except ApiException as exc:
@@ -372,7 +419,7 @@ class Watcher:
                     failure = exc
                 else:
                     STATUS_WRITES.labels("ok").inc()
-                    self.policies.record_status(ref, status)
+                    self.home.record_status(ref, status)
                     backoff.reset()
                     written = patch["status"]
                     log.info(

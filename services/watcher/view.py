@@ -153,7 +153,11 @@ class PolicyView:
     (including the ones this watcher writes) are not republished either.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, home_cluster: str = "") -> None:
+        self.home_cluster = home_cluster
+        """Stamped on every policy message, so the reconciler can tell which home sent it."""
+        self.active_home: str | None = None
+        """Written into every CR's status as `activeHome` once several homes are configured."""
         self._published: dict[PolicyRef, _PolicyState] = {}
         self._status: dict[PolicyRef, dict[str, Any]] = {}
         """Current `status` of every CR that exists, from list, watch and our own writes."""
@@ -167,6 +171,16 @@ class PolicyView:
             elif isinstance(message, PolicyDeleted):
                 self._published.pop(message.ref, None)
 
+    def restart_from(self, messages: Iterable[WireModel]) -> None:
+        """Forget what was published and take the stream's word instead (a home cluster that
+        becomes active publishes its CRs over whatever another home published)."""
+        self._published.clear()
+        self.seed(messages)
+
+    def forget(self, ref: PolicyRef) -> None:
+        """The stream's last word on `ref` is no longer ours: publish it again."""
+        self._published.pop(ref, None)
+
     def published_refs(self) -> list[PolicyRef]:
         return sorted(self._published, key=str)
 
@@ -177,7 +191,7 @@ class PolicyView:
             self._upsert(kind, obj, decision, present)
         for ref in [r for r in self._published if r.kind == kind and r not in present]:
             del self._published[ref]
-            decision.messages.append((ref.subject, PolicyDeleted(ref=ref)))
+            decision.messages.append((ref.subject, self.deleted(ref)))
         for known in (self._status, self._desired):
             for ref in [r for r in known if r.kind == kind and r not in present]:
                 del known[ref]
@@ -196,8 +210,11 @@ class PolicyView:
         self._status.pop(ref, None)
         self._desired.pop(ref, None)
         if self._published.pop(ref, None) is not None:
-            decision.messages.append((ref.subject, PolicyDeleted(ref=ref)))
+            decision.messages.append((ref.subject, self.deleted(ref)))
         return decision
+
+    def deleted(self, ref: PolicyRef) -> PolicyDeleted:
+        return PolicyDeleted(ref=ref, home_cluster=self.home_cluster)
 
     def _upsert(self, kind: PolicyKind, obj: Obj, decision: Decision, seen: set[PolicyRef]) -> None:
         try:
@@ -205,6 +222,8 @@ class PolicyView:
         except BadObject as exc:
             decision.problems.append(str(exc))
             return
+        if self.home_cluster:
+            message = message.model_copy(update={"home_cluster": self.home_cluster})
         ref = message.ref
         seen.add(ref)
         self._status[ref] = cr_status(obj)
@@ -224,6 +243,8 @@ class PolicyView:
 
     def _wanted(self, ref: PolicyRef) -> dict[str, Any]:
         wanted = dict(self._desired.get(ref, {}))
+        if wanted and self.active_home is not None:
+            wanted["activeHome"] = self.active_home
         if ref.kind == PolicyKind.GSLB_CONFIG and self._clusters:
             wanted["clusters"] = cluster_entries(self._clusters.values())
         return wanted
