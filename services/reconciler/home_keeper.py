@@ -62,7 +62,9 @@ class HomeKeeper:
         self.leadership = leadership
         self.config = config
         self.settings = settings
-        self.watching_since = time.monotonic()
+        self._listening_since: dict[str, float] = {}
+        """When this replica first looked at each home's heartbeat: silence before that is
+        no evidence of an outage."""
         self.current: ActiveHome | None = None
         """What the `home` key holds, as last read or written."""
         self._revision: int | None = None
@@ -87,11 +89,12 @@ class HomeKeeper:
         homes = list(config.home_clusters) if config else []
         now = time.monotonic()
         for cluster in homes:
+            since = self._listening_since.setdefault(cluster, now)
             await self._listen(cluster, now)
-            heard = self.last_heard.get(cluster)
-            HEARTBEAT_AGE.labels(cluster).set(now - (heard or self.watching_since))
+            HEARTBEAT_AGE.labels(cluster).set(now - self.last_heard.get(cluster, since))
         if not homes or config is None or not self.leadership.is_leader(now):
             return
+        watching_since = max(self._listening_since[cluster] for cluster in homes)
         current = self.current.active if self.current else None
         choice = choose_active_home(
             homes,
@@ -100,11 +103,11 @@ class HomeKeeper:
             now,
             failover_after_seconds=config.home_failover_seconds,
             automatic=config.automatic_home_failover,
-            watching_since=self.watching_since,
+            watching_since=watching_since,
             fresh_within_seconds=self.settings.home_heartbeat_timeout_seconds,
             publishing=self._publishing,
         )
-        self._report_silence(choice, current, now)
+        self._report_silence(choice, current, now, watching_since)
         if choice.active is None:
             return
         if self.current and (self.current.active, self.current.home_clusters) == (
@@ -177,11 +180,13 @@ class HomeKeeper:
         if seen is not None and heartbeat.state == ClusterState.CONNECTED:
             self.last_heard[cluster] = now
 
-    def _report_silence(self, choice: HomeChoice, current: str | None, now: float) -> None:
+    def _report_silence(
+        self, choice: HomeChoice, current: str | None, now: float, watching_since: float
+    ) -> None:
         if current is None:
             return
-        heard = self.last_heard.get(current)
-        silent = heard is None or now - heard > self.settings.home_heartbeat_timeout_seconds
+        heard = max(self.last_heard.get(current, watching_since), watching_since)
+        silent = now - heard > self.settings.home_heartbeat_timeout_seconds
         if silent and self._silent != current:
             self._silent = current
             log.warning("active home cluster %s: %s", current, choice.reason)

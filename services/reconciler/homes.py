@@ -115,15 +115,15 @@ def _first_choice(
     fresh_within_seconds: float,
     publishing: Collection[str],
 ) -> HomeChoice:
-    """The first active home, once homeClusters is set: the home that already publishes (the
-    one home of the setup until now) if it is listed, else the first listed. Before this
-    replica could hear every heartbeat, it waits, so it does not pass over the home that
-    publishes."""
-    for cluster in home_clusters:
-        if cluster in publishing and _reachable(cluster, last_heard, now, fresh_within_seconds):
+    """The first active home, once homeClusters is set: the first listed home that already
+    publishes (the one home of the setup until now), else the first listed. It waits until
+    every listed home was heard, or could have been, so it does not pass over one."""
+    heard = [c for c in home_clusters if _reachable(c, last_heard, now, fresh_within_seconds)]
+    if len(heard) < len(home_clusters) and now - watching_since < fresh_within_seconds:
+        return HomeChoice(None, "listening to the home watchers' heartbeats first")
+    for cluster in heard:
+        if cluster in publishing:
             return HomeChoice(
                 cluster, f"{cluster} publishes the policy today and is listed in homeClusters"
             )
-    if now - watching_since < fresh_within_seconds:
-        return HomeChoice(None, "listening to the home watchers' heartbeats first")
     return HomeChoice(home_clusters[0], f"{home_clusters[0]} is the first of homeClusters")

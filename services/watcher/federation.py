@@ -49,27 +49,46 @@ class Role(StrEnum):
 
 
 def home_role(
-    me: str, key: ActiveHome | None, home_clusters_in_force: Sequence[str], now: Role
+    me: str,
+    key: ActiveHome | None,
+    home_clusters_in_force: Sequence[str],
+    now: Role,
+    other_publisher: str | None = None,
 ) -> Role:
     """The role of the home watcher of cluster `me`. The `home` key decides once it exists.
     Without it, a setup without homeClusters has one home, which is active as always; with
-    homeClusters just switched on, a home that publishes keeps doing so and a starting one
-    waits until the reconciler leader names the active home."""
+    homeClusters just switched on, or while another home publishes the policy, a home that
+    publishes keeps doing so and a starting one waits until the reconciler leader names the
+    active home (two homes must never both publish: the one without the CRs would delete
+    them)."""
     if key is not None:
         return Role.ACTIVE if key.active == me else Role.STANDBY
-    if home_clusters_in_force and now != Role.ACTIVE:
+    if (home_clusters_in_force or other_publisher) and now != Role.ACTIVE:
         return Role.WAITING
     return Role.ACTIVE
 
 
-def needs_takeover(key: ActiveHome | None, serving_term: int | None) -> bool:
-    """Whether becoming active must first make the CRs exactly the policies in force. Not for
-    a watcher that published in this very term before (a restart: its CRs are the policy, and
-    edits made meanwhile are meant), nor for the one home of a setup that only now lists
-    homeClusters (term 1 continues what it published)."""
-    if key is None:
-        return False
-    return not (serving_term == key.term or (serving_term == 0 and key.term == 1))
+class Activation(StrEnum):
+    """What a home does to its CRs before it publishes them as the active home."""
+
+    RESUME = "resume"
+    """Nothing: it published in this very term before (a restart, edits made meanwhile are
+    meant), or it is the one home of a setup without homeClusters."""
+    ADOPT = "adopt"
+    """The one home of a setup that only now lists homeClusters (term 1): its own CRs stay as
+    they are; policies in force it lacks are created and marked copies become its own."""
+    RESET = "reset"
+    """A takeover: the CRs become exactly the policies in force, whatever the cluster held."""
+
+
+def activation(key: ActiveHome | None, serving_term: int | None) -> Activation:
+    """How a home watcher whose last heartbeat says `serving_term` becomes the active home
+    the key names."""
+    if key is None or serving_term == key.term:
+        return Activation.RESUME
+    if serving_term == 0 and key.term == 1:
+        return Activation.ADOPT
+    return Activation.RESET
 
 
 @dataclass(frozen=True)
@@ -155,6 +174,8 @@ class HomeMirror:
     """CRs whose edit was not applied (standby): the generation of that edit."""
     clusters: dict[str, ClusterStatus] = field(default_factory=dict)
     _deleted: set[PolicyRef] = field(default_factory=set)
+    _publishers: dict[PolicyRef, str] = field(default_factory=dict)
+    """The home cluster whose message is the stream's last word on each policy."""
     _listed: set[PolicyKind] = field(default_factory=set)
     _written: dict[PolicyRef, Any] = field(default_factory=dict)
     """The spec our last write of each CR sent: its watch event is no edit, even when it
@@ -231,12 +252,18 @@ class HomeMirror:
     def policy(self, message: PolicyObject | PolicyDeleted) -> None:
         """The policy stream: a deleted policy has no copy (its status is purged, which the
         status stream's consumers never see)."""
+        self._publishers[message.ref] = message.home_cluster
         if isinstance(message, PolicyDeleted):
             self._deleted.add(message.ref)
             self.in_force.pop(message.ref, None)
             self.refused.pop(message.ref, None)
         else:
             self._deleted.discard(message.ref)
+
+    def other_publisher(self) -> str | None:
+        """Another home cluster that published policies (None: only this one, or nobody)."""
+        others = sorted(set(self._publishers.values()) - {"", self.cluster})
+        return others[0] if others else None
 
     def became_active(self) -> None:
         """Edits are applied from now on: none is refused any more."""
@@ -272,18 +299,22 @@ class HomeMirror:
                 writes.append(Write("delete", ref, resource_version=_version(current)))
         return writes
 
-    def takeover_writes(self) -> list[Write]:
-        """The CRs made exactly the policies in force, unmarked: what the new active home
-        publishes is then what was in force, whatever this cluster held before."""
+    def activation_writes(self, mode: Activation) -> list[Write]:
+        """What becoming the active home writes first, so that what it then publishes is
+        what was in force (RESET), or its own CRs plus what was in force and it lacked
+        (ADOPT). Nothing stays marked as a copy."""
+        if mode == Activation.RESUME:
+            return []
+        reset = mode == Activation.RESET
         writes = []
         for ref, want in sorted(self.in_force.items(), key=lambda item: str(item[0])):
             current = self.crs.get(ref)
             if current is None:
                 writes.append(Write("create", ref, cr_body(ref, want.spec, None, None)))
-            elif _spec(current) != want.spec or copy_of(current) is not None:
+            elif copy_of(current) is not None or (reset and _spec(current) != want.spec):
                 writes.append(self._replace(ref, want.spec, None, current))
         for ref, current in sorted(self.crs.items(), key=lambda item: str(item[0])):
-            if ref not in self.in_force:
+            if ref not in self.in_force and (reset or copy_of(current) is not None):
                 writes.append(Write("delete", ref, resource_version=_version(current)))
         return writes
 

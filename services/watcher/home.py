@@ -26,11 +26,12 @@ from prometheus_client import Counter, Gauge
 
 from services.watcher.backoff import Backoff
 from services.watcher.federation import (
+    Activation,
     HomeMirror,
     Role,
     Write,
+    activation,
     home_role,
-    needs_takeover,
 )
 from services.watcher.kube import CONNECT_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS, describe_error
 from services.watcher.settings import WatcherSettings
@@ -199,13 +200,22 @@ class Home:
         self.heartbeat.serving_term = previous.serving_term if previous else None
         self.key = await self._read_key()
         in_force = self.mirror.home_clusters_in_force()
-        self.role = home_role(self.cluster, self.key, in_force, Role.WAITING)
-        if self.role == Role.ACTIVE and not needs_takeover(self.key, self.heartbeat.serving_term):
+        other = self.mirror.other_publisher()
+        self.role = home_role(self.cluster, self.key, in_force, Role.WAITING, other)
+        if self.role == Role.WAITING and self.key is None and other and not in_force:
+            log.error(
+                "cluster %s runs as a home (--home true), but home cluster %s publishes the "
+                "policy and no GSLBConfig in force lists homeClusters: waiting (list both in "
+                "homeClusters of the GSLBConfig in %s)",
+                self.cluster, other, other,
+            )  # fmt: skip
+        mode = activation(self.key, self.heartbeat.serving_term)
+        if self.role == Role.ACTIVE and mode == Activation.RESUME:
             # A restart of the active home (or the one home of a setup without homeClusters):
             # its CRs are the policy, edits made while it was away included.
             self._serving()
         elif self.role == Role.ACTIVE:
-            self._activation = asyncio.create_task(self._activate(takeover=True))
+            self._activation = asyncio.create_task(self._activate(mode))
         self._show_role()
         log.info(
             "cluster %s: home role %s (active home: %s)",
@@ -268,8 +278,10 @@ class Home:
         if not self.mirror.all_listed or self._publish is None:
             return
         self.key = await self._read_key()
-        if self.key is not None and self.key.active != self.cluster:
-            return  # we are the one who has not learned yet: `_follow` steps down
+        if self.key is None or self.key.active != self.cluster:
+            # Only the home the key names heals: without a key two homes would undo each
+            # other, and a home the key does not name steps down in `_follow`.
+            return
         ref = foreign.ref
         async with self.lock:
             self.policies.forget(ref)
@@ -312,40 +324,34 @@ class Home:
 
     async def _apply(self, key: ActiveHome | None) -> None:
         self.key = key
-        role = home_role(self.cluster, key, self.mirror.home_clusters_in_force(), self.role)
-        stale_term = (
-            role == Role.ACTIVE
-            and self.publishing
-            and key is not None
-            and needs_takeover(key, self.heartbeat.serving_term)
+        role = home_role(
+            self.cluster,
+            key,
+            self.mirror.home_clusters_in_force(),
+            self.role,
+            self.mirror.other_publisher(),
         )
-        if role == self.role and not stale_term:
-            adopts_first_term = (
-                role == Role.ACTIVE
-                and self.publishing
-                and key is not None
-                and self.heartbeat.serving_term != key.term
-            )
-            if adopts_first_term:
-                # The one home of the setup, now named by the first key: nothing to reset.
-                async with self.lock:
-                    self._serving()
-                self.status_dirty.set()
+        mode = activation(key, self.heartbeat.serving_term)
+        # A home that publishes and is named in a new term (the first key, or back after
+        # a failover it slept through) becomes active again, the way that term requires.
+        new_term = role == Role.ACTIVE and self.publishing and mode != Activation.RESUME
+        if role == self.role and not new_term:
             return
         previous, self.role = self.role, role
         self._show_role()
-        log.warning(
-            "cluster %s: home role %s -> %s (active home: %s%s)",
-            self.cluster, previous.value, role.value, key.active if key else "none yet",
-            f", term {key.term}: {key.reason}" if key else "",
-            extra={"cluster": self.cluster, "role": role.value},
-        )  # fmt: skip
+        if previous != role:
+            log.warning(
+                "cluster %s: home role %s -> %s (active home: %s%s)",
+                self.cluster, previous.value, role.value, key.active if key else "none yet",
+                f", term {key.term}: {key.reason}" if key else "",
+                extra={"cluster": self.cluster, "role": role.value},
+            )  # fmt: skip
         if role == Role.ACTIVE:
             if self._activation is None or self._activation.done():
-                takeover = needs_takeover(key, self.heartbeat.serving_term)
-                async with self.lock:
-                    self.publishing = False
-                self._activation = asyncio.create_task(self._activate(takeover))
+                if mode != Activation.ADOPT:
+                    async with self.lock:
+                        self.publishing = False
+                self._activation = asyncio.create_task(self._activate(mode))
             return
         if self._activation is not None:
             self._activation.cancel()
@@ -356,27 +362,28 @@ class Home:
         self._copies_dirty.set()
         self.status_dirty.set()
 
-    async def _activate(self, takeover: bool) -> None:
-        """Become the active home: once the CRs are listed (and, on a takeover, made exactly
-        the policies in force), publish them over whatever the stream holds."""
+    async def _activate(self, mode: Activation) -> None:
+        """Become the active home: once the CRs are listed (and written as `mode` requires),
+        publish them over whatever the stream holds."""
         await self._listed.wait()
-        if takeover and not self.mirror.in_force:
+        if mode == Activation.RESET and not self.mirror.in_force:
             log.error(
                 "cluster %s takes over as the active home, but no policy in force is known "
                 "(stream %s holds no accepted spec): its CRs are published as they are",
                 self.cluster, subjects.STREAM_STATUS,
             )  # fmt: skip
-        elif takeover:
+        else:
             backoff = Backoff(
                 self.settings.backoff_initial_seconds, self.settings.backoff_max_seconds
             )
-            while writes := self.mirror.takeover_writes():
+            while writes := self.mirror.activation_writes(mode):
                 log.info(
-                    "cluster %s takes over as the active home: %d CR write(s) to match the "
-                    "policies in force", self.cluster, len(writes),
+                    "cluster %s becomes the active home (%s): %d CR write(s) to match the "
+                    "policies in force", self.cluster, mode.value, len(writes),
                 )  # fmt: skip
                 if not await self._execute_all(writes):
                     await asyncio.sleep(backoff.next_delay())
+        if mode == Activation.RESET:
             TAKEOVERS.labels(self.cluster).inc()
         assert self._js is not None and self._publish is not None
         stream = await bus.read_last_per_subject(
@@ -394,8 +401,9 @@ class Home:
             await self._publish(messages)
             self._serving()
         log.warning(
-            "cluster %s is the active home: published %d policy message(s)",
-            self.cluster, len(messages), extra={"cluster": self.cluster},
+            "cluster %s is the active home (term %s): published %d policy message(s)",
+            self.cluster, self.key.term if self.key else "-", len(messages),
+            extra={"cluster": self.cluster},
         )  # fmt: skip
         await self.heartbeat.beat()
         self.status_dirty.set()
@@ -487,7 +495,11 @@ class Home:
                 "a home cluster keeps the kgslb CRs in the namespaces of the active one)"
             )
         elif isinstance(exc, ApiException) and exc.status == 409:
-            detail += " (changed meanwhile; decided again from the next watch event)"
+            # Routine: a status write or an edit changed the object since it was read.
+            log.info(
+                "%s: changed meanwhile; deciding again", write, extra={"policy": str(write.ref)}
+            )
+            return
         self._failing[write.ref] = f"{write}: {detail}"
         log.warning("could not %s: %s", write, detail, extra={"policy": str(write.ref)})
 

@@ -165,17 +165,27 @@ class PolicyView:
         self._clusters: dict[str, ClusterStatus] = {}
 
     def seed(self, messages: Iterable[WireModel]) -> None:
+        """What this home published before (another home's messages are not ours to delete)."""
+        ours = ("", self.home_cluster)
         for message in messages:
+            if not isinstance(message, PolicyObject | PolicyDeleted):
+                continue
+            if message.home_cluster not in ours:
+                continue
             if isinstance(message, PolicyObject):
                 self._published[message.ref] = _PolicyState(message.generation, message.spec)
             elif isinstance(message, PolicyDeleted):
                 self._published.pop(message.ref, None)
 
     def restart_from(self, messages: Iterable[WireModel]) -> None:
-        """Forget what was published and take the stream's word instead (a home cluster that
-        becomes active publishes its CRs over whatever another home published)."""
+        """A home cluster that becomes active: every CR it holds is published (stamped with
+        its name), and every policy of the stream that it does not hold is deleted, whoever
+        published it."""
         self._published.clear()
-        self.seed(messages)
+        for message in messages:
+            if isinstance(message, PolicyObject):
+                # Generation 0 never matches a CR's: each is published again.
+                self._published[message.ref] = _PolicyState(0, message.spec)
 
     def forget(self, ref: PolicyRef) -> None:
         """The stream's last word on `ref` is no longer ours: publish it again."""

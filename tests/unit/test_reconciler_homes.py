@@ -110,13 +110,25 @@ CASES = [
     ),
     Case(
         "the first choice keeps the home that publishes today",
-        current=None, heard_ago={"s1az1": 1, "s1az2": 1}, publishing=frozenset({"s1az2"}),
-        expected="s1az2", reason="s1az2 publishes the policy today and is listed in homeClusters",
+        current=None, heard_ago={"s1az1": 1, "s1az2": 1, "s2": 1},
+        publishing=frozenset({"s1az2"}), expected="s1az2",
+        reason="s1az2 publishes the policy today and is listed in homeClusters",
     ),
     Case(
-        "the first choice waits until every heartbeat could have been heard",
-        current=None, heard_ago={"s1az2": 1}, listening_for=2, expected=None,
-        reason="listening to the home watchers' heartbeats first",
+        "of two homes that publish, the first listed",
+        current=None, heard_ago={"s1az1": 1, "s1az2": 1, "s2": 1}, listening_for=2,
+        publishing=frozenset({"s1az2", "s1az1"}), expected="s1az1",
+        reason="s1az1 publishes the policy today and is listed in homeClusters",
+    ),
+    Case(
+        "the first choice waits until every home could have been heard",
+        current=None, heard_ago={"s1az2": 1, "s2": 1}, publishing=frozenset({"s1az2"}),
+        listening_for=2, expected=None, reason="listening to the home watchers' heartbeats first",
+    ),
+    Case(
+        "a home that publishes but is not heard is not the first choice",
+        current=None, heard_ago={"s1az2": 1}, publishing=frozenset({"s1az1"}),
+        expected="s1az1", reason="s1az1 is the first of homeClusters",
     ),
     Case(
         "the first choice is the first listed when no listed home publishes",

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from services.watcher.federation import (
+    Activation,
     HomeMirror,
     Role,
     Write,
+    activation,
     copy_of,
     home_role,
-    needs_takeover,
 )
 from shared.models import (
     ActiveHome,
@@ -123,29 +124,38 @@ def test_home_role(
     assert home_role("s1az2", home_key, home_clusters, now) == expected
 
 
+def test_a_home_that_starts_while_another_home_publishes_waits() -> None:
+    view = mirror()
+    view.policy(PolicyObject(ref=gdp_ref(), spec=SPLIT_6_4_2, home_cluster="s1az1"))
+
+    assert view.other_publisher() == "s1az1"
+    assert home_role("s1az2", None, [], Role.WAITING, view.other_publisher()) == Role.WAITING
+    assert home_role("s1az1", None, [], Role.WAITING, mirror().other_publisher()) == Role.ACTIVE
+
+
 @pytest.mark.parametrize(
     ("home_key", "serving_term", "expected"),
     [
-        (key("s1az2", term=2), None, True),
-        (key("s1az2", term=3), 1, True),
-        (key("s1az2", term=3), 3, False),
-        (key("s1az2", term=1), 0, False),
-        (key("s1az2", term=2), 0, True),
-        (None, None, False),
+        (key("s1az2", term=2), None, Activation.RESET),
+        (key("s1az2", term=3), 1, Activation.RESET),
+        (key("s1az2", term=3), 3, Activation.RESUME),
+        (key("s1az2", term=1), 0, Activation.ADOPT),
+        (key("s1az2", term=2), 0, Activation.RESET),
+        (None, None, Activation.RESUME),
     ],
     ids=[
-        "a home that never published takes over",
+        "a home that never published takes over from the policies in force",
         "a home active in an earlier term takes over again (its CRs may be stale)",
         "a restart within the same term resumes",
-        "the one home of a setup that only now lists homeClusters resumes",
+        "the one home of a setup that only now lists homeClusters adopts",
         "the old single home coming back after a failover takes over",
-        "no key, no takeover",
+        "without a key there is one home: it resumes",
     ],
 )
-def test_needs_takeover(
-    home_key: ActiveHome | None, serving_term: int | None, expected: bool
+def test_activation(
+    home_key: ActiveHome | None, serving_term: int | None, expected: Activation
 ) -> None:
-    assert needs_takeover(home_key, serving_term) is expected
+    assert activation(home_key, serving_term) == expected
 
 
 # Standby: copies -------------------------------------------------------------------------------
@@ -297,7 +307,7 @@ def test_a_takeover_makes_the_crs_exactly_the_policies_in_force_unmarked() -> No
         ),
     )
 
-    writes = view.takeover_writes()
+    writes = view.activation_writes(Activation.RESET)
 
     assert ops(writes) == [
         "replace GlobalDeploymentPolicy avi-system/copy",
@@ -313,7 +323,28 @@ def test_a_takeover_makes_the_crs_exactly_the_policies_in_force_unmarked() -> No
 def test_a_takeover_of_crs_that_are_the_policy_writes_nothing() -> None:
     view = mirror(cr(), statuses=(accepted(SPLIT_6_4_2),))
 
-    assert view.takeover_writes() == []
+    assert view.activation_writes(Activation.RESET) == []
+
+
+def test_adopting_keeps_the_homes_own_crs_and_adds_what_it_lacks() -> None:
+    view = mirror(
+        cr("edited", spec=SPLIT_6_3_1),
+        cr("invalid"),
+        cr("copy", copied_from="s1az1"),
+        statuses=(
+            accepted(SPLIT_6_4_2, name="edited"),
+            accepted(SPLIT_6_4_2, name="copy"),
+            accepted(SPLIT_6_4_2, name="missing"),
+        ),
+    )
+
+    writes = view.activation_writes(Activation.ADOPT)
+
+    assert ops(writes) == [
+        "replace GlobalDeploymentPolicy avi-system/copy",
+        "create GlobalDeploymentPolicy avi-system/missing",
+    ]
+    assert all(w.body is not None and copy_of(w.body) is None for w in writes)
 
 
 def test_home_clusters_in_force_come_from_the_accepted_gslbconfig() -> None:
