@@ -158,8 +158,8 @@ class HomeKeeper:
         return True
 
     async def _listen(self, cluster: str, now: float) -> None:
-        """A heartbeat counts when its key changed since the last look: one left behind by a
-        dead watcher never changes again."""
+        """A heartbeat counts when its key changed since the last look (one left behind by a
+        dead watcher never changes again) and says the home role reaches its cluster."""
         try:
             entry = await self.leases.get(subjects.watcher_key(cluster))
         except KeyNotFoundError:
@@ -177,7 +177,9 @@ class HomeKeeper:
             self._publishing.add(cluster)
         else:
             self._publishing.discard(cluster)
-        if seen is not None and heartbeat.state == ClusterState.CONNECTED:
+        # Only a watcher with the home role can publish the policy: a member's watcher of
+        # the same cluster (started without --home) does not make it a reachable home.
+        if seen is not None and heartbeat.home and heartbeat.state == ClusterState.CONNECTED:
             self.last_heard[cluster] = now
 
     def _report_silence(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from services.reconciler.homes import choose_active_home
+from services.reconciler.validation import validate
+from shared.models import PolicyKind, PolicyObject, PolicyRef, PolicyState
 
 HOMES = ("s1az1", "s1az2", "s2")
 FAILOVER = 30.0
@@ -153,3 +155,35 @@ def test_choose_active_home(case: Case) -> None:
     )
 
     assert (choice.active, choice.reason) == (case.expected, case.reason)
+
+
+# The settings in the GSLBConfig ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        (
+            {"homeClusters": ["s1az1", "s1az2", "s1az1"]},
+            "spec.homeClusters = ['s1az1', 's1az2', 's1az1']: lists s1az1 more "
+            "than once; name each cluster once",
+        ),
+        (
+            {"homeFailoverSeconds": 1},
+            "spec.homeFailoverSeconds = 1: Input should be greater than or equal to 3",
+        ),
+        (
+            {"automaticHomeFailover": "sometimes"},
+            "spec.automaticHomeFailover = 'sometimes': Input should be a valid boolean",
+        ),
+    ],
+    ids=["a home listed twice", "a failover time too short to tell", "not a boolean"],
+)
+def test_bad_home_settings_reject_the_gslbconfig(spec: dict[str, object], problem: str) -> None:
+    ref = PolicyRef(kind=PolicyKind.GSLB_CONFIG, namespace="avi-system", name="gc-1")
+
+    policies = validate({ref: PolicyObject(ref=ref, spec=spec)}, {})
+
+    status = policies.statuses[ref]
+    assert status.state == PolicyState.REJECTED
+    assert problem in status.message
