@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from nats.aio.client import Client
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
+from kgslb.embedded import NatsServer
 from shared import subjects, wire
 from shared.models import ActiveHome, GslbService, PolicyDeleted, PolicyObject
 from shared.policies import API_GROUP, API_VERSION, COPY_OF_ANNOTATION
@@ -277,3 +280,30 @@ async def _active_copy_gone(kube: Kube) -> bool:
     """The new active home has made its copies originals (the mark is gone)."""
     obj = await get_gdp(kube, "s1az2")
     return COPY_OF_ANNOTATION not in (obj["metadata"].get("annotations") or {})
+
+
+async def kgslb_home(nats: NatsServer, *args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kgslb", "home", "--nats-url", nats.url, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    return process.returncode or 0, output.decode()
+
+
+async def test_kgslb_home_activate_moves_the_policy_by_hand(
+    federation: Federation, nats_server: NatsServer
+) -> None:
+    await eventually(lambda: federation.copy_in("s1az2", "s1az1"), timeout_seconds=20)
+
+    code, output = await kgslb_home(nats_server, "--activate", "s1az2")
+
+    assert (code, output.strip()) == (0, "active home cluster: s1az2 (term 2)")
+    await eventually(lambda: federation.copy_in("s1az1", "s1az2"), timeout_seconds=20)
+    await eventually(lambda: _active_copy_gone(federation.kube), timeout_seconds=20)
+    code, output = await kgslb_home(nats_server)
+    assert code == 0 and "active home cluster: s1az2 (term 2" in output
+    assert "publishes" in output and "keeps copies" in output
+    code, output = await kgslb_home(nats_server, "--activate", "s2")
+    assert code == 1 and "s2 is not one of homeClusters (s1az1, s1az2)" in output
