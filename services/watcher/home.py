@@ -215,7 +215,7 @@ class Home:
             # its CRs are the policy, edits made while it was away included.
             self._serving()
         elif self.role == Role.ACTIVE:
-            self._activation = asyncio.create_task(self._activate(mode))
+            self._start_activation(mode)
         self._show_role()
         log.info(
             "cluster %s: home role %s (active home: %s)",
@@ -269,7 +269,10 @@ class Home:
         self.mirror.policy(policy)
         self._copies_dirty.set()
         if policy.home_cluster not in ("", self.cluster) and self.publishing:
-            await self._heal(policy)
+            try:
+                await self._heal(policy)
+            except Exception as exc:  # NATS away: the next foreign message tries again
+                log.warning("could not publish %s again: %s", policy.ref, exc)
 
     async def _heal(self, foreign: PolicyObject | PolicyDeleted) -> None:
         """Another home published over one of our policies (it had not learned yet that this
@@ -335,7 +338,9 @@ class Home:
         # A home that publishes and is named in a new term (the first key, or back after
         # a failover it slept through) becomes active again, the way that term requires.
         new_term = role == Role.ACTIVE and self.publishing and mode != Activation.RESUME
-        if role == self.role and not new_term:
+        idle = self._activation is None or self._activation.done()
+        stalled = role == Role.ACTIVE and not self.publishing and idle
+        if role == self.role and not new_term and not stalled:
             return
         previous, self.role = self.role, role
         self._show_role()
@@ -351,7 +356,7 @@ class Home:
                 if mode != Activation.ADOPT:
                     async with self.lock:
                         self.publishing = False
-                self._activation = asyncio.create_task(self._activate(mode))
+                self._start_activation(mode)
             return
         if self._activation is not None:
             self._activation.cancel()
@@ -361,6 +366,18 @@ class Home:
         self.heartbeat.publishing = False
         self._copies_dirty.set()
         self.status_dirty.set()
+
+    def _start_activation(self, mode: Activation) -> None:
+        self._activation = asyncio.create_task(self._activate(mode))
+        self._activation.add_done_callback(self._activation_ended)
+
+    def _activation_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Nothing was published as active: the next look at the key starts again.
+            log.error(
+                "cluster %s could not become the active home: %s; retrying",
+                self.cluster, task.exception(), exc_info=task.exception(),
+            )  # fmt: skip
 
     async def _activate(self, mode: Activation) -> None:
         """Become the active home: once the CRs are listed (and written as `mode` requires),
