@@ -209,10 +209,10 @@ class Reconciler:
             buckets[subjects.KV_SERVICES], subjects.KV_SERVICES, self.leadership
         )
         self._zones = KvMirror(buckets[subjects.KV_ZONES], subjects.KV_ZONES, self.leadership)
+        await self._load_statuses()
         self._homes = HomeKeeper(
             self._leases, self.leadership, lambda: self.planner.policies.config, self.settings
         )
-        await self._load_statuses()
         sub = await self.js.subscribe(
             subjects.EVENTS_STREAM_SUBJECTS[0],
             stream=subjects.STREAM_EVENTS,

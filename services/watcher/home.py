@@ -35,7 +35,7 @@ from services.watcher.federation import (
 )
 from services.watcher.kube import CONNECT_TIMEOUT_SECONDS, REQUEST_TIMEOUT_SECONDS, describe_error
 from services.watcher.settings import WatcherSettings
-from services.watcher.translate import POLICY_PLURALS
+from services.watcher.translate import POLICY_PLURALS, Obj
 from services.watcher.view import Outgoing, PolicyView
 from shared import bus, subjects, wire
 from shared.models import (
@@ -243,13 +243,13 @@ class Home:
 
     # Inputs ---------------------------------------------------------------------------------
 
-    def observe_listed(self, kind: PolicyKind, objects: list[dict[str, Any]]) -> None:
+    def observe_listed(self, kind: PolicyKind, objects: Sequence[Obj]) -> None:
         self.mirror.listed(kind, objects)
         if self.mirror.all_listed:
             self._listed.set()
         self._copies_dirty.set()
 
-    def observe_changed(self, kind: PolicyKind, event_type: str, obj: dict[str, Any]) -> None:
+    def observe_changed(self, kind: PolicyKind, event_type: str, obj: Obj) -> None:
         self.mirror.changed(kind, event_type, obj, standby=self.role == Role.STANDBY)
         self._copies_dirty.set()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -259,7 +258,7 @@ class Watcher:
                     extra={"cluster": self.cluster, "resource": item.resource},
                 )  # fmt: skip
             if isinstance(kind, PolicyKind):
-                decision = self._policies_listed(kind, item.items)
+                decision = self._policies_listed(kind, item)
             else:
                 decision = self.view.listed(kind, item.items)
             log.info(
@@ -270,25 +269,26 @@ class Watcher:
         else:
             KUBE_EVENTS.labels(self.cluster, item.resource, item.type).inc()
             if isinstance(kind, PolicyKind):
-                decision = self._policies_changed(kind, item.type, item.obj)
+                decision = self._policies_changed(kind, item)
             else:
                 decision = self.view.changed(kind, item.type, item.obj)
         self._report(decision)
         return decision
 
-    def _policies_listed(self, kind: PolicyKind, items: list[dict[str, Any]]) -> Decision:
+    def _policies_listed(self, kind: PolicyKind, listed: kube.Listed) -> Decision:
+        """The home role sees every list; the CRs become policy only while it publishes."""
         if self.home is not None:
-            self.home.observe_listed(kind, items)
+            self.home.observe_listed(kind, listed.items)
             if not self.home.publishing:
                 return Decision()
-        return self.policies.listed(kind, items)
+        return self.policies.listed(kind, listed.items)
 
-    def _policies_changed(self, kind: PolicyKind, event: str, obj: dict[str, Any]) -> Decision:
+    def _policies_changed(self, kind: PolicyKind, changed: kube.Changed) -> Decision:
         if self.home is not None:
-            self.home.observe_changed(kind, event, obj)
+            self.home.observe_changed(kind, changed.type, changed.obj)
             if not self.home.publishing:
                 return Decision()
-        return self.policies.changed(kind, event, obj)
+        return self.policies.changed(kind, changed.type, changed.obj)
 
     def _failed(self, failure: kube.Failed) -> None:
         RELISTS.labels(self.cluster, failure.resource, failure.reason).inc()
