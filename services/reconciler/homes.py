@@ -53,9 +53,9 @@ def choose_active_home(
     - `publishing`: homes whose heartbeat says they publish their CRs today (before any key,
       the single home of the setup), so switching homeClusters on keeps that home active.
 
-    The active home stays while it is reachable, and also when it comes back after a failover
-    (no flapping). Once it has been silent for `failover_after_seconds` and `automatic` is on,
-    the next reachable home after it in list order (wrapping around) takes over.
+    The active home stays until it has been silent for `failover_after_seconds`; then, with
+    `automatic` on, the next reachable home after it in list order (wrapping around) takes
+    over. A home that comes back after a failover does not take over again (no flapping).
     """
     if not home_clusters:
         return HomeChoice(current, "no homeClusters: one home cluster, nothing to decide")

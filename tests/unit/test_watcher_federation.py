@@ -292,6 +292,18 @@ def test_a_cr_created_in_a_standby_is_not_applied() -> None:
     )
 
 
+def test_a_home_cluster_not_listed_in_home_clusters_keeps_no_copies() -> None:
+    view = mirror(cr(), statuses=(accepted(SPLIT_6_4_2),))
+
+    ((_, patch),) = view.standby_status_patches("s1az1", is_home=False)
+
+    assert patch["status"]["state"] == "NotActive"
+    assert patch["status"]["message"] == (
+        "not applied: s1az2 is not one of the GSLBConfig's homeClusters; the active home "
+        "cluster is s1az1"
+    )
+
+
 # Takeover ---------------------------------------------------------------------------------------
 
 
