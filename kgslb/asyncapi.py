@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, create_model
 
 from shared import subjects, wire
 from shared.models import (
+    ActiveHome,
     ClusterStatus,
     DnsQueryLog,
     GslbService,
@@ -29,6 +30,7 @@ from shared.models import (
     PolicyStatus,
     SyncMarker,
     Tombstone,
+    WatcherHeartbeat,
     ZoneSpec,
 )
 
@@ -173,6 +175,25 @@ CHANNELS = (
         f"of a silent replica move to the others.",
         senders=("health",),
         receivers=("health",),
+    ),
+    Channel(
+        "watcher-heartbeats",
+        _kv(subjects.KV_LEASES, subjects.WATCHER_KEYS.replace("*", "{cluster}")),
+        (WatcherHeartbeat,),
+        f"KV bucket {subjects.KV_LEASES}: the heartbeat of every watcher; a possible home "
+        f"cluster whose watcher stays silent is unreachable and may be failed over.",
+        senders=("watcher",),
+        receivers=("reconciler",),
+    ),
+    Channel(
+        "home",
+        _kv(subjects.KV_LEASES, subjects.HOME_KEY),
+        (ActiveHome,),
+        f"KV bucket {subjects.KV_LEASES}: the active home cluster (GSLBConfig homeClusters), "
+        f"written by the reconciler leader by compare-and-set; its watcher publishes the "
+        f"policies, the other home watchers keep copies.",
+        senders=("reconciler",),
+        receivers=("watcher", "reconciler"),
     ),
     Channel(
         "dnslog",

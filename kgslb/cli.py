@@ -130,6 +130,27 @@ def status(ctx: typer.Context) -> None:
     run(show_status(settings))
 
 
+@app.command(context_settings=SETTINGS_CONTEXT)
+def home(ctx: typer.Context) -> None:
+    """Show the active home cluster and each possible home; --activate CLUSTER fails over by
+    hand."""
+    from kgslb.home import HomeSettings, run_home
+    from shared.runtime import run
+
+    try:
+        settings = load_settings(HomeSettings, parse_flags(ctx.args, HomeSettings))
+    except SettingsError as exc:
+        print(f"kgslb home: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    code: list[int] = []
+
+    async def main() -> None:
+        code.append(await run_home(settings))
+
+    run(main())
+    raise typer.Exit(code[0] if code else 1)
+
+
 @app.command()
 def check(
     fqdn: str = typer.Argument(..., help="the GSLB name, e.g. hello.avi.iberia.local"),

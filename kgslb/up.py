@@ -228,6 +228,15 @@ def seed_messages(config: StackConfig) -> list[tuple[str, wire.WireModel]]:
     return messages
 
 
+def home_clusters(config: StackConfig) -> list[str]:
+    """The clusters whose watcher runs the home role: homeCluster, and the other possible
+    homes the GSLBConfig lists in homeClusters (their watchers keep copies of the policies and
+    take over when the active home is lost)."""
+    spec = config.gslb_config.spec if config.gslb_config else {}
+    listed = [str(c) for c in spec.get("homeClusters") or [] if str(c) in config.clusters]
+    return [config.home_cluster, *(c for c in listed if c != config.home_cluster)]
+
+
 def load_stack_config(path: Path) -> StackConfig:
     try:
         raw = yaml.safe_load(path.read_text())
@@ -445,8 +454,9 @@ class Stack:
         self.backends_control = _wait_for_file(control_file, backends, 10)
 
         env = {"KGSLB_NATS_URL": self.nats.url}
+        homes = home_clusters(config)
         for cluster in config.clusters:
-            home = ["--home", "true"] if cluster == config.home_cluster else []
+            home = ["--home", "true"] if cluster in homes else []
             self._start_service(
                 f"watcher-{cluster}",
                 ["watcher", "--kubeconfig", str(self.kubeconfig), "--context", cluster, *home],

@@ -145,12 +145,18 @@ class PolicyObject(WireModel):
     resource_version: str = ""
     spec: dict[str, Any]
     observed_at: datetime = Field(default_factory=utcnow)
+    home_cluster: str = Field(
+        default="",
+        description="the home cluster whose watcher published it (empty: published without "
+        "a home watcher, as `kgslb up`'s seed is)",
+    )
 
 
 class PolicyDeleted(WireModel):
     KIND = "PolicyDeleted"
     ref: PolicyRef
     deleted_at: datetime = Field(default_factory=utcnow)
+    home_cluster: str = Field(default="", description="as in PolicyObject")
 
 
 class PolicyState(StrEnum):
@@ -175,6 +181,16 @@ class PolicyStatus(WireModel):
         default=None,
         description="the spec in force, so a restarted or new leader reconciler keeps it",
     )
+
+
+class CopyState(StrEnum):
+    """The state a standby home watcher writes into the status of its kgslb CRs (the active
+    home's CRs get the reconciler's Accepted or Rejected)."""
+
+    COPY = "Copy"
+    """A copy of the version in force in the active home cluster."""
+    NOT_ACTIVE = "NotActive"
+    """An edit or a new CR in a standby home cluster: not applied."""
 
 
 class ClusterState(StrEnum):
@@ -411,6 +427,48 @@ class Lease(WireModel):
     renewed_at: datetime
     expires_at: datetime = Field(description="renewed_at + ttl_seconds, for humans")
     ttl_seconds: float
+
+
+# Home clusters (watchers, reconciler leader -> KV kgslb_leases) ------------------------------
+
+
+class WatcherHeartbeat(WireModel):
+    """A watcher is alive. Rewritten to KV `kgslb_leases` (`watcher_key`) every heartbeat
+    period; the reconciler leader counts a home cluster reachable while its watcher's key keeps
+    changing with state Connected, so a home whose whole site went dark (watcher included)
+    is noticed too."""
+
+    KIND = "WatcherHeartbeat"
+    cluster: str
+    state: ClusterState | None = Field(
+        description="as in ClusterStatus; None until the first lists finished"
+    )
+    home: bool = Field(default=False, description="runs the home role (--home true)")
+    publishing: bool = Field(
+        default=False, description="publishes its kgslb CRs as the policy right now"
+    )
+    serving_term: int | None = Field(
+        default=None,
+        description="the `ActiveHome.term` in which it last published as the active home "
+        "(0: as the one home of a setup without homeClusters; None: never): a restarted "
+        "watcher whose term is still current resumes without resetting its CRs",
+    )
+    heartbeat_at: datetime
+    interval_seconds: float
+    replica: str = ""
+
+
+class ActiveHome(WireModel):
+    """Which possible home cluster holds the policy: its kgslb CRs are published, the other
+    homes keep copies. KV `kgslb_leases`, key `home`; only the reconciler leader changes it,
+    by compare-and-set, so every watcher and every later leader agrees."""
+
+    KIND = "ActiveHome"
+    active: str
+    term: int = Field(ge=1, description="counts the changes of the active home, from 1")
+    since: datetime
+    reason: str
+    home_clusters: list[str] = Field(description="the GSLBConfig's homeClusters, in order")
 
 
 # DNS query log (dns -> stream) --------------------------------------------------------------

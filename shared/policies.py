@@ -27,6 +27,8 @@ from shared.models import (
 
 API_GROUP = "kgslb.io"
 API_VERSION = "v1alpha1"
+COPY_OF_ANNOTATION = f"{API_GROUP}/copy-of"
+"""On a kgslb CR in a standby home cluster: the active home cluster it is a copy from."""
 
 
 class Spec(BaseModel):
@@ -291,6 +293,13 @@ class ZoneConfig(Spec):
     )
 
 
+def _each_once(clusters: list[str]) -> list[str]:
+    twice = sorted({cluster for cluster in clusters if clusters.count(cluster) > 1})
+    if twice:
+        raise ValueError(f"lists {', '.join(twice)} more than once; name each cluster once")
+    return clusters
+
+
 class GSLBConfigSpec(Spec):
     """The one active GSLB configuration: member clusters, zones, runtime knobs."""
 
@@ -307,3 +316,21 @@ class GSLBConfigSpec(Spec):
         default="INFO", description="reconciler log level, applied at runtime"
     )
     zones: list[ZoneConfig] = Field(default_factory=list)
+    home_clusters: Annotated[list[ClusterName], AfterValidator(_each_once)] = Field(
+        default_factory=list,
+        description="possible home clusters in failover order: the active one's kgslb custom "
+        "resources are the policy and are copied to the others (empty: one home cluster, as "
+        "before, no copies and no failover)",
+    )
+    automatic_home_failover: bool = Field(
+        default=False,
+        description="when the active home cluster stays unreachable for homeFailoverSeconds, "
+        "the next reachable one in homeClusters becomes active",
+    )
+    home_failover_seconds: int = Field(
+        default=30,
+        ge=3,
+        le=86400,
+        description="seconds the active home cluster must stay unreachable before the next "
+        "one takes over (automaticHomeFailover)",
+    )

@@ -40,6 +40,8 @@ KV_LEASES = "kgslb_leases"
 """Leader lease of the reconciler and heartbeats of health replicas (TTL'd bucket)."""
 
 RECONCILER_LEASE_KEY = "reconciler"
+HOME_KEY = "home"
+"""KV `kgslb_leases`: the active home cluster (`ActiveHome`), written by the reconciler leader."""
 
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 _ESCAPE = "="
@@ -145,3 +147,12 @@ HEALTH_REPLICA_KEYS = "health.*"
 
 def health_replica_key(replica: str) -> str:
     return f"health.{encode_token(replica)}"
+
+
+WATCHER_KEYS = "watcher.*"
+"""KV `kgslb_leases` filter matching the heartbeat of every watcher."""
+
+
+def watcher_key(cluster: str) -> str:
+    """The heartbeat of the watcher of one cluster (`WatcherHeartbeat`)."""
+    return f"watcher.{encode_token(cluster)}"

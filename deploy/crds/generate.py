@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from shared.models import PolicyKind
+from shared.models import CopyState, PolicyKind, PolicyState
 from shared.policies import (
     API_GROUP,
     API_VERSION,
@@ -82,9 +82,19 @@ def spec_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "Written by the home watcher from the reconciler's verdict.",
+    "description": "Written by the home watcher from the reconciler's verdict; in a standby "
+    "home cluster (GSLBConfig homeClusters), by its watcher: a copy, or not applied.",
     "properties": {
-        "state": {"type": "string", "enum": ["Accepted", "Rejected"]},
+        "state": {
+            "type": "string",
+            "enum": [
+                *(state.value for state in PolicyState),
+                *(state.value for state in CopyState),
+            ],
+            "description": "Accepted or Rejected by the reconciler; Copy: a copy of the version "
+            "in force in the active home cluster; NotActive: an edit or object in a standby home "
+            "cluster, not applied",
+        },
         "message": {
             "type": "string",
             "description": "what the object does, or every problem: field, value, what is allowed",
@@ -99,6 +109,11 @@ STATUS_SCHEMA: dict[str, Any] = {
             "format": "int64",
             "nullable": True,
             "description": "the generation in force (an older one while an edit is Rejected)",
+        },
+        "activeHome": {
+            "type": "string",
+            "description": "the active home cluster, whose objects are the policy (with "
+            "homeClusters)",
         },
     },
 }

@@ -89,18 +89,25 @@ def dead_letter(service: str) -> str:
     return f"{subjects.DEADLETTER_PREFIX}.{subjects.encode_token(service)}.>"
 
 
+def watcher_heartbeats() -> str:
+    """`$KV.kgslb_leases.watcher.*`: a watcher writes its own heartbeat, never a lease."""
+    return f"$KV.{subjects.KV_LEASES}.{subjects.WATCHER_KEYS}"
+
+
 GRANTS: dict[str, Grant] = {
     "watcher": Grant(
-        summary="publishes what its cluster holds and whether it reaches it; the home watcher "
-        "reads CR and cluster status back",
+        summary="publishes what its cluster holds and whether it reaches it, and its heartbeat; "
+        "the home watcher reads CR and cluster status back and the active home cluster",
         publishes=(
             f"{subjects.EVENTS_PREFIX}.>",
             f"{subjects.SYNC_PREFIX}.>",
             f"{subjects.POLICY_PREFIX}.>",
             every_cluster_status(),
             dead_letter("watcher"),
+            watcher_heartbeats(),
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
+        reads_buckets=(subjects.KV_LEASES,),
     ),
     "reconciler": Grant(
         summary="owns the streams and buckets, writes desired state and CR status",

@@ -24,6 +24,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.reconciler.gc_tuning import GcTuning
+from services.reconciler.home_keeper import HomeKeeper
 from services.reconciler.lease import Leadership, Step
 from services.reconciler.names import RejectedName, newly_rejected
 from services.reconciler.plan import PlanDelta, Planner
@@ -193,6 +194,7 @@ class Reconciler:
         self._zones: KvMirror | None = None
         self._leases: KeyValue | None = None
         self._lease_nc: Client | None = None
+        self._homes: HomeKeeper | None = None
 
     @property
     def ready(self) -> bool:
@@ -217,6 +219,9 @@ class Reconciler:
             self.js, buckets[subjects.KV_ZONES], subjects.KV_ZONES, self.leadership
         )
         await self._load_statuses()
+        self._homes = HomeKeeper(
+            self._leases, self.leadership, lambda: self.planner.policies.config, self.settings
+        )
         sub = await self.js.subscribe(
             subjects.EVENTS_STREAM_SUBJECTS[0],
             stream=subjects.STREAM_EVENTS,
@@ -231,7 +236,9 @@ class Reconciler:
             self.caught_up.set()
             self._dirty.set()
         try:
-            await asyncio.gather(self._plan_loop(), self._lease_loop(), self._resync_loop())
+            await asyncio.gather(
+                self._plan_loop(), self._lease_loop(), self._resync_loop(), self._homes.run()
+            )
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -271,8 +278,9 @@ class Reconciler:
                 self.nc, SERVICE, msg.subject, msg.data, str(exc), bus.stream_position(msg)
             )
         else:
-            self.planner.apply(message)
-            EVENTS_APPLIED.labels(message.KIND).inc()
+            if not await self._from_inactive_home(message):
+                self.planner.apply(message)
+                EVENTS_APPLIED.labels(message.KIND).inc()
         if not self.caught_up.is_set():
             self._replayed += 1
             if self._replayed % YIELD_EVERY_EVENTS == 0:
@@ -292,6 +300,23 @@ class Reconciler:
             self.caught_up.set()
         if self.caught_up.is_set():
             self._dirty.set()
+
+    async def _from_inactive_home(self, message: wire.WireModel) -> bool:
+        """A live policy change from a home cluster that is not the active one is ignored
+        (the replay keeps what the stream holds: the active home rewrites it on takeover)."""
+        if not isinstance(message, PolicyObject | PolicyDeleted) or self._homes is None:
+            return False
+        if not self.caught_up.is_set() or not message.home_cluster:
+            return False
+        if not await self._homes.from_inactive_home(message.home_cluster):
+            return False
+        active = self._homes.current.active if self._homes.current else "?"
+        log.warning(
+            "ignored %s of %s from home cluster %s: the active home cluster is %s",
+            message.KIND, message.ref, message.home_cluster, active,
+            extra={"policy": str(message.ref), "cluster": message.home_cluster},
+        )  # fmt: skip
+        return True
 
     # Leadership -----------------------------------------------------------------------------
 

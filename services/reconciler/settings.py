@@ -16,3 +16,17 @@ class ReconcilerSettings(ServiceSettings):
         le=300,
         description="leader lease TTL: a standby takes over within 2 x TTL of a leader's death",
     )
+    home_check_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often the home watchers' heartbeats are read and the active home "
+        "cluster is decided (GSLBConfig homeClusters)",
+    )
+    home_heartbeat_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="a home cluster whose watcher's heartbeat is older than this is not "
+        "reachable, so no failover goes to it",
+    )

@@ -27,6 +27,7 @@ from prometheus_client import Counter, Gauge
 
 from services.watcher import kube
 from services.watcher.backoff import Backoff
+from services.watcher.home import Heartbeat, Home
 from services.watcher.publisher import OrderedPublisher
 from services.watcher.settings import WatcherSettings
 from services.watcher.translate import Skip
@@ -43,7 +44,7 @@ from shared.models import (
     SyncMarker,
     utcnow,
 )
-from shared.runtime import run_service
+from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
 SERVICE = "watcher"
@@ -127,7 +128,10 @@ class Watcher:
         self.api = api
         self.cluster = cluster
         self.view = ClusterView(cluster)
-        self.policies = PolicyView()
+        self.policies = PolicyView(cluster if settings.home else "")
+        self.home: Home | None = None
+        """The home role (--home true): publishes the CRs, or keeps copies of them."""
+        self._policy_lock = asyncio.Lock()
         self.calls = kube.list_calls(api, settings.home)
         self.resources = list(self.calls)
         self._listed: set[str] = set()
@@ -163,19 +167,41 @@ class Watcher:
             parts.append("failing: " + "; ".join(problems.values()))
         if self._publisher is not None and not self._publisher.healthy:
             parts.append("JetStream does not ack")
+        if self.home is not None:
+            parts.append(f"home role {self.home.role.value}")
+            parts.extend(self.home.problems)
         return ", ".join(parts)
 
     async def run(self) -> None:
         js = self.nc.jetstream()
-        await bus.bootstrap(js, self.settings.stream_replicas)
+        buckets = await bus.bootstrap(js, self.settings.stream_replicas)
         sink = kube.Sink(asyncio.get_running_loop(), self.settings.max_pending_changes)
         self._publisher = OrderedPublisher(
             js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published
         )
         tasks = [self._consume(sink, self._publisher), self._report_cluster(js)]
+        heartbeat = Heartbeat(
+            buckets[subjects.KV_LEASES],
+            self.cluster,
+            self.settings,
+            lambda: self._cluster_status,
+            replica_name(self.settings),
+        )
         subscription = None
         if self.settings.home:
             await self._seed_policies(js)
+            self.home = Home(
+                self.cluster,
+                self.settings,
+                self.api,
+                self.policies,
+                heartbeat,
+                self._policy_lock,
+                self._status_dirty,
+            )
+            # Before anything is listed: a home back after a failover publishes nothing.
+            await self.home.start(js, self._publisher.publish)
+            tasks.append(self.home.run())
             subscription = await js.subscribe(
                 f"{subjects.STATUS_PREFIX}.>",
                 stream=subjects.STREAM_STATUS,
@@ -187,6 +213,8 @@ class Watcher:
                 deliver_policy=DeliverPolicy.ALL,
             )
             tasks.append(self._write_statuses())
+        else:
+            tasks.append(heartbeat.run())
         watches = [
             kube.ListWatch(
                 self.cluster,
@@ -221,13 +249,14 @@ class Watcher:
                 batch.append(sink.queue.get_nowait())
             outgoing = []
             listed = []
-            for item in batch:
-                decision = self._decide(item)
-                if decision is not None:
-                    outgoing.extend(decision.messages)
-                if isinstance(item, kube.Listed):
-                    listed.append(item.resource)
-            await publisher.publish(outgoing)
+            async with self._policy_lock:
+                for item in batch:
+                    decision = self._decide(item)
+                    if decision is not None:
+                        outgoing.extend(decision.messages)
+                    if isinstance(item, kube.Listed):
+                        listed.append(item.resource)
+                await publisher.publish(outgoing)
             for resource in listed:
                 self._listed.add(resource)
             REACHABLE.labels(self.cluster).set(0 if self._problems() else 1)
@@ -249,7 +278,7 @@ class Watcher:
                     extra={"cluster": self.cluster, "resource": item.resource},
                 )  # fmt: skip
             if isinstance(kind, PolicyKind):
-                decision = self.policies.listed(kind, item.items)
+                decision = self._policies_listed(kind, item)
             else:
                 decision = self.view.listed(kind, item.items)
             log.info(
@@ -260,11 +289,26 @@ class Watcher:
         else:
             KUBE_EVENTS.labels(self.cluster, item.resource, item.type).inc()
             if isinstance(kind, PolicyKind):
-                decision = self.policies.changed(kind, item.type, item.obj)
+                decision = self._policies_changed(kind, item)
             else:
                 decision = self.view.changed(kind, item.type, item.obj)
         self._report(decision)
         return decision
+
+    def _policies_listed(self, kind: PolicyKind, listed: kube.Listed) -> Decision:
+        """The home role sees every list; the CRs become policy only while it publishes."""
+        if self.home is not None:
+            self.home.observe_listed(kind, listed.items)
+            if not self.home.publishing:
+                return Decision()
+        return self.policies.listed(kind, listed.items)
+
+    def _policies_changed(self, kind: PolicyKind, changed: kube.Changed) -> Decision:
+        if self.home is not None:
+            self.home.observe_changed(kind, changed.type, changed.obj)
+            if not self.home.publishing:
+                return Decision()
+        return self.policies.changed(kind, changed.type, changed.obj)
 
     def _failed(self, failure: kube.Failed) -> None:
         RELISTS.labels(self.cluster, failure.resource, failure.reason).inc()
@@ -417,6 +461,8 @@ class Watcher:
             self.policies.want_status(status)
         elif isinstance(status, ClusterStatus):
             self.policies.want_cluster(status)
+        if self.home is not None:
+            self.home.on_status(status)
         self._status_dirty.set()
 
     async def _write_statuses(self) -> None:
@@ -424,7 +470,8 @@ class Watcher:
         while True:
             await self._status_dirty.wait()
             self._status_dirty.clear()
-            for ref, patch in self.policies.status_patches():
+            assert self.home is not None
+            for ref, patch in self.home.status_patches():
                 try:
                     status = await asyncio.to_thread(kube.patch_status, self.api, ref, patch)
                 except ApiException as exc:
@@ -436,7 +483,7 @@ class Watcher:
                     failure = exc
                 else:
                     STATUS_WRITES.labels("ok").inc()
-                    self.policies.record_status(ref, status)
+                    self.home.record_status(ref, status)
                     backoff.reset()
                     written = patch["status"]
                     log.info(

@@ -46,3 +46,10 @@ class WatcherSettings(ServiceSettings):
     max_pending_changes: int = Field(
         default=10000, ge=1, description="watch events read ahead of publishing (back-pressure)"
     )
+    heartbeat_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often the watcher rewrites its heartbeat in KV kgslb_leases and a "
+        "home watcher reads the active home cluster",
+    )

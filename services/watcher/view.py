@@ -161,7 +161,11 @@ class PolicyView:
     (including the ones this watcher writes) are not republished either.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, home_cluster: str = "") -> None:
+        self.home_cluster = home_cluster
+        """Stamped on every policy message, so the reconciler can tell which home sent it."""
+        self.active_home: str | None = None
+        """Written into every CR's status as `activeHome` once several homes are configured."""
         self._published: dict[PolicyRef, _PolicyState] = {}
         self._status: dict[PolicyRef, dict[str, Any]] = {}
         """Current `status` of every CR that exists, from list, watch and our own writes."""
@@ -169,11 +173,31 @@ class PolicyView:
         self._clusters: dict[str, ClusterStatus] = {}
 
     def seed(self, messages: Iterable[WireModel]) -> None:
+        """What this home published before (another home's messages are not ours to delete)."""
+        ours = ("", self.home_cluster)
         for message in messages:
+            if not isinstance(message, PolicyObject | PolicyDeleted):
+                continue
+            if message.home_cluster not in ours:
+                continue
             if isinstance(message, PolicyObject):
                 self._published[message.ref] = _PolicyState(message.generation, message.spec)
             elif isinstance(message, PolicyDeleted):
                 self._published.pop(message.ref, None)
+
+    def restart_from(self, messages: Iterable[WireModel]) -> None:
+        """A home cluster that becomes active: every CR it holds is published (stamped with
+        its name), and every policy of the stream that it does not hold is deleted, whoever
+        published it."""
+        self._published.clear()
+        for message in messages:
+            if isinstance(message, PolicyObject):
+                # Generation 0 never matches a CR's: each is published again.
+                self._published[message.ref] = _PolicyState(0, message.spec)
+
+    def forget(self, ref: PolicyRef) -> None:
+        """The stream's last word on `ref` is no longer ours: publish it again."""
+        self._published.pop(ref, None)
 
     def published_refs(self) -> list[PolicyRef]:
         return sorted(self._published, key=str)
@@ -185,7 +209,7 @@ class PolicyView:
             self._upsert(kind, obj, decision, present)
         for ref in [r for r in self._published if r.kind == kind and r not in present]:
             del self._published[ref]
-            decision.messages.append((ref.subject, PolicyDeleted(ref=ref)))
+            decision.messages.append((ref.subject, self.deleted(ref)))
         for known in (self._status, self._desired):
             for ref in [r for r in known if r.kind == kind and r not in present]:
                 del known[ref]
@@ -204,8 +228,11 @@ class PolicyView:
         self._status.pop(ref, None)
         self._desired.pop(ref, None)
         if self._published.pop(ref, None) is not None:
-            decision.messages.append((ref.subject, PolicyDeleted(ref=ref)))
+            decision.messages.append((ref.subject, self.deleted(ref)))
         return decision
+
+    def deleted(self, ref: PolicyRef) -> PolicyDeleted:
+        return PolicyDeleted(ref=ref, home_cluster=self.home_cluster)
 
     def _upsert(self, kind: PolicyKind, obj: Obj, decision: Decision, seen: set[PolicyRef]) -> None:
         try:
@@ -213,6 +240,8 @@ class PolicyView:
         except BadObject as exc:
             decision.problems.append(str(exc))
             return
+        if self.home_cluster:
+            message = message.model_copy(update={"home_cluster": self.home_cluster})
         ref = message.ref
         seen.add(ref)
         self._status[ref] = cr_status(obj)
@@ -232,6 +261,8 @@ class PolicyView:
 
     def _wanted(self, ref: PolicyRef) -> dict[str, Any]:
         wanted = dict(self._desired.get(ref, {}))
+        if wanted and self.active_home is not None:
+            wanted["activeHome"] = self.active_home
         if ref.kind == PolicyKind.GSLB_CONFIG and self._clusters:
             wanted["clusters"] = cluster_entries(self._clusters.values())
         return wanted

@@ -95,7 +95,7 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("SRV malformed", record("SRV", "0 5 99999 sip"), "spec.zones[0].records[0].value = '0 5 99999 sip': not '<priority> <weight> <port> <target>' (type SRV)"),
     ("record outside zone", record("A", "10.0.0.1", name="www.other.local."), "spec.zones[0].records[0].name = 'www.other.local.': outside zone avi.iberia.local"),
     ("unknown record type", record("HINFO", "x"), "spec.zones[0].records[0].type = 'HINFO': Input should be 'A', 'AAAA', 'CNAME', 'TXT', 'SRV', 'MX', 'NS' or 'PTR'"),
-    ("unknown field", config(leader="10.10.20.42"), "spec.leader = '10.10.20.42': unknown field (allowed: logLevel, memberClusters, refreshInterval, zones)"),
+    ("unknown field", config(leader="10.10.20.42"), "spec.leader = '10.10.20.42': unknown field (allowed: automaticHomeFailover, homeClusters, homeFailoverSeconds, logLevel, memberClusters, refreshInterval, zones)"),
 ]
 
 GDP_CASES: list[tuple[str, dict[str, Any], str]] = [

@@ -346,3 +346,52 @@ def test_cluster_states_go_to_gslbconfigs_only() -> None:
     view.listed(GDP, [cr("g")])
     view.want_cluster(cluster("s2", ClusterState.CONNECTED))
     assert view.status_patches() == []
+
+
+# Several homes ------------------------------------------------------------------------------
+
+
+def gdp_cr(name: str, generation: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "default", "generation": generation},
+        "spec": {"ttl": 10},
+    }
+
+
+def gdp(name: str) -> PolicyRef:
+    return PolicyRef(kind=PolicyKind.GLOBAL_DEPLOYMENT_POLICY, namespace="default", name=name)
+
+
+def test_a_home_never_deletes_what_another_home_published() -> None:
+    view = PolicyView(home_cluster="s1az2")
+    view.seed([PolicyObject(ref=gdp("theirs"), spec={}, home_cluster="s1az1")])
+
+    decision = view.listed(PolicyKind.GLOBAL_DEPLOYMENT_POLICY, [])
+
+    assert decision.messages == []
+
+
+def test_a_home_stamps_its_name_on_what_it_publishes() -> None:
+    view = PolicyView(home_cluster="s1az2")
+
+    decision = view.listed(PolicyKind.GLOBAL_DEPLOYMENT_POLICY, [gdp_cr("mine")])
+    deleted = view.changed(PolicyKind.GLOBAL_DEPLOYMENT_POLICY, "DELETED", gdp_cr("mine"))
+
+    (_, published), (_, gone) = decision.messages + deleted.messages
+    assert isinstance(published, PolicyObject) and published.home_cluster == "s1az2"
+    assert isinstance(gone, PolicyDeleted) and gone.home_cluster == "s1az2"
+
+
+def test_a_home_that_becomes_active_republishes_all_and_deletes_what_it_lacks() -> None:
+    view = PolicyView(home_cluster="s1az2")
+    view.restart_from(
+        [
+            PolicyObject(ref=gdp("kept"), spec={"ttl": 10}, home_cluster="s1az1"),
+            PolicyObject(ref=gdp("gone"), spec={"ttl": 10}, home_cluster="s1az1"),
+        ]
+    )
+
+    decision = view.listed(PolicyKind.GLOBAL_DEPLOYMENT_POLICY, [gdp_cr("kept")])
+
+    assert kinds_and_names(decision) == [("PolicyObject", "kept"), ("PolicyDeleted", "gone")]
+    assert all(message.home_cluster == "s1az2" for _, message in decision.messages)
