@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from shared.models import CopyState, PolicyKind, PolicyState
+from shared.models import ClusterState, CopyState, PolicyKind, PolicyState
 from shared.policies import (
     API_GROUP,
     API_VERSION,
@@ -114,6 +114,19 @@ STATUS_SCHEMA: dict[str, Any] = {
             "type": "string",
             "description": "the active home cluster, whose objects are the policy (with "
             "homeClusters)",
+        },
+        "clusters": {
+            "type": "array",
+            "description": "GSLBConfig only: each member cluster as its watcher reaches it",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "cluster": {"type": "string"},
+                    "state": {"type": "string", "enum": [s.value for s in ClusterState]},
+                    "message": {"type": "string"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                },
+            },
         },
     },
 }
