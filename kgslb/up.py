@@ -93,7 +93,7 @@ class ClusterSpec(_Strict):
     apply: list[str] = Field(default_factory=list, description="manifests, relative to the file")
     dns: Listen | None = Field(
         default=None,
-        description="a site layout: this site's DNS; its host is the glue of ns-<cluster>.<zone>",
+        description="a site layout: this site's DNS; its host is the address of ns-<cluster>.<zone>",
     )
     nats: SiteNats | None = Field(default=None, description="a site layout: this site's NATS")
 
@@ -330,7 +330,7 @@ def site_layout_problem(config: StackConfig) -> str:
         except ValueError:
             return (
                 f"clusters.{cluster}.dns.host: {spec.dns.host!r} is not an IP address (it is "
-                f"the glue of ns-{cluster}.<zone>)"
+                f"the address of ns-{cluster}.<zone>)"
             )
         wanted = [
             (f"clusters.{cluster}.dns", spec.dns.host, spec.dns.port),
