@@ -55,10 +55,14 @@ SAMPLE_QUERIES = 120
 
 
 def stack_file(workdir: Path, dns_port: int) -> Path:
-    """The seed stack on free ports, with the quick monitor in its GDP."""
+    """The seed's clusters as a single site (one nats-server, one of each service, as the
+    soak has always measured) on free ports, with the quick monitor in its GDP."""
     config = yaml.safe_load(SEED.read_text())
-    config["dns"]["port"] = dns_port
-    config["nats"]["port"] = free_port()
+    config["dns"] = {"host": "127.0.0.1", "port": dns_port}
+    config["nats"] = {"host": "127.0.0.1", "port": free_port()}
+    for cluster in config["clusters"].values():
+        cluster.pop("dns", None)
+        cluster.pop("nats", None)
     config["kubeApi"]["port"] = 0
     config["backends"]["port"] = free_port()
     documents = list(yaml.safe_load_all((SEED.parent / "global-gdp.yaml").read_text()))

@@ -196,6 +196,60 @@ def backend(
     print(f"{cluster}: {result}")
 
 
+site_app = typer.Typer(
+    help="Take one site of a running `kgslb up` down, or bring it back (a stack file whose "
+    "clusters each have their own dns and nats, like the seed's).",
+    no_args_is_help=True,
+)
+app.add_typer(site_app, name="site")
+
+
+def _site_command(cluster: str, action: str, state_dir: Path) -> None:
+    from kgslb.control import site_action
+    from kgslb.embedded import StartupError
+    from kgslb.up import read_state
+
+    try:
+        state = read_state(state_dir)
+        if "control" not in state:
+            raise StartupError(
+                f"the `kgslb up` of {state_dir} runs a single site: give each cluster of its "
+                "stack file its own dns and nats (see examples/seed/kgslb.yaml)"
+            )
+        done = site_action(state["control"], cluster, action)
+    except (StartupError, OSError, RuntimeError) as exc:
+        print(f"kgslb site {action}: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    for line in done:
+        print(f"{cluster}: {line}")
+
+
+@site_app.command("fail")
+def site_fail(
+    cluster: str = typer.Argument(..., help="the site's cluster, e.g. s1az1"),
+    cut: bool = typer.Option(
+        False,
+        "--cut",
+        help="a network cut instead: stop only the site's nats-server and Kubernetes API; its "
+        "DNS keeps answering from memory, its other services keep running, cut off",
+    ),
+    state_dir: Path = typer.Option(Path(".kgslb"), help="the state directory of `kgslb up`"),
+) -> None:
+    """Lose a whole site at once: kill its nats-server, DNS, health, reconciler and watcher,
+    stop its cluster's API server and its hello backend. Prints one line per part."""
+    _site_command(cluster, "cut" if cut else "fail", state_dir)
+
+
+@site_app.command("restore")
+def site_restore(
+    cluster: str = typer.Argument(..., help="the site's cluster, e.g. s1az1"),
+    state_dir: Path = typer.Option(Path(".kgslb"), help="the state directory of `kgslb up`"),
+) -> None:
+    """Bring a failed or cut site back: start whatever of it is stopped, its nats-server
+    first. Prints one line per part."""
+    _site_command(cluster, "restore", state_dir)
+
+
 # ----- watcher and kube-sim (issue 4) -------------------------------------------------------
 
 _service_command(

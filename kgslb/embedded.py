@@ -99,8 +99,16 @@ class ManagedProcess:
         return self.process is not None and self.process.poll() is None
 
     def kill9(self) -> None:
+        self.kill()
+        self.reap()
+
+    def kill(self) -> None:
+        """SIGKILL without waiting (kill many at once, then `reap` each)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
+
+    def reap(self) -> None:
+        if self.process is not None:
             self.process.wait()
 
     def terminate(self) -> None:
@@ -127,7 +135,12 @@ class NatsServer(ManagedProcess):
     """nats-server with JetStream, file storage under `store_dir`."""
 
     def __init__(
-        self, store_dir: Path, host: str = "127.0.0.1", port: int = 0, config: Path | None = None
+        self,
+        store_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config: Path | None = None,
+        name: str = "nats-server",
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
@@ -143,9 +156,7 @@ class NatsServer(ManagedProcess):
         ]
         if config is not None:
             argv += ["-c", str(config)]
-        super().__init__(
-            "nats-server", argv, store_dir.parent / "nats-server.log", dict(os.environ)
-        )
+        super().__init__(name, argv, store_dir.parent / f"{name}.log", dict(os.environ))
 
     @property
     def url(self) -> str:
@@ -153,11 +164,43 @@ class NatsServer(ManagedProcess):
 
     def start(self) -> None:
         self.spawn()
+        self.wait_listening()
+
+    def wait_listening(self, timeout_seconds: float = 10) -> None:
+        """Wait for a spawned server to accept clients; stop it and say why if it does not."""
         try:
-            wait_for_tcp(self.host, self.port, 10, "nats-server")
+            wait_for_tcp(self.host, self.port, timeout_seconds, self.name)
         except StartupError:
             self.stop()
-            raise StartupError(f"nats-server did not start:\n{self.tail()}") from None
+            raise StartupError(f"{self.name} did not start:\n{self.tail()}") from None
+
+
+JETSTREAM_CLUSTER = "kgslb"
+
+
+def site_nats_config(
+    site: str, route_host: str, route_port: int, routes: list[str], cluster: str = JETSTREAM_CLUSTER
+) -> str:
+    """The configuration file of one site's nats-server in a JetStream cluster stretched over
+    the sites (client address, JetStream and its store come from the command line).
+
+    The `site:` tag with `unique_tag` places the replicas of an R3 stream on three different
+    sites, never two on one. `no_advertise` keeps the other sites' servers out of what
+    clients are told: a site's services then only ever talk to their own site's server, so
+    that server going away cuts them off like a network cut would, instead of their
+    reconnecting across sites."""
+    route_urls = ", ".join(f'"{url}"' for url in routes)
+    return (
+        f'server_name: "{site}"\n'
+        f'server_tags: ["site:{site}"]\n'
+        'jetstream { unique_tag: "site:" }\n'
+        "cluster {\n"
+        f'  name: "{cluster}"\n'
+        f'  listen: "{route_host}:{route_port}"\n'
+        f"  routes: [{route_urls}]\n"
+        "  no_advertise: true\n"
+        "}\n"
+    )
 
 
 def service_process(

@@ -56,7 +56,10 @@ def show_up_processes(console: Console, state_dir: Path) -> None:
         table.add_column(column)
     now = datetime.now(UTC)
     for name, child in children.items():
-        if child.get("restart_at"):
+        if child.get("stopped_at"):
+            when = "stopped " + _duration(now - datetime.fromisoformat(child["stopped_at"]))
+            when += " ago (kgslb site restore)"
+        elif child.get("restart_at"):
             wait = datetime.fromisoformat(child["restart_at"]) - now
             when = f"restart in {max(wait.total_seconds(), 0):.1f} s"
         elif child.get("started_at"):

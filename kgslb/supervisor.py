@@ -1,6 +1,8 @@
 """Keeps the children of `kgslb up` running the way a kubelet keeps a pod's containers: a
 child that exits, whatever the reason, is restarted after an exponential back-off that resets
-once it has run stably, and its restarts are published for `kgslb status`."""
+once it has run stably, and its restarts are published for `kgslb status`. Children belong to
+a site (or to none); a site's children can be stopped on purpose (`kgslb site fail`), and stay
+stopped until resumed."""
 
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ class ChildState(StrEnum):
     RUNNING = "running"
     BACKING_OFF = "backing-off"
     """Exited; restarts at `restart_at`."""
+    STOPPED = "stopped"
+    """Stopped on purpose (`kgslb site fail`): not restarted until resumed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +58,14 @@ class ChildRecord:
     name: str
     state: ChildState
     started_at: float
+    site: str = ""
+    """The site (cluster) the child belongs to; empty: the whole stack's (the backends)."""
     restarts: int = 0
     exits_in_a_row: int = 0
     last_exit: str = ""
     last_exit_at: float | None = None
     restart_at: float | None = None
+    stopped_at: float | None = None
 
 
 def describe_exit(returncode: int) -> str:
@@ -92,6 +99,24 @@ def restarted(record: ChildRecord, now: float) -> ChildRecord:
     return replace(record, state=ChildState.RUNNING, started_at=now, restart_at=None)
 
 
+def stopped_on_purpose(record: ChildRecord, now: float) -> ChildRecord:
+    """The record of a child stopped on purpose: no restart is due, whatever its state was."""
+    return replace(record, state=ChildState.STOPPED, restart_at=None, stopped_at=now)
+
+
+def resumed(record: ChildRecord, now: float) -> ChildRecord:
+    """The record of a child started again after a stop on purpose. Not a restart: the stop
+    was no failure, so neither the restart count nor the back-off moves."""
+    return replace(
+        record,
+        state=ChildState.RUNNING,
+        started_at=now,
+        exits_in_a_row=0,
+        restart_at=None,
+        stopped_at=None,
+    )
+
+
 def exit_line(record: ChildRecord, log_path: Path) -> str:
     """The one line `kgslb up` prints for an exit (`record` as `after_exit` returned it)."""
     assert record.last_exit_at is not None and record.restart_at is not None
@@ -123,11 +148,11 @@ class Supervisor:
         self._processes: dict[str, ManagedProcess] = {}
         self._records: dict[str, ChildRecord] = {}
 
-    def adopt(self, process: ManagedProcess) -> None:
-        """Supervise `process` from now on (started, in dependency order)."""
+    def adopt(self, process: ManagedProcess, site: str = "") -> None:
+        """Supervise `process` from now on (started, in dependency order), as part of `site`."""
         self._processes[process.name] = process
         self._records[process.name] = ChildRecord(
-            process.name, ChildState.RUNNING, started_at=self._clock()
+            process.name, ChildState.RUNNING, started_at=self._clock(), site=site
         )
 
     @property
@@ -139,6 +164,8 @@ class Supervisor:
         changed = False
         for name, process in self._processes.items():
             record = self._records[name]
+            if record.state is ChildState.STOPPED:
+                continue
             now = self._clock()
             if record.state is ChildState.RUNNING and not process.running:
                 assert process.process is not None
@@ -165,6 +192,55 @@ class Supervisor:
         """The children in the order they were adopted: their dependency order."""
         return list(self._processes)
 
+    def site_names(self, site: str) -> list[str]:
+        """The children of `site`, in dependency order."""
+        return [name for name, record in self._records.items() if record.site == site]
+
+    def pid(self, name: str) -> int | None:
+        process = self._processes[name].process
+        running = self._records[name].state is ChildState.RUNNING
+        return process.pid if running and process is not None else None
+
+    def kill_and_hold(self, names: Iterable[str]) -> list[tuple[str, int | None]]:
+        """SIGKILL each of `names` at once and keep them stopped until `resume`: nothing of
+        theirs gets to say goodbye, as when a site loses power. Returns each child with the
+        pid it had (None: it was not running, say backing off)."""
+        names = list(names)
+        pids = [(name, self.pid(name)) for name in names]
+        for name in names:
+            self._processes[name].kill()
+        now = self._clock()
+        for name in names:
+            self._processes[name].reap()
+            self._records[name] = stopped_on_purpose(self._records[name], now)
+        self._on_change()
+        return pids
+
+    def resume(self, names: Iterable[str]) -> list[tuple[str, int | None]]:
+        """Start again each of `names` that was stopped on purpose; returns each with its
+        new pid (None: it was not stopped, it is left as it is). One that cannot be spawned
+        backs off like one that exited."""
+        started: list[tuple[str, int | None]] = []
+        for name in names:
+            record = self._records[name]
+            if record.state is not ChildState.STOPPED:
+                started.append((name, None))
+                continue
+            now = self._clock()
+            try:
+                self._processes[name].spawn()
+            except OSError as exc:
+                record = after_exit(
+                    resumed(record, now), f"could not start: {exc}", now, self.policy
+                )
+                self._report(exit_line(record, self._processes[name].log_path))
+            else:
+                record = resumed(record, now)
+            self._records[name] = record
+            started.append((name, self.pid(name)))
+        self._on_change()
+        return started
+
     def stop_together(self, names: Iterable[str], grace_seconds: float) -> None:
         """SIGTERM to each of `names` at once, then SIGKILL to those still running after
         `grace_seconds`: stopping a tier takes one grace period, not one per child."""
@@ -190,12 +266,14 @@ class Supervisor:
             running = record.state is ChildState.RUNNING
             out[name] = {
                 "state": record.state.value,
+                "site": record.site or None,
                 "pid": process.pid if running and process is not None else None,
                 "restarts": record.restarts,
                 "started_at": wall(record.started_at) if running else None,
                 "last_exit": record.last_exit or None,
                 "last_exit_at": wall(record.last_exit_at),
                 "restart_at": wall(record.restart_at),
+                "stopped_at": wall(record.stopped_at),
                 "log": str(self._processes[name].log_path),
             }
         return out

@@ -1,30 +1,42 @@
 """`kgslb up`: the seed's whole topology on one machine, on embedded defaults.
 
-Starts a JetStream nats-server, the Kubernetes API simulator with the member clusters, one
-watcher per cluster, the reconciler, the health and DNS services, and a hello backend per site
-on its loopback VIP; then applies the seed's manifests (GSLBConfig, global-gdp, the hello
+Starts JetStream, the Kubernetes API simulator with the member clusters, one watcher per
+cluster, the reconciler, the health and DNS services, and a hello backend per site on its
+loopback VIP; then applies the seed's manifests (GSLBConfig, global-gdp, the hello
 Deployment/Service/Ingress in each cluster) through the Kubernetes API, exactly as a user would
 with kubectl. Every child is supervised like a pod's containers: one that exits is restarted
 with back-off (`kgslb.supervisor`), and its restarts are published in the state file for
 `kgslb status`. Only Ctrl-C or SIGTERM stops the stack.
+
+Two layouts. A single site (the stack file's top-level `dns` and `nats`): one nats-server and
+one of each service. A site layout (every cluster with its own `dns` and `nats`): each cluster
+is a site with its own nats-server, routed into one JetStream cluster, and its own DNS, health,
+reconciler and watcher, which talk only to their site's server; `kgslb site fail|restore`
+(the control endpoint, `kgslb.control`) takes one site down and brings it back.
 """
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kgslb.backends import control_site
+from kgslb.control import ACTIONS, ControlError, ControlServer
 from kgslb.embedded import (
     ManagedProcess,
     NatsServer,
@@ -32,6 +44,8 @@ from kgslb.embedded import (
     free_port,
     port_in_use,
     service_process,
+    site_nats_config,
+    wait_for_tcp,
 )
 from kgslb.supervisor import (
     RestartPolicy,
@@ -64,10 +78,24 @@ class Listen(_Strict):
     port: int = Field(ge=0, le=65535, description="0 picks a free port")
 
 
+class SiteNats(Listen):
+    """A site's nats-server: clients on `host:port`, the other sites' servers on
+    `host:routePort`."""
+
+    route_port: int = Field(
+        default=0, ge=0, le=65535, alias="routePort", description="0 picks a free port"
+    )
+
+
 class ClusterSpec(_Strict):
     vip_pool: list[str] = Field(default_factory=list, alias="vipPool")
-    site: str = ""
+    site: str = Field(default="", description="the hello page's site name (SITE1 AZ1)")
     apply: list[str] = Field(default_factory=list, description="manifests, relative to the file")
+    dns: Listen | None = Field(
+        default=None,
+        description="a site layout: this site's DNS; its host is the address of ns-<cluster>.<zone>",
+    )
+    nats: SiteNats | None = Field(default=None, description="a site layout: this site's NATS")
 
 
 class BackendsSpec(_Strict):
@@ -155,6 +183,12 @@ class StackConfig(_Strict):
     host_rules: list[NamedPolicy] = Field(default_factory=list, alias="gslbHostRules")
     observed: list[ObservedSeed] = Field(default_factory=list)
     source: Path = Field(default=DEFAULT_STACK_FILE, exclude=True)
+
+    @property
+    def sites(self) -> list[str]:
+        """The clusters that are sites, in file order: all of them in a site layout, none
+        in a single-site stack."""
+        return [cluster for cluster, spec in self.clusters.items() if spec.dns is not None]
 
 
 _POLICY_KINDS = {
@@ -261,13 +295,69 @@ def load_stack_config(path: Path) -> StackConfig:
             f"{path}: homeCluster {config.home_cluster!r} is not one of the clusters "
             f"({', '.join(config.clusters)})"
         )
+    problem = site_layout_problem(config)
+    if problem:
+        raise StartupError(f"{path}: {problem}")
     _derive(config)
     return config
 
 
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,59}[a-z0-9])?$")
+"""A cluster name that can be the `<cluster>` of its site's name server `ns-<cluster>`."""
+
+
+def site_layout_problem(config: StackConfig) -> str:
+    """What is wrong with the stack file's site layout, in one line naming the field; empty
+    when it is a consistent single site or site layout."""
+    with_dns = {c for c, spec in config.clusters.items() if spec.dns is not None}
+    with_nats = {c for c, spec in config.clusters.items() if spec.nats is not None}
+    if not with_dns and not with_nats:
+        return ""
+    for cluster in config.clusters:
+        for field, having in (("dns", with_dns), ("nats", with_nats)):
+            if cluster not in having:
+                return (
+                    f"clusters.{cluster}.{field}: missing; a site layout gives every cluster "
+                    f"its own dns and nats ({', '.join(sorted(having))} have {field})"
+                )
+    for field in ("dns", "nats"):
+        if field in config.model_fields_set:
+            return (
+                f"{field}: a site layout (clusters.*.{field}) gives each site its own; "
+                f"remove the top-level {field}"
+            )
+    seen: dict[tuple[str, int], str] = {}
+    for cluster, spec in config.clusters.items():
+        assert spec.dns is not None and spec.nats is not None
+        if not DNS_LABEL.match(cluster):
+            return (
+                f"clusters.{cluster}: a site's cluster name is the label of its name server "
+                f"ns-{cluster}.<zone>: lower-case letters, digits and '-', at most 61"
+            )
+        try:
+            ipaddress.ip_address(spec.dns.host)
+        except ValueError:
+            return (
+                f"clusters.{cluster}.dns.host: {spec.dns.host!r} is not an IP address (it is "
+                f"the address of ns-{cluster}.<zone>)"
+            )
+        wanted = [
+            (f"clusters.{cluster}.dns", spec.dns.host, spec.dns.port),
+            (f"clusters.{cluster}.nats.port", spec.nats.host, spec.nats.port),
+            (f"clusters.{cluster}.nats.routePort", spec.nats.host, spec.nats.route_port),
+        ]
+        for where, host, port in wanted:
+            if port == 0:
+                continue
+            if (host, port) in seen:
+                return f"{where}: {host}:{port} is also {seen[host, port]}"
+            seen[host, port] = where
+    return ""
+
+
 def manifests(config: StackConfig, stack_file: Path, cluster: str) -> list[dict[str, Any]]:
     """The objects to apply in one cluster, in file order, their monitors on the backends'
-    port."""
+    port and, in a site layout, the zones' name servers one per site."""
     documents: list[dict[str, Any]] = []
     for name in config.clusters[cluster].apply:
         path = stack_file.parent / name
@@ -275,7 +365,56 @@ def manifests(config: StackConfig, stack_file: Path, cluster: str) -> list[dict[
             documents += [d for d in yaml.safe_load_all(path.read_text()) if d]
         except (OSError, yaml.YAMLError) as exc:
             raise StartupError(f"{stack_file}: clusters.{cluster}.apply: {path}: {exc}") from None
-    return monitors_follow_backends(documents, config.backends.port)
+    documents = monitors_follow_backends(documents, config.backends.port)
+    glue = {site: spec.dns.host for site, spec in config.clusters.items() if spec.dns is not None}
+    return nameservers_follow_sites(documents, glue)
+
+
+def nameservers_follow_sites(
+    documents: list[dict[str, Any]], glue: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The manifests with the NS set of every GSLBConfig zone naming one server per site:
+    `ns-<cluster>.<zone>.`, and an A (or AAAA) record in the zone giving it the site's DNS
+    address (`glue`: cluster -> address, in site order; empty: a single site, nothing
+    changes).
+
+    This is how a delegating resolver learns every site and fails over between them by
+    itself, as with k8gb. The name servers are inside the zone, so the zone itself must
+    answer their addresses (a resolver asks when its glue expires); the same records are
+    the glue of every NS answer. The seed's GSLBConfig names the one g-dns of a single site;
+    a site layout replaces that set and leaves the SOA as written (identical on every site,
+    so its serial is too)."""
+    if not glue:
+        return documents
+    out: list[dict[str, Any]] = []
+    for document in documents:
+        spec = document.get("spec") or {}
+        zones = spec.get("zones")
+        if document.get("kind") != "GSLBConfig" or not isinstance(zones, list):
+            out.append(document)
+            continue
+        document = copy.deepcopy(document)
+        for zone in document["spec"]["zones"]:
+            if not isinstance(zone, dict) or not isinstance(zone.get("name"), str):
+                continue
+            apex = zone["name"].rstrip(".")
+            labels = {f"ns-{cluster}" for cluster in glue}
+            kept = [
+                record
+                for record in zone.get("records") or []
+                if not (isinstance(record, dict) and record.get("name") in labels)
+            ]
+            zone["nameservers"] = [{"name": f"ns-{cluster}.{apex}."} for cluster in glue]
+            zone["records"] = kept + [
+                {"name": f"ns-{cluster}", "type": _address_type(address), "value": address}
+                for cluster, address in glue.items()
+            ]
+        out.append(document)
+    return out
+
+
+def _address_type(address: str) -> str:
+    return "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
 
 
 DEFAULT_MONITOR_PORT = 80
@@ -371,6 +510,87 @@ def wait_for_answer(
     raise StartupError(f"DNS on {host}:{port} gave no answer for {qname} in {timeout_seconds} s")
 
 
+@dataclass(frozen=True, slots=True)
+class Site:
+    """Where one site's parts listen, every port 0 of the stack file resolved."""
+
+    cluster: str
+    dns: Listen
+    nats: SiteNats
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://{self.nats.host}:{self.nats.port}"
+
+
+def resolve_sites(config: StackConfig) -> list[Site]:
+    """The stack file's sites with a free port wherever it says 0 (a port fixed now: each
+    nats-server's routes name the others', and a restarted child comes back on its own)."""
+    sites = []
+    for cluster in config.sites:
+        spec = config.clusters[cluster]
+        assert spec.dns is not None and spec.nats is not None
+        dns = spec.dns.model_copy(update={"port": spec.dns.port or free_port(spec.dns.host)})
+        nats = spec.nats.model_copy(
+            update={
+                "port": spec.nats.port or free_port(spec.nats.host),
+                "route_port": spec.nats.route_port or free_port(spec.nats.host),
+            }
+        )
+        sites.append(Site(cluster, dns, nats))
+    return sites
+
+
+def home_flags(config: StackConfig, cluster: str) -> list[str]:
+    """The watcher flags of `cluster`'s home role: every possible home cluster's watcher also
+    watches the kgslb custom resources (the active one publishes them, the others keep
+    copies and take over when the active home is lost)."""
+    return ["--home", "true"] if cluster in home_clusters(config) else []
+
+
+def stream_replicas(sites: int) -> int:
+    """A replica per site, at most three (R3 survives the loss of any one site)."""
+    return max(1, min(sites, 3))
+
+
+def prepare_jetstream(url: str, replicas: int, timeout_seconds: float) -> None:
+    """Wait until the JetStream cluster behind `url` has elected its meta leader (servers
+    routed over the sites take a few seconds), then create kgslb's streams and buckets with
+    `replicas` each. Twelve services starting at once against a fresh cluster would race to
+    create them, and a stream just created on one server can be missing for a moment on
+    another: each loser would fail its start once and be restarted."""
+    import asyncio
+
+    import nats
+
+    from shared import bus
+
+    async def quiet(_: Exception) -> None:
+        """nats-py prints every failed attempt otherwise."""
+
+    async def prepare() -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                client = await nats.connect(
+                    url, connect_timeout=1, allow_reconnect=False, error_cb=quiet
+                )
+                try:
+                    await client.jetstream().account_info()
+                    await bus.bootstrap(client.jetstream(), replicas)
+                    return
+                finally:
+                    await client.close()
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"JetStream at {url} not ready in {timeout_seconds:g} s: {exc!r}"
+                    ) from None
+                await asyncio.sleep(0.25)
+
+    asyncio.run(prepare())
+
+
 class Stack:
     """The running parts of `kgslb up`."""
 
@@ -379,10 +599,13 @@ class Stack:
         self.state_dir = state_dir
         self.logs = state_dir / "logs"
         self.kubeconfig = state_dir / "kubeconfig"
-        self.nats: NatsServer | None = None
+        self.sites = resolve_sites(config)
+        self.nats_servers: list[NatsServer] = []
+        """The single nats-server, or one per site in site order."""
         self.kubesim: Any = None
         self.ops_ports: dict[str, int] = {}
         self.backends_control = ""
+        self.control: ControlServer | None = None
         self.supervisor = Supervisor(
             config.supervision.restart_policy,
             report=lambda line: print(f"kgslb up: {line}", flush=True),
@@ -390,13 +613,33 @@ class Stack:
         )
         self._state_published = False
 
+    @property
+    def nats_url(self) -> str:
+        """The first site's server (the only one in a single site)."""
+        return self.nats_servers[0].url
+
+    @property
+    def dns_addresses(self) -> list[tuple[str, int]]:
+        if self.sites:
+            return [(site.dns.host, site.dns.port) for site in self.sites]
+        return [(self.config.dns.host, self.config.dns.port)]
+
     def check_ports(self) -> None:
         config = self.config
-        wanted = [
-            ("dns (udp)", config.dns.host, config.dns.port, True),
-            ("dns (tcp)", config.dns.host, config.dns.port, False),
-            ("nats", config.nats.host, config.nats.port, False),
-        ]
+        wanted = []
+        for site in self.sites:
+            wanted += [
+                (f"dns {site.cluster} (udp)", site.dns.host, site.dns.port, True),
+                (f"dns {site.cluster} (tcp)", site.dns.host, site.dns.port, False),
+                (f"nats {site.cluster}", site.nats.host, site.nats.port, False),
+                (f"nats routes {site.cluster}", site.nats.host, site.nats.route_port, False),
+            ]
+        if not self.sites:
+            wanted = [
+                ("dns (udp)", config.dns.host, config.dns.port, True),
+                ("dns (tcp)", config.dns.host, config.dns.port, False),
+                ("nats", config.nats.host, config.nats.port, False),
+            ]
         for index, cluster in enumerate(config.clusters):
             if config.kube_api.port:
                 wanted.append(
@@ -424,11 +667,15 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         documents = {c: manifests(config, config.source, c) for c in config.clusters}
 
-        progress(f"starting nats-server (JetStream in {self.state_dir / 'jetstream'})")
-        self.nats = NatsServer(self.state_dir / "jetstream", config.nats.host, config.nats.port)
-        self.nats.log_path = self.logs / "nats-server.log"
-        self.nats.start()
-        self.supervisor.adopt(self.nats)
+        if self.sites:
+            self._start_site_nats(progress)
+        else:
+            progress(f"starting nats-server (JetStream in {self.state_dir / 'jetstream'})")
+            nats = NatsServer(self.state_dir / "jetstream", config.nats.host, config.nats.port)
+            nats.log_path = self.logs / "nats-server.log"
+            nats.start()
+            self.supervisor.adopt(nats)
+            self.nats_servers.append(nats)
 
         progress(f"starting the Kubernetes API simulator ({', '.join(config.clusters)})")
         self._start_kubesim()
@@ -453,25 +700,78 @@ class Stack:
         self.supervisor.adopt(backends)
         self.backends_control = _wait_for_file(control_file, backends, 10)
 
-        env = {"KGSLB_NATS_URL": self.nats.url}
-        homes = home_clusters(config)
-        for cluster in config.clusters:
-            home = ["--home", "true"] if cluster in homes else []
-            self._start_service(
-                f"watcher-{cluster}",
-                ["watcher", "--kubeconfig", str(self.kubeconfig), "--context", cluster, *home],
-                env,
-            )
-        self._start_service("reconciler", ["reconciler"], env)
-        self._start_service("health", ["health"], env)
-        dns = config.dns
-        self._start_service(
-            "dns", ["dns", "--dns-host", dns.host, "--dns-port", str(dns.port)], env
-        )
+        if self.sites:
+            replicas = str(stream_replicas(len(self.sites)))
+            for site in self.sites:
+                progress(f"starting site {site.cluster}: watcher, reconciler, health, dns")
+                env = {"KGSLB_NATS_URL": site.nats_url, "KGSLB_STREAM_REPLICAS": replicas}
+                self._start_services(site.cluster, [site.cluster], site.dns, env)
+            self.control = ControlServer()
+            self.control.start()
+        else:
+            env = {"KGSLB_NATS_URL": self.nats_url}
+            self._start_services("", list(config.clusters), config.dns, env)
         progress("applying the seed manifests through the Kubernetes API")
         for cluster, docs in documents.items():
             apply_manifests(self.kubeconfig, cluster, docs)
         self._write_state()
+
+    def _start_site_nats(self, progress: Callable[[str], None]) -> None:
+        """One nats-server per site, routed into one JetStream cluster; each with its own
+        store, as each site has its own disks."""
+        progress(
+            f"starting {len(self.sites)} nats-servers, one per site, as one JetStream cluster "
+            f"(stores in {self.state_dir / 'jetstream'})"
+        )
+        for site in self.sites:
+            routes = [
+                f"nats://{other.nats.host}:{other.nats.route_port}"
+                for other in self.sites
+                if other is not site
+            ]
+            config_file = self.state_dir / f"nats-{site.cluster}.conf"
+            config_file.write_text(
+                site_nats_config(site.cluster, site.nats.host, site.nats.route_port, routes)
+            )
+            name = f"nats-server-{site.cluster}"
+            server = NatsServer(
+                self.state_dir / "jetstream" / site.cluster,
+                site.nats.host,
+                site.nats.port,
+                config=config_file,
+                name=name,
+            )
+            server.log_path = self.logs / f"{name}.log"
+            # Spawned together: a server alone has no JetStream until its peers route in.
+            server.spawn()
+            self.supervisor.adopt(server, site=site.cluster)
+            self.nats_servers.append(server)
+        for server in self.nats_servers:
+            server.wait_listening()
+        prepare_jetstream(self.nats_url, stream_replicas(len(self.sites)), 30)
+
+    def _start_services(
+        self, site: str, watched: list[str], dns: Listen, env: dict[str, str]
+    ) -> None:
+        """The watchers of `watched`, a reconciler, a health and a DNS, all on `env`'s NATS;
+        in a site layout named after their site (`dns-s1az1`)."""
+        suffix = f"-{site}" if site else ""
+        for cluster in watched:
+            self._start_service(
+                f"watcher-{cluster}",
+                ["watcher", "--kubeconfig", str(self.kubeconfig), "--context", cluster,
+                 *home_flags(self.config, cluster)],
+                env,
+                site,
+            )  # fmt: skip
+        self._start_service(f"reconciler{suffix}", ["reconciler"], env, site)
+        self._start_service(f"health{suffix}", ["health"], env, site)
+        self._start_service(
+            f"dns{suffix}",
+            ["dns", "--dns-host", dns.host, "--dns-port", str(dns.port)],
+            env,
+            site,
+        )
 
     def _start_kubesim(self) -> None:
         from kubesim import KubeSim
@@ -488,24 +788,129 @@ class Stack:
         self.kubesim.start()
         sim.write_kubeconfig(str(self.kubeconfig))
 
-    def _start_service(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def _start_service(self, name: str, args: list[str], env: dict[str, str], site: str) -> None:
         port = free_port()
         self.ops_ports[name] = port
         process = service_process(name, args, self.logs, {**env, "KGSLB_OPS_PORT": str(port)})
         process.start()
-        self.supervisor.adopt(process)
+        self.supervisor.adopt(process, site=site)
+
+    # Sites down and back (`kgslb site fail|restore`) ---------------------------------------
+
+    def serve_control(self) -> None:
+        """Carry out the `kgslb site` requests that came in since the last call."""
+        if self.control is not None:
+            self.control.serve_pending(self._control_request)
+
+    def _control_request(self, path: tuple[str, ...]) -> dict[str, Any]:
+        if path == ("sites",):
+            return {
+                "sites": {site.cluster: self._site_children(site.cluster) for site in self.sites}
+            }
+        _, cluster, action = path
+        if action not in ACTIONS:
+            raise ControlError(
+                HTTPStatus.BAD_REQUEST,
+                f"action {action!r} is not one of {', '.join(ACTIONS)}",
+            )
+        if cluster not in self.config.sites:
+            raise ControlError(
+                HTTPStatus.NOT_FOUND,
+                f"no site {cluster!r} (sites: {', '.join(self.config.sites)})",
+            )
+        if action == "restore":
+            done = self.restore_site(cluster)
+        else:
+            done = self.fail_site(cluster, cut=action == "cut")
+        for line in done:
+            print(f"kgslb up: site {cluster} {action}: {line}", flush=True)
+        return {"site": cluster, "action": action, "done": done}
+
+    def _site_children(self, cluster: str) -> dict[str, str]:
+        records = self.supervisor.records
+        return {name: records[name].state.value for name in self.supervisor.site_names(cluster)}
+
+    def fail_site(self, cluster: str, cut: bool) -> list[str]:
+        """Stop the site's parts at once: its processes killed, its cluster's API server and
+        its hello backend down. `cut`: only its nats-server and its API, the rest left
+        running with no way to the other sites, as behind a network cut."""
+        names = self.supervisor.site_names(cluster)
+        if cut:
+            names = [name for name in names if name.startswith("nats-server")]
+        done = [
+            f"killed {name} (pid {pid})" if pid else f"{name} was not running"
+            for name, pid in self.supervisor.kill_and_hold(names)
+        ]
+        url = self.kubesim.sim.url(cluster)
+        if self.kubesim.sim.serving(cluster):
+            self.kubesim.stop_cluster(cluster)
+            done.append(f"stopped the Kubernetes API of {cluster} ({url})")
+        else:
+            done.append(f"the Kubernetes API of {cluster} was not running ({url})")
+        if not cut:
+            done += self._hello_backend(cluster, "stop")
+        return done
+
+    def restore_site(self, cluster: str) -> list[str]:
+        """Start whatever of the site is stopped: its nats-server first (the others wait for
+        it to listen), its API server, its hello backend, then its services."""
+        names = self.supervisor.site_names(cluster)
+        servers = [name for name in names if name.startswith("nats-server")]
+        resumed = self.supervisor.resume(servers)
+        for server in self.nats_servers:
+            if server.name in servers and server.running:
+                wait_for_tcp(server.host, server.port, 10, server.name)
+        url = self.kubesim.sim.url(cluster)
+        if self.kubesim.sim.serving(cluster):
+            api = [f"the Kubernetes API of {cluster} is running ({url})"]
+        else:
+            self.kubesim.start_cluster(cluster)
+            api = [f"started the Kubernetes API of {cluster} ({url})"]
+        backend = self._hello_backend(cluster, "start")
+        resumed += self.supervisor.resume(name for name in names if name not in servers)
+        started = [
+            f"started {name} (pid {pid})"
+            if pid
+            else f"{name} is running (pid {self.supervisor.pid(name)})"
+            for name, pid in resumed
+        ]
+        return started[: len(servers)] + api + backend + started[len(servers) :]
+
+    def _hello_backend(self, cluster: str, action: str) -> list[str]:
+        spec = self.config.clusters[cluster]
+        if not spec.vip_pool:
+            return []
+        address = f"http://{spec.vip_pool[0]}:{self.config.backends.port}/"
+        try:
+            control_site(self.backends_control, cluster, action)
+        except (OSError, RuntimeError) as exc:
+            return [f"could not {action} the hello backend of {cluster} ({address}): {exc}"]
+        verb = "stopped" if action == "stop" else "started"
+        return [f"{verb} the hello backend of {cluster} ({address})"]
+
+    # State file and stop --------------------------------------------------------------------
 
     def _write_state(self) -> None:
-        assert self.nats is not None
-        state = {
-            "nats_url": self.nats.url,
+        dns_host, dns_port = self.dns_addresses[0]
+        state: dict[str, Any] = {
+            "nats_url": self.nats_url,
             "kubeconfig": str(self.kubeconfig.resolve()),
             "backends_control": self.backends_control,
-            "dns": f"{self.config.dns.host}:{self.config.dns.port}",
+            "dns": f"{dns_host}:{dns_port}",
             "ops": {name: f"http://127.0.0.1:{port}" for name, port in self.ops_ports.items()},
             "supervisor_pid": os.getpid(),
             "children": self.supervisor.snapshot(),
         }
+        if self.control is not None:
+            state["control"] = self.control.url
+            state["sites"] = {
+                site.cluster: {
+                    "dns": f"{site.dns.host}:{site.dns.port}",
+                    "nats_url": site.nats_url,
+                    "kube_api": self.kubesim.sim.url(site.cluster),
+                }
+                for site in self.sites
+            }
         write_json_atomically(self.state_dir / STATE_FILE, state)
         self._state_published = True
 
@@ -516,14 +921,17 @@ class Stack:
 
     def stop(self) -> None:
         """Every child, in reverse dependency order: the services (NATS clients, in parallel),
-        the Kubernetes API simulator, then nats-server; each tier within the stop grace."""
+        the Kubernetes API simulator, then the nats-servers; each tier within the stop
+        grace."""
+        if self.control is not None:
+            self.control.stop()
         grace = self.config.supervision.stop_grace_seconds
-        clients = [name for name in reversed(self.supervisor.names) if name != "nats-server"]
+        servers = {server.name for server in self.nats_servers}
+        clients = [name for name in reversed(self.supervisor.names) if name not in servers]
         self.supervisor.stop_together(clients, grace)
         if self.kubesim is not None:
             self.kubesim.stop()
-        if self.nats is not None:
-            self.supervisor.stop_together([self.nats.name], grace)
+        self.supervisor.stop_together([server.name for server in self.nats_servers], grace)
         (self.state_dir / STATE_FILE).unlink(missing_ok=True)
 
 
@@ -546,8 +954,7 @@ def _wait_for_file(path: Path, process: ManagedProcess, timeout_seconds: float) 
 
 def summary(stack: Stack) -> str:
     config = stack.config
-    assert stack.nats is not None
-    dns = config.dns
+    dns_host, dns_port = stack.dns_addresses[0]
     kube_ports = ", ".join(
         f"{c} :{config.kube_api.port + i}" if config.kube_api.port else c
         for i, c in enumerate(config.clusters)
@@ -559,11 +966,25 @@ def summary(stack: Stack) -> str:
     )
     ops = [f"{name} http://127.0.0.1:{port}/metrics" for name, port in stack.ops_ports.items()]
     kubectl = f"kubectl --kubeconfig {stack.kubeconfig}"
+    if stack.sites:
+        where = [
+            f"  {'sites' if i == 0 else '':<12}{site.cluster:<7} DNS {site.dns.host}:"
+            f"{site.dns.port} (ns-{site.cluster}), NATS {site.nats_url}"
+            for i, site in enumerate(stack.sites)
+        ] + [
+            f"  {'':<12}one JetStream cluster, a replica per site; each site's services use "
+            "only their own site's server",
+            f"  control     {stack.control.url if stack.control else ''} (kgslb site)",
+        ]
+    else:
+        where = [
+            f"  DNS         {dns_host}:{dns_port} (udp+tcp), zone avi.iberia.local",
+            f"  NATS        {stack.nats_url}",
+        ]
     lines = [
         "",
-        "kgslb is up.",
-        f"  DNS         {dns.host}:{dns.port} (udp+tcp), zone avi.iberia.local",
-        f"  NATS        {stack.nats.url}",
+        f"kgslb is up{f' as {len(stack.sites)} sites' if stack.sites else ''}.",
+        *where,
         f"  Kubernetes  simulator ({kube_ports}); kubeconfig {stack.kubeconfig}",
         f"  backends    {backends}",
         f"              control {stack.backends_control}",
@@ -571,16 +992,29 @@ def summary(stack: Stack) -> str:
         f"  logs        {stack.logs}",
         "",
         "Try:",
-        f"  dig @{dns.host} -p {dns.port} hello.avi.iberia.local +short",
-        f"  dig @{dns.host} -p {dns.port} avi.iberia.local SOA",
-        f"  kgslb status --nats-url {stack.nats.url} --state-dir {stack.state_dir}",
-        f"  kgslb check hello.avi.iberia.local --port {dns.port} --http-port "
-        f"{config.backends.port} --nats-url {stack.nats.url}",
+        f"  dig @{dns_host} -p {dns_port} hello.avi.iberia.local +short",
+        f"  dig @{dns_host} -p {dns_port} avi.iberia.local SOA",
+        *(
+            [f"  dig @{dns_host} -p {dns_port} avi.iberia.local NS    (a name server per site)"]
+            if stack.sites
+            else []
+        ),
+        f"  kgslb status --nats-url {stack.nats_url} --state-dir {stack.state_dir}",
+        f"  kgslb check hello.avi.iberia.local --server {dns_host} --port {dns_port} "
+        f"--http-port {config.backends.port} --nats-url {stack.nats_url}",
         f"  {kubectl} --context {config.home_cluster} get gdp -A",
         f"  {kubectl} --context {config.home_cluster} -n avi-system patch gdp global-gdp "
         '--type merge -p \'{"spec":{"trafficSplit":[{"cluster":"s1az1","weight":6},'
         '{"cluster":"s1az2","weight":3},{"cluster":"s2","weight":1}]}}\'',
         f"  kgslb backend stop s2 --state-dir {stack.state_dir}",
+        *(
+            [
+                f"  kgslb site fail {stack.sites[0].cluster} --state-dir {stack.state_dir}"
+                f"    (then: kgslb site restore {stack.sites[0].cluster})"
+            ]
+            if stack.sites
+            else []
+        ),
         "A process that exits is restarted (see `kgslb status`); Ctrl-C stops everything.",
     ]
     missing = [
@@ -609,13 +1043,14 @@ def run_up(stack_file: Path, state_dir: Path) -> int:
         def supervise() -> bool:
             assert stack is not None
             stack.supervisor.tick()
+            stack.serve_control()
             return not stop_requested
 
-        first = wait_for_answer(
-            config.dns.host, config.dns.port, "hello.avi.iberia.local", 30, supervise
-        )
-        if stop_requested:
-            return 0
+        first: list[str] = []
+        for host, port in stack.dns_addresses:
+            first = first or wait_for_answer(host, port, "hello.avi.iberia.local", 30, supervise)
+            if stop_requested:
+                return 0
         print(summary(stack), flush=True)
         print(f"\nfirst answer for hello.avi.iberia.local: {', '.join(first)}", flush=True)
         while supervise():

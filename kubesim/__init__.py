@@ -82,6 +82,24 @@ class KubeSim:
         for server in self._servers.values():
             await server.stop()
 
+    async def stop_cluster(self, cluster: str) -> None:
+        """Take one cluster's API server down abruptly, as a lost site would: connections,
+        watches included, are reset and new ones refused. Its objects stay for
+        `start_cluster`."""
+        await self._server(cluster).stop(abrupt=True)
+
+    async def start_cluster(self, cluster: str) -> None:
+        """Serve a stopped cluster again, on the port it had (its kubeconfig entry holds)."""
+        server = self._server(cluster)
+        if server.serving:
+            return
+        index = self.clusters.index(cluster)
+        port = server.port or (self.base_port + index if self.base_port else 0)
+        await server.start(self.host, port)
+
+    def serving(self, cluster: str) -> bool:
+        return self._server(cluster).serving
+
     async def __aenter__(self) -> KubeSim:
         await self.start()
         return self

@@ -162,8 +162,15 @@ class ClusterServer:
         self._host = host
         self.port = runner.addresses[0][1]
 
-    async def stop(self) -> None:
-        self.drop_watches(abrupt=False)
+    @property
+    def serving(self) -> bool:
+        return self._runner is not None
+
+    async def stop(self, *, abrupt: bool = False) -> None:
+        """Close the listener and every connection. The store stays, as a real cluster's etcd
+        outlives its apiserver: `start` again serves the same objects, on the same port when
+        given it. `abrupt` resets open watches instead of ending them."""
+        self.drop_watches(abrupt=abrupt)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -35,6 +35,14 @@ class BackgroundKubeSim:
         finally:
             self._stop_loop()
 
+    def stop_cluster(self, cluster: str) -> None:
+        """`KubeSim.stop_cluster`, from this (any) thread."""
+        asyncio.run_coroutine_threadsafe(self.sim.stop_cluster(cluster), self._loop).result(10)
+
+    def start_cluster(self, cluster: str) -> None:
+        """`KubeSim.start_cluster`, from this (any) thread."""
+        asyncio.run_coroutine_threadsafe(self.sim.start_cluster(cluster), self._loop).result(10)
+
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)

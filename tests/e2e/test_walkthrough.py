@@ -123,9 +123,10 @@ def picks(port: int, count: int) -> Counter[str]:
 
 
 def stack_file(tmp: Path, dns_port: int, nats_port: int, http_port: int) -> Path:
+    """The seed's clusters as a single site (one nats-server, one of each service)."""
     config = yaml.safe_load((SEED / "kgslb.yaml").read_text())
-    config["dns"]["port"] = dns_port
-    config["nats"]["port"] = nats_port
+    config["dns"] = {"host": "127.0.0.1", "port": dns_port}
+    config["nats"] = {"host": "127.0.0.1", "port": nats_port}
     config["kubeApi"]["port"] = 0
     config["backends"]["port"] = http_port
     gdp_docs = list(yaml.safe_load_all((SEED / "global-gdp.yaml").read_text()))
@@ -137,6 +138,8 @@ def stack_file(tmp: Path, dns_port: int, nats_port: int, http_port: int) -> Path
             for f in cluster["apply"]
         ]
         assert name in VIPS
+        cluster.pop("dns", None)
+        cluster.pop("nats", None)
     path = tmp / "kgslb.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -199,9 +199,12 @@ class CustomObjects:
 class Sim:
     """A running simulator plus a kubeconfig for it and client factories."""
 
-    def __init__(self, kube: KubeSim, kubeconfig: str) -> None:
+    def __init__(
+        self, kube: KubeSim, kubeconfig: str, background: BackgroundKubeSim | None = None
+    ) -> None:
         self.kube = kube
         self.kubeconfig = kubeconfig
+        self.background = background
         self._clients: list[client.ApiClient] = []
 
     def api_client(self, context: str = "s1az1") -> client.ApiClient:
@@ -250,7 +253,7 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
         KubeSim(CLUSTERS, vip_pools=POOLS, bookmark_interval=0.2, history_size=50)
     )
     kube = background.start()
-    handle = Sim(kube, kube.write_kubeconfig(str(tmp_path / "kubeconfig")))
+    handle = Sim(kube, kube.write_kubeconfig(str(tmp_path / "kubeconfig")), background)
     try:
         yield handle
     finally:
@@ -727,6 +730,56 @@ def test_faults_can_be_switched_over_http(sim: Sim) -> None:
     report = sim.control("s2", {"refuse": False, "expire_history": True, "drop_watches": True})
     assert report["compacted_resource_version"] == report["resource_version"]
     sim.networking("s2").list_namespaced_ingress("default")
+
+
+# ----- one cluster's API down and back (a lost site) -------------------------------------
+
+
+def test_a_stopped_cluster_refuses_connections_and_the_others_keep_serving(sim: Sim) -> None:
+    assert sim.background is not None
+    sim.background.stop_cluster("s1az1")
+
+    with pytest.raises(urllib3.exceptions.MaxRetryError):
+        sim.networking("s1az1").list_namespaced_ingress("default", _request_timeout=2)
+    sim.networking("s2").list_namespaced_ingress("default")
+    assert not sim.kube.serving("s1az1")
+    assert sim.kube.serving("s2")
+
+
+def test_a_restarted_cluster_serves_its_objects_again_on_the_same_port(sim: Sim) -> None:
+    assert sim.background is not None
+    api = sim.networking("s1az1")
+    api.create_namespaced_ingress("default", ingress("hello"))
+    before = eventually(lambda: _with_vip(api.read_namespaced_ingress("hello", "default")))
+    url = sim.kube.url("s1az1")
+
+    sim.background.stop_cluster("s1az1")
+    sim.background.start_cluster("s1az1")
+
+    assert sim.kube.url("s1az1") == url, "the kubeconfig written before the stop still reaches it"
+    kept = sim.networking("s1az1").read_namespaced_ingress("hello", "default")
+    assert kept.metadata.resource_version == before.metadata.resource_version
+    assert kept.status.load_balancer.ingress[0].ip == "127.10.25.46"
+
+
+def _with_vip(ingress: V1Ingress) -> V1Ingress | None:
+    """The Ingress once the AKO stand-in has given it its VIP (a change of its own)."""
+    return ingress if ingress.status.load_balancer.ingress else None
+
+
+def test_stopping_a_cluster_cuts_its_open_watches(sim: Sim) -> None:
+    assert sim.background is not None
+    api = sim.networking("s1az2")
+    api.create_namespaced_ingress("default", ingress("hello"))
+    thread, events = watch_in_thread(
+        stream(api.list_namespaced_ingress, "default", timeout_seconds=30)
+    )
+    assert events.get(timeout=5)["type"] == "ADDED"
+
+    sim.background.stop_cluster("s1az2")
+
+    thread.join(timeout=5)
+    assert isinstance(events.get_nowait(), urllib3.exceptions.HTTPError)
 
 
 # ----- the AKO stand-in: VIPs -----------------------------------------------------------

@@ -35,15 +35,18 @@ def stack_file(
     monitor: dict[str, object] | None = None,
     monitor_on_backends_port: bool = True,
 ) -> Path:
-    """The seed stack on free ports, its manifests referenced from examples/seed; `monitor`
-    replaces the GDP's monitor, naming the backends' port unless told not to."""
+    """The seed's clusters as a single site (one nats-server, one of each service) on free
+    ports, its manifests referenced from examples/seed; `monitor` replaces the GDP's monitor,
+    naming the backends' port unless told not to."""
     config = yaml.safe_load(SEED.read_text())
-    config["dns"]["port"] = dns_port
-    config["nats"]["port"] = nats_port
+    config["dns"] = {"host": "127.0.0.1", "port": dns_port}
+    config["nats"] = {"host": "127.0.0.1", "port": nats_port}
     config["kubeApi"]["port"] = 0
     config["backends"]["port"] = free_port()
     for cluster in config["clusters"].values():
         cluster["apply"] = [str(SEED.parent / name) for name in cluster["apply"]]
+        cluster.pop("dns", None)
+        cluster.pop("nats", None)
     if monitor is not None:
         documents = list(yaml.safe_load_all((SEED.parent / "global-gdp.yaml").read_text()))
         documents[-1]["spec"]["healthMonitorTemplate"] = (

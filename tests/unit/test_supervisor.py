@@ -26,6 +26,8 @@ from kgslb.supervisor import (
     describe_exit,
     exit_line,
     restarted,
+    resumed,
+    stopped_on_purpose,
 )
 from kgslb.up import load_stack_config, monitors_follow_backends
 
@@ -147,6 +149,81 @@ def test_a_child_that_cannot_be_started_again_is_retried_with_a_longer_back_off(
     assert supervisor.records["sleeper"].state is ChildState.BACKING_OFF
 
 
+# Stopped on purpose (`kgslb site fail`) ------------------------------------------------------
+
+
+def test_a_child_stopped_on_purpose_has_no_restart_due_even_while_backing_off() -> None:
+    backing_off = after_exit(
+        ChildRecord("dns-s2", ChildState.RUNNING, started_at=0.0, site="s2"), "exit code 1", 1.0,
+        POLICY,
+    )  # fmt: skip
+
+    record = stopped_on_purpose(backing_off, 1.2)
+
+    assert record.state is ChildState.STOPPED
+    assert (record.restart_at, record.stopped_at, record.restarts) == (None, 1.2, 1)
+
+
+def test_resuming_is_not_a_restart_and_forgets_the_exits_in_a_row() -> None:
+    crashing = ChildRecord("dns-s2", ChildState.RUNNING, started_at=0.0, restarts=4,
+                           exits_in_a_row=4)  # fmt: skip
+
+    record = resumed(stopped_on_purpose(crashing, 5.0), 9.0)
+
+    assert record.state is ChildState.RUNNING
+    assert (record.restarts, record.exits_in_a_row, record.started_at) == (4, 0, 9.0)
+    assert record.stopped_at is None
+
+
+def sleeper(tmp_path: Path, name: str) -> ManagedProcess:
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    return ManagedProcess(name, argv, tmp_path / f"{name}.log", {})
+
+
+def test_a_sites_children_killed_on_purpose_stay_down_until_resumed(tmp_path: Path) -> None:
+    clock, lines = FakeClock(), []
+    supervisor = Supervisor(POLICY, lines.append, clock=clock)
+    children = {name: sleeper(tmp_path, name) for name in ("dns-s1", "health-s1", "dns-s2")}
+    for name, child in children.items():
+        child.start()
+        supervisor.adopt(child, site=name.split("-")[1])
+    try:
+        before = {name: supervisor.pid(name) for name in children}
+
+        killed = supervisor.kill_and_hold(supervisor.site_names("s1"))
+        clock.now += 60
+        supervisor.tick()
+        held = {name: children[name].running for name in children}
+        snapshot = supervisor.snapshot()
+        started = supervisor.resume(supervisor.site_names("s1"))
+
+        assert killed == [("dns-s1", before["dns-s1"]), ("health-s1", before["health-s1"])]
+        assert held == {"dns-s1": False, "health-s1": False, "dns-s2": True}
+        assert lines == [], "a stop on purpose is no exit to report or restart"
+        assert snapshot["dns-s1"]["state"] == "stopped" and snapshot["dns-s1"]["pid"] is None
+        assert snapshot["dns-s1"]["site"] == "s1" and snapshot["dns-s1"]["stopped_at"]
+        assert [name for name, _ in started] == ["dns-s1", "health-s1"]
+        assert all(pid not in (None, before[name]) for name, pid in started)
+        assert all(child.running for child in children.values())
+        assert supervisor.records["dns-s1"].restarts == 0
+    finally:
+        supervisor.stop_together(list(children), 5)
+
+
+def test_resuming_a_running_child_leaves_it_alone(tmp_path: Path) -> None:
+    supervisor = Supervisor(POLICY, print)
+    child = sleeper(tmp_path, "dns-s1")
+    child.start()
+    supervisor.adopt(child, site="s1")
+    try:
+        pid = supervisor.pid("dns-s1")
+
+        assert supervisor.resume(["dns-s1"]) == [("dns-s1", None)]
+        assert supervisor.pid("dns-s1") == pid
+    finally:
+        supervisor.stop_together(["dns-s1"], 5)
+
+
 # The seed's monitors and backends.port ------------------------------------------------------
 
 GDP = {"apiVersion": "kgslb.io/v1alpha1", "kind": "GlobalDeploymentPolicy",
@@ -231,6 +308,25 @@ def test_status_shows_each_child_with_its_restarts_and_a_gone_up_as_such(tmp_pat
     assert rows["nats-server"] == ["running", "4321", "0", "", "up 5 min"]
     assert rows["dns"][:4] == ["backing-off", "", "3", "exit code 1"]
     assert rows["dns"][4].startswith("restart in ")
+
+
+def test_status_shows_a_child_stopped_on_purpose_and_how_to_bring_it_back(
+    tmp_path: Path,
+) -> None:
+    stopped_at = (datetime.now(UTC) - timedelta(seconds=12)).isoformat()
+    state = {
+        "supervisor_pid": dead_pid(),
+        "children": {"dns-s2": {"state": "stopped", "site": "s2", "pid": None, "restarts": 0,
+                                "stopped_at": stopped_at}},
+    }  # fmt: skip
+    (tmp_path / "stack.json").write_text(json.dumps(state))
+    console = Console(record=True, width=200)
+
+    show_up_processes(console, tmp_path)
+
+    row = next(line for line in console.export_text().splitlines() if "dns-s2" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:-1]]
+    assert cells == ["dns-s2", "stopped", "", "0", "", "stopped 12 s ago (kgslb site restore)"]
 
 
 def test_status_shows_no_processes_where_no_kgslb_up_runs(tmp_path: Path) -> None:
