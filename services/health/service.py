@@ -360,7 +360,9 @@ class HealthService:
         now = asyncio.get_running_loop().time()
         dead = [r for r, s in self.sightings.items() if now - s.seen_at > s.valid_for_seconds]
         for replica in dead:
-            del self.sightings[replica]
+            # Its lease's deletion may have removed it while we awaited the previous delete.
+            if self.sightings.pop(replica, None) is None:
+                continue
             log.warning("replica %s stopped heartbeating; its members move", replica)
             # Every survivor deletes it; the duplicates are harmless and keep the bucket clean.
             with contextlib.suppress(Exception):
