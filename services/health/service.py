@@ -293,6 +293,10 @@ class HealthService:
             return
         record = health_record(target, state, self.replica, previous)
         data = wire.encode(record)
+        # First on core NATS: the DNS applies it at once, even while the KV stream elects a
+        # new leader after a site was lost (subjects.HEALTH_LIVE_PREFIX).
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subjects.health_live_subject(key), data)
         try:
             if known is None:
                 revision = await self._health_kv.create(key, data)
