@@ -396,6 +396,10 @@ class MemberHealth(WireModel):
     last_error: str = ""
     response_time_ms: float | None = None
     replica: str = ""
+    site: str = Field(
+        default="",
+        description="the vantage point: the site of the replica that probed; empty without sites",
+    )
 
     @property
     def key(self) -> str:
@@ -412,6 +416,11 @@ class HealthHeartbeat(WireModel):
     heartbeat_at: datetime
     expires_at: datetime
     members: int = Field(default=0, ge=0, description="members this replica probes")
+    site: str = Field(
+        default="",
+        description="the replica's site (its vantage point); replicas share members only "
+        "with replicas of the same site",
+    )
 
 
 # Leadership (reconciler replicas -> KV kgslb_leases) ------------------------------------------

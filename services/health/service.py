@@ -1,6 +1,10 @@
 """The health service's shell: follow the desired services, the member health and the replica
 heartbeats in KV, probe this replica's rendezvous share of the members, and write a member's
-health only when its state changes (or when it claims a member from a dead replica)."""
+health only when its state changes (or when it claims a member from a dead replica).
+
+With a `--site`, the replica is one vantage point among the sites': it reads and writes only
+its site's verdicts (keys `<fqdn>.<ip>.<site>`) and shares members only with its site's
+replicas; the DNS combines the sites' verdicts (services/dns/quorum.py)."""
 
 from __future__ import annotations
 
@@ -74,8 +78,10 @@ class HealthService:
         self.settings = settings
         self.nc = nc
         self.replica = replica_name(settings)
+        self.site = settings.site
+        source = str(settings.probe_source) if settings.probe_source is not None else None
         self.scheduler = ProbeScheduler(
-            Prober(settings.tls_ca_file).probe, self._on_result, settings.max_connections
+            Prober(settings.tls_ca_file, source).probe, self._on_result, settings.max_connections
         )
         self.targets: dict[str, ProbeTarget] = {}
         self.members_of: dict[str, set[str]] = {}
@@ -86,7 +92,9 @@ class HealthService:
         self.live: frozenset[str] = frozenset({self.replica})
         self._followers = [
             BucketFollower(nc, subjects.KV_LEASES, self._apply_lease, subjects.HEALTH_REPLICA_KEYS),
-            BucketFollower(nc, subjects.KV_HEALTH, self._apply_health),
+            BucketFollower(
+                nc, subjects.KV_HEALTH, self._apply_health, subjects.health_keys_of_site(self.site)
+            ),
             BucketFollower(nc, subjects.KV_SERVICES, self._apply_service),
         ]
         self._started = False
@@ -150,6 +158,7 @@ class HealthService:
                 "members": len(self.targets),
                 "owned": len(self.owned),
                 "live": sorted(self.live),
+                "site": self.site,
             },
         )
 
@@ -171,7 +180,12 @@ class HealthService:
                 self._place(key)
 
     def _apply_health(self, entry: Change) -> None:
-        key = entry.key
+        # The follower's filter passes only this site's keys; internally a member is its
+        # member key, whatever the site.
+        try:
+            key, _ = subjects.split_health_key(entry.key)
+        except ValueError:
+            return
         current = self.known.get(key)
         if current is not None and entry.revision <= current.revision:
             return
@@ -200,6 +214,11 @@ class HealthService:
         else:
             heartbeat = self._decode(entry, HealthHeartbeat)
             if heartbeat is None:
+                return
+            if heartbeat.site != self.site:
+                # Another vantage point: it probes every member itself, shares none with us.
+                self.sightings.pop(replica, None)
+                self._refresh_live()
                 return
             valid_for = (heartbeat.expires_at - heartbeat.heartbeat_at).total_seconds()
             self.sightings[replica] = Sighting(asyncio.get_running_loop().time(), valid_for)
@@ -291,14 +310,15 @@ class HealthService:
         previous = known.health if known else None
         if not needs_write(previous, state, self.live):
             return
-        record = health_record(target, state, self.replica, previous)
+        record = health_record(target, state, self.replica, previous, self.site)
         data = wire.encode(record)
+        kv_key = subjects.health_key(key, self.site)
         try:
             if known is None:
-                revision = await self._health_kv.create(key, data)
+                revision = await self._health_kv.create(kv_key, data)
                 KV_WRITES.labels("create").inc()
             else:
-                revision = await self._health_kv.update(key, data, last=known.revision)
+                revision = await self._health_kv.update(kv_key, data, last=known.revision)
                 KV_WRITES.labels("update").inc()
         except KeyWrongLastSequenceError:
             KV_WRITES.labels("conflict").inc()
@@ -316,7 +336,7 @@ class HealthService:
         """Another replica wrote first: take its value as the truth and go on from it."""
         assert self._health_kv is not None
         try:
-            entry = await self._health_kv.get(key)
+            entry = await self._health_kv.get(subjects.health_key(key, self.site))
         except (KeyNotFoundError, KeyDeletedError):
             self.known.pop(key, None)
             return
@@ -338,6 +358,7 @@ class HealthService:
             heartbeat_at=now,
             expires_at=now + timedelta(seconds=self._valid_for_seconds),
             members=len(self.owned),
+            site=self.site,
         )
         try:
             await self._leases_kv.put(
@@ -385,7 +406,7 @@ class HealthService:
     async def _delete(self, key: str) -> None:
         assert self._health_kv is not None
         try:
-            await self._health_kv.delete(key)
+            await self._health_kv.delete(subjects.health_key(key, self.site))
             KV_WRITES.labels("delete").inc()
         except Exception as exc:
             log.warning("could not delete health of %s: %s", key, exc, extra={"member": key})
@@ -407,9 +428,16 @@ class _StateCollector(Collector):
         yield members
         yield GaugeMetricFamily(
             "kgslb_health_replicas_live",
-            "Health replicas this one counts as alive, itself included",
+            "Health replicas of this one's site this one counts as alive, itself included",
             value=len(self.service.live),
         )
+        site = GaugeMetricFamily(
+            "kgslb_health_site_info",
+            "The site this replica probes from (its vantage point; empty: no sites)",
+            labels=["site"],
+        )
+        site.add_metric([self.service.site], 1)
+        yield site
         yield GaugeMetricFamily(
             "kgslb_health_probes_in_flight",
             "Probes waiting for an answer",
