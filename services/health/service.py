@@ -89,6 +89,9 @@ class HealthService:
         self.known: dict[str, Known] = {}
         self.owned: dict[str, MemberState] = {}
         self.sightings: dict[str, Sighting] = {}
+        """Peers of this replica's site: they share the members."""
+        self.elsewhere: dict[str, Sighting] = {}
+        """Replicas of other sites: watched only to bury their heartbeat when they die."""
         self.live: frozenset[str] = frozenset({self.replica})
         self._followers = [
             BucketFollower(nc, subjects.KV_LEASES, self._apply_lease, subjects.HEALTH_REPLICA_KEYS),
@@ -211,17 +214,20 @@ class HealthService:
             return
         if entry.value is None:
             self.sightings.pop(replica, None)
+            self.elsewhere.pop(replica, None)
         else:
             heartbeat = self._decode(entry, HealthHeartbeat)
             if heartbeat is None:
                 return
-            if heartbeat.site != self.site:
-                # Another vantage point: it probes every member itself, shares none with us.
-                self.sightings.pop(replica, None)
-                self._refresh_live()
-                return
             valid_for = (heartbeat.expires_at - heartbeat.heartbeat_at).total_seconds()
-            self.sightings[replica] = Sighting(asyncio.get_running_loop().time(), valid_for)
+            sighting = Sighting(asyncio.get_running_loop().time(), valid_for)
+            if heartbeat.site == self.site:
+                self.sightings[replica] = sighting
+                self.elsewhere.pop(replica, None)
+            else:
+                # Another vantage point: it probes every member itself, shares none with us.
+                self.elsewhere[replica] = sighting
+                self.sightings.pop(replica, None)
         self._refresh_live()
 
     # Sharding -------------------------------------------------------------------------------
@@ -379,13 +385,18 @@ class HealthService:
     async def _bury_dead_peers(self) -> None:
         assert self._leases_kv is not None
         now = asyncio.get_running_loop().time()
-        dead = [r for r, s in self.sightings.items() if now - s.seen_at > s.valid_for_seconds]
-        for replica in dead:
-            del self.sightings[replica]
-            log.warning("replica %s stopped heartbeating; its members move", replica)
-            # Every survivor deletes it; the duplicates are harmless and keep the bucket clean.
-            with contextlib.suppress(Exception):
-                await self._leases_kv.delete(subjects.health_replica_key(replica))
+        for sightings in (self.sightings, self.elsewhere):
+            dead = [r for r, s in sightings.items() if now - s.seen_at > s.valid_for_seconds]
+            for replica in dead:
+                del sightings[replica]
+                if sightings is self.sightings:
+                    log.warning("replica %s stopped heartbeating; its members move", replica)
+                else:
+                    log.warning("replica %s of another site stopped heartbeating", replica)
+                # Every survivor deletes it; the duplicates are harmless and keep the bucket
+                # clean, and the DNS stops counting its verdicts at once.
+                with contextlib.suppress(Exception):
+                    await self._leases_kv.delete(subjects.health_replica_key(replica))
         self._refresh_live()
 
     async def _sweep_loop(self) -> None:

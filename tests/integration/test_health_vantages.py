@@ -182,6 +182,8 @@ async def test_a_member_is_withdrawn_only_when_a_majority_of_the_live_sites_say_
         # Killed (no goodbye): s3 also goes silent; s1 alone is a quorum of one.
         services.running["health-s3"].kill9()
         await eventually(lambda: _answers(dns_port, {B}), DECIDED_SECONDS)
+        # Another site's replica buried it: the bucket keeps no heartbeat of a dead site.
+        await eventually(lambda: _heartbeats(nats_client, {"health-s1"}), DECIDED_SECONDS)
 
         # Every site silent: nothing changes any more, whatever the members do.
         services.running["health-s1"].kill9()
@@ -238,3 +240,15 @@ async def _dns_metric(services: Services, name: str, **labels: str) -> float:
 
 async def _dns_metric_is(services: Services, name: str, value: float, **labels: str) -> bool:
     return await _dns_metric(services, name, **labels) == value
+
+
+async def _heartbeats(nc: Client, expected: set[str]) -> bool:
+    kv = await nc.jetstream().key_value(subjects.KV_LEASES)
+    found: set[str] = set()
+    watcher = await kv.watch(subjects.HEALTH_REPLICA_KEYS, ignore_deletes=True)
+    async for entry in watcher:
+        if entry is None:
+            break
+        found.add(subjects.decode_token(entry.key.split(".", 1)[1]))
+    await watcher.stop()
+    return found == expected
