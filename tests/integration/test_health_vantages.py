@@ -226,6 +226,55 @@ async def test_a_site_alone_follows_its_own_verdict(
     assert await verdicts(nats_client, A) == {"s1": HealthState.DOWN}
 
 
+async def test_replicas_of_one_site_share_its_members_and_every_site_probes_all_of_them(
+    nats_client: Client, services: Services
+) -> None:
+    port = free_port()
+    ips = [f"127.20.2.{n}" for n in range(1, 13)]
+    spec = monitor(port, interval_seconds=INTERVAL_SECONDS)
+    servers = [Member(ip, port) for ip in ips]
+    for server in servers:
+        await server.start()
+    try:
+        for replica, site in (("s1-a", "s1"), ("s1-b", "s1"), ("s2-a", "s2")):
+            services.start(
+                replica,
+                "health",
+                "--site", site,
+                env={"KGSLB_REPLICA": replica, "KGSLB_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS)},
+            )  # fmt: skip
+        await put_service(nats_client, gslb_service(FQDN, ips, spec))
+
+        async def all_up_by_site() -> dict[str, dict[str, str]]:
+            kv = await nats_client.jetstream().key_value(subjects.KV_HEALTH)
+            authors: dict[str, dict[str, str]] = {"s1": {}, "s2": {}}
+            watcher = await kv.watchall(ignore_deletes=True)
+            async for entry in watcher:
+                if entry is None:
+                    break
+                record = wire.decode(entry.value or b"", MemberHealth)
+                if record.state == HealthState.UP:
+                    authors[record.site][record.ip] = record.replica
+            await watcher.stop()
+            return authors if all(len(a) == len(ips) for a in authors.values()) else {}
+
+        authors = await eventually(all_up_by_site, DECIDED_SECONDS * 2)
+        for replica, live in (("s1-a", 2), ("s1-b", 2), ("s2-a", 1)):
+            await eventually(
+                lambda r=replica, n=live: _replicas_live(services, r, n), DECIDED_SECONDS
+            )
+    finally:
+        for server in servers:
+            await server.stop()
+
+    assert set(authors["s1"].values()) == {"s1-a", "s1-b"}, "s1's two replicas share s1's members"
+    assert set(authors["s2"].values()) == {"s2-a"}, "s2 probes every member itself"
+
+
+async def _replicas_live(services: Services, replica: str, count: int) -> bool:
+    return await metric(services.ops_ports[replica], "kgslb_health_replicas_live") == count
+
+
 async def _verdicts_are(nc: Client, ip: str, expected: dict[str, HealthState]) -> bool:
     return await verdicts(nc, ip) == expected
 
