@@ -1,5 +1,5 @@
 """`kgslb status`: the GSLB services as the DNS sees them (members per priority group,
-weights, health combined over the vantage points and each vantage point's verdict, source
+weights, health combined over the vantage points and, with sites, each one's verdict, source
 objects) and every policy object that is Rejected, with its reason; first, when a `kgslb up`
 runs here, its processes with their restarts."""
 
@@ -164,9 +164,11 @@ async def show_status(settings: StatusSettings) -> None:
         await nc.drain()
     book = health_book(health_raw, leases_raw, Quorum.parse(settings.health_quorum))
 
+    # One vantage point without a site has nothing to add to the health column.
+    sited = book.vantages() - {""}
     table = Table(title="GSLB services")
     for column in ("FQDN", "TTL", "algorithm", "prio", "member", "cluster", "weight", "health",
-                   "vantage points", "sources"):  # fmt: skip
+                   *(["vantage points"] if sited else []), "sources"):  # fmt: skip
         table.add_column(column)
     for key in sorted(services):
         try:
@@ -189,7 +191,7 @@ async def show_status(settings: StatusSettings) -> None:
                     member.cluster,
                     str(member.weight),
                     f"[{colour}]{shown}[/]",
-                    shown_verdicts(book.verdicts_of(key)),
+                    *([shown_verdicts(book.verdicts_of(key))] if sited else []),
                     ", ".join(member.sources),
                 )
                 first = False

@@ -61,6 +61,7 @@ async def test_status_shows_each_service_in_kv_with_its_members_health(
     assert HELLO in up_row and "s1az1" in up_row and "up" in up_row
     assert "s2" in unprobed_row and "unknown" in unprobed_row
     assert not any(GONE in row for row in rows)
+    assert not any("vantage points" in row for row in rows), "one vantage point, no column"
 
 
 async def test_status_shows_each_vantage_points_verdict_and_the_state_they_combine_to(
@@ -110,3 +111,4 @@ async def test_status_shows_each_vantage_points_verdict_and_the_state_they_combi
     assert "s1az1 down, s1az2 down (silent), s2 up" in outvoted
     assert "│ down " in withdrawn
     assert "s1az1 down, s2 down" in withdrawn
+    assert any("vantage points" in row for row in rows)
