@@ -40,21 +40,25 @@ class Quorum:
 
     rule: str
     """`majority`, `all`, or a number as text."""
+    at_least: int = 0
+    """The number N; 0 for `majority` and `all`."""
 
     @classmethod
     def parse(cls, text: str) -> Quorum:
         rule = text.strip().lower()
-        if rule in ("majority", "all") or _NUMBER.fullmatch(rule):
+        if rule in ("majority", "all"):
             return cls(rule)
+        if _NUMBER.fullmatch(rule):
+            return cls(rule, int(rule))
         raise ValueError(f"health quorum {text!r} is not one of: {QUORUM_HELP}")
 
     def needed(self, fresh: int) -> int:
         """Down verdicts needed out of `fresh` (>= 1) vantage points."""
-        if self.rule == "majority":
-            return fresh // 2 + 1
+        if self.at_least:
+            return min(self.at_least, fresh)
         if self.rule == "all":
             return fresh
-        return min(int(self.rule), fresh)
+        return fresh // 2 + 1
 
 
 MAJORITY = Quorum("majority")
@@ -84,17 +88,19 @@ def combine(
     """
     if not verdicts:
         return HealthState.UNKNOWN
-    counted = [v for v in verdicts if v.fresh]
+    counted = [v.state for v in verdicts if v.fresh]
     if not counted:
         if previous is not None:
             return previous
-        counted = list(verdicts)
-    downs = sum(1 for v in counted if v.state is HealthState.DOWN)
-    if downs >= quorum.needed(len(counted)):
+        counted = [v.state for v in verdicts]
+    return decide(len(counted), counted.count(HealthState.DOWN), HealthState.UP in counted, quorum)
+
+
+def decide(counted: int, downs: int, any_up: bool, quorum: Quorum) -> HealthState:
+    """The rule itself, on counts: `counted` verdicts (>= 1), `downs` of them down."""
+    if downs >= quorum.needed(counted):
         return HealthState.DOWN
-    if any(v.state is HealthState.UP for v in counted):
-        return HealthState.UP
-    return HealthState.UNKNOWN
+    return HealthState.UP if any_up else HealthState.UNKNOWN
 
 
 # The book ---------------------------------------------------------------------------------
@@ -222,6 +228,25 @@ class HealthBook:
             if not members:
                 del self._members_of[replica]
 
+    def _combine(self, of_member: dict[str, Written], previous: State) -> HealthState:
+        """`combine` over one member's verdicts, without building them (a site that falls
+        silent recombines every member it judged)."""
+        live = self.live
+        counted = downs = 0
+        any_up = False
+        for written in of_member.values():
+            if written.replica in live:
+                counted += 1
+                downs += written.state is HealthState.DOWN
+                any_up = any_up or written.state is HealthState.UP
+        if not counted:
+            if previous is not None:
+                return previous
+            states = [written.state for written in of_member.values()]
+            counted, downs = len(states), states.count(HealthState.DOWN)
+            any_up = HealthState.UP in states
+        return decide(counted, downs, any_up, self.quorum)
+
     def _recombine(self, members: Iterable[str]) -> dict[str, State]:
         changes: dict[str, State] = {}
         for member in members:
@@ -231,7 +256,7 @@ class HealthBook:
                     del self.combined[member]
                     changes[member] = None
                 continue
-            after = combine(self.verdicts_of(member), self.quorum, before)
+            after = self._combine(self.verdicts[member], before)
             if after is not before:
                 self.combined[member] = after
                 changes[member] = after

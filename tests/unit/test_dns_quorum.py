@@ -6,6 +6,8 @@ reports exactly the members whose combined state changed."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.dns.quorum import HealthBook, Quorum, Verdict, Written, combine
 from services.dns.settings import DnsSettings
@@ -224,3 +226,57 @@ def test_book_counts_verdicts_per_vantage_state_and_freshness() -> None:
         ("s3", UP, False): 1,
     }
     assert book.vantages() == {"s1", "s2", "s3"}
+
+
+REPLICAS = ("h1", "h2", "h3", "h4")
+SITE_OF = {"h1": "s1", "h2": "s2", "h3": "s3", "h4": "s1"}
+operations = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("verdict"),
+            st.sampled_from([MEMBER, OTHER]),
+            st.sampled_from(REPLICAS),
+            st.sampled_from([UP, DOWN, UNKNOWN, None]),
+        ),
+        st.tuples(st.just("beat"), st.sampled_from(REPLICAS), st.floats(0, 5)),
+        st.tuples(st.just("gone"), st.sampled_from(REPLICAS)),
+        st.tuples(st.just("tick"), st.floats(0, 5)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations, st.sampled_from(["majority", "all", "1", "2"]))
+def test_book_agrees_with_combine_after_any_sequence_of_updates(
+    ops: list[tuple[object, ...]], rule: str
+) -> None:
+    """The book recombines only the members an update can change; a model that recombines
+    every member with `combine` after every update must agree with it, and the changes the
+    book reports must be exactly the differences."""
+    book = HealthBook(Quorum.parse(rule))
+    model: dict[str, HealthState] = {}
+    now = 0.0
+    for op in ops:
+        if op[0] == "verdict":
+            _, member, replica, state = op
+            written = None if state is None else Written(state, str(replica))
+            changes = book.set_verdict(str(member), SITE_OF[str(replica)], written)  # type: ignore[arg-type]
+        elif op[0] == "beat":
+            now += float(op[2])  # type: ignore[arg-type]
+            changes = book.heartbeat(str(op[1]), SITE_OF[str(op[1])], 3.0, now)
+        elif op[0] == "gone":
+            changes = book.replica_gone(str(op[1]), now)
+        else:
+            now += float(op[1])  # type: ignore[arg-type]
+            changes = book.expire(now)
+        expected = {
+            member: combine(book.verdicts_of(member), book.quorum, model.get(member))
+            for member in book.verdicts
+        }
+        assert book.combined == expected
+        differences = {
+            m: expected.get(m) for m in {*model, *expected} if model.get(m) != expected.get(m)
+        }
+        assert changes == differences
+        model = expected
