@@ -133,8 +133,10 @@ class HealthBook:
         """Member key -> vantage -> its verdict."""
         self.combined: dict[str, HealthState] = {}
         self.heartbeats: dict[str, Heartbeat] = {}
-        self.live: frozenset[str] = frozenset()
-        """Replicas whose heartbeat is within its validity."""
+        self.live: frozenset[tuple[str, str]] = frozenset()
+        """(replica, site) of the replicas whose heartbeat is within its validity: a verdict
+        counts when its replica is live and heartbeats for the verdict's vantage point (a
+        replica that changed sites does not vouch for its old site's keys)."""
         self._members_of: dict[str, set[str]] = {}
         """Replica -> members it wrote a verdict on that is still held."""
 
@@ -167,7 +169,7 @@ class HealthBook:
     def expire(self, now: float) -> dict[str, State]:
         """Count replicas whose heartbeat ran out as silent; call it every so often."""
         live = frozenset(
-            replica
+            (replica, beat.site)
             for replica, beat in self.heartbeats.items()
             if now - beat.seen_at <= beat.valid_for_seconds
         )
@@ -176,7 +178,7 @@ class HealthBook:
         changed = live ^ self.live
         self.live = live
         affected: set[str] = set()
-        for replica in changed:
+        for replica, _ in changed:
             affected |= self._members_of.get(replica, set())
         return self._recombine(affected)
 
@@ -184,12 +186,12 @@ class HealthBook:
 
     def verdicts_of(self, member: str) -> list[Verdict]:
         return [
-            Verdict(vantage, written.state, written.replica in self.live)
+            Verdict(vantage, written.state, (written.replica, vantage) in self.live)
             for vantage, written in sorted(self.verdicts.get(member, {}).items())
         ]
 
     def live_vantages(self) -> set[str]:
-        return {self.heartbeats[replica].site for replica in self.live}
+        return {site for _, site in self.live}
 
     def vantages(self) -> set[str]:
         """Every vantage point heard from: by heartbeat or by a verdict."""
@@ -204,7 +206,7 @@ class HealthBook:
         live = self.live
         for of_member in list(self.verdicts.values()):
             for vantage, written in list(of_member.items()):
-                counts[(vantage, written.state, written.replica in live)] += 1
+                counts[(vantage, written.state, (written.replica, vantage) in live)] += 1
         return counts
 
     def outvoted(self) -> Iterator[str]:
@@ -214,7 +216,10 @@ class HealthBook:
         for member, of_member in list(self.verdicts.items()):
             if self.combined.get(member) is HealthState.DOWN:
                 continue
-            if any(w.state is HealthState.DOWN and w.replica in live for w in of_member.values()):
+            if any(
+                w.state is HealthState.DOWN and (w.replica, vantage) in live
+                for vantage, w in of_member.items()
+            ):
                 yield member
 
     # Inside ---------------------------------------------------------------------------------
@@ -234,8 +239,8 @@ class HealthBook:
         live = self.live
         counted = downs = 0
         any_up = False
-        for written in of_member.values():
-            if written.replica in live:
+        for vantage, written in of_member.items():
+            if (written.replica, vantage) in live:
                 counted += 1
                 downs += written.state is HealthState.DOWN
                 any_up = any_up or written.state is HealthState.UP

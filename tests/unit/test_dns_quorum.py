@@ -237,6 +237,7 @@ operations = st.lists(
             st.sampled_from([MEMBER, OTHER]),
             st.sampled_from(REPLICAS),
             st.sampled_from([UP, DOWN, UNKNOWN, None]),
+            st.sampled_from(["", "own"]),
         ),
         st.tuples(st.just("beat"), st.sampled_from(REPLICAS), st.floats(0, 5)),
         st.tuples(st.just("gone"), st.sampled_from(REPLICAS)),
@@ -259,9 +260,10 @@ def test_book_agrees_with_combine_after_any_sequence_of_updates(
     now = 0.0
     for op in ops:
         if op[0] == "verdict":
-            _, member, replica, state = op
-            written = None if state is None else Written(state, str(replica))
-            changes = book.set_verdict(str(member), SITE_OF[str(replica)], written)  # type: ignore[arg-type]
+            _, member, replica, state, where = op
+            written = None if state is None else Written(state, str(replica))  # type: ignore[arg-type]
+            vantage = SITE_OF[str(replica)] if where == "own" else ""
+            changes = book.set_verdict(str(member), vantage, written)
         elif op[0] == "beat":
             now += float(op[2])  # type: ignore[arg-type]
             changes = book.heartbeat(str(op[1]), SITE_OF[str(op[1])], 3.0, now)
@@ -280,3 +282,15 @@ def test_book_agrees_with_combine_after_any_sequence_of_updates(
         }
         assert changes == differences
         model = expected
+
+
+def test_book_a_replica_vouches_only_for_the_verdicts_of_the_site_it_heartbeats_for() -> None:
+    """A replica restarted with a site under the same name leaves its old `<fqdn>.<ip>`
+    verdict behind: that one is silent, the site's counts."""
+    book = HealthBook()
+    book.heartbeat("health-0", "s1", VALID, 0.0)
+    book.set_verdict(MEMBER, "", Written(DOWN, "health-0"))
+    book.set_verdict(MEMBER, "s1", Written(UP, "health-0"))
+
+    assert book.verdicts_of(MEMBER) == [Verdict("", DOWN, False), Verdict("s1", UP, True)]
+    assert book.combined[MEMBER] is UP
