@@ -130,9 +130,15 @@ GRANTS: dict[str, Grant] = {
         writes_buckets=(subjects.KV_HEALTH, subjects.KV_LEASES),
     ),
     "dns": Grant(
-        summary="reads state and live health verdicts, publishes query logs, nothing else",
+        summary="reads state (with the health replicas' heartbeats) and live health verdicts, "
+        "publishes query logs, nothing else",
         publishes=(f"{subjects.DNSLOG_PREFIX}.>",),
-        reads_buckets=(subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_HEALTH),
+        reads_buckets=(
+            subjects.KV_SERVICES,
+            subjects.KV_ZONES,
+            subjects.KV_HEALTH,
+            subjects.KV_LEASES,
+        ),
         subscribes=(f"{subjects.HEALTH_LIVE_PREFIX}.>",),
     ),
 }
