@@ -19,7 +19,7 @@ from kgslb.backends import HelloBackends, HelloSite
 from kgslb.embedded import free_port
 from kgslb.up import StackConfig, load_stack_config, seed_messages
 from shared import subjects, wire
-from shared.models import HealthState, MemberHealth
+from shared.models import HealthHeartbeat, HealthState, MemberHealth
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_health_service import health_records
 
@@ -169,6 +169,12 @@ async def test_a_live_verdict_on_core_nats_is_answered_before_the_kv_holds_it_an
     health_kv = await nats_client.jetstream().key_value(subjects.KV_HEALTH)
     key = subjects.member_key(HELLO, S2)
     now = datetime.now(UTC)
+    # The verdicts count while their replica heartbeats (services/dns/quorum.py).
+    leases = await nats_client.jetstream().key_value(subjects.KV_LEASES)
+    beat = HealthHeartbeat(
+        replica="health-a", heartbeat_at=now, expires_at=now + timedelta(seconds=60)
+    )
+    await leases.put(subjects.health_replica_key("health-a"), wire.encode(beat))
 
     await nats_client.publish(subjects.health_live_subject(key), verdict(HealthState.DOWN, now))
     await eventually(lambda: _not_answered(dns_port, S2), timeout_seconds=5)
