@@ -1,0 +1,238 @@
+"""DNS over TCP under abuse, on a real DNS process serving 1,000 qps of UDP: one client that
+pipelines queries and never reads a reply, and 2,000 connections that each send one byte every
+few seconds and never finish a message (both reconnect whenever the DNS closes them, as an
+attacker would). UDP must lose nothing, memory must stay bounded, new TCP clients must still
+be answered, and no slow-drip connection may outlive the idle plus whole-message limits."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import resource
+import socket
+import struct
+import threading
+import time
+
+import dns.asyncquery
+import dns.exception
+import dns.message
+import httpx
+from nats.aio.client import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import Services
+from tests.integration.test_dns_protocol import HELLO
+from tests.integration.test_dns_updates import seeded
+from tests.reliability.load import UdpLoad
+from tests.reliability.test_dns_security import rss_kb
+
+DRIPPERS = 2000
+DRIP_INTERVAL_SECONDS = 3.0
+ABUSE_SECONDS = 25.0
+PROBE_INTERVAL_SECONDS = 0.25
+IDLE_SECONDS = 10.0
+MESSAGE_SECONDS = 5.0
+"""The DNS's defaults, stated for the lifetime bound below."""
+SWEEP_SECONDS = 1.0
+RSS_BUDGET_KB = 50 * 1024
+FDS_NEEDED = DRIPPERS + 200
+
+
+def framed_query(query_id: int) -> bytes:
+    wire = dns.message.make_query(HELLO, "A").to_wire()
+    return struct.pack("!HH", len(wire), query_id) + wire[2:]
+
+
+def raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == resource.RLIM_INFINITY or soft >= needed, (
+        f"the test needs {needed} open files and the hard limit is {soft}: raise `ulimit -Hn`"
+    )
+
+
+class Pipeliner:
+    """Writes pipelined queries as fast as the DNS takes them and never reads."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.connections = 0
+        self.sent_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._burst = b"".join(framed_query(i) for i in range(1000))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    self.connections += 1
+                    while not self._stop.is_set():
+                        try:
+                            self.sent_bytes += sock.send(self._burst)
+                        except TimeoutError:
+                            continue  # the DNS stopped reading us: keep pushing
+            except OSError:
+                time.sleep(0.05)  # closed by the DNS (or refused): come back
+
+
+class Dripper:
+    """`count` connections, each sending the next byte of a query every `interval` seconds;
+    a connection the DNS closed is replaced at once. Records how long each one lived."""
+
+    def __init__(self, port: int, count: int, interval: float) -> None:
+        self.port = port
+        self.count = count
+        self.interval = interval
+        self.message = framed_query(7)
+        self.sockets: list[tuple[socket.socket, float, int] | None] = [None] * count
+        self.closed_by_server = 0
+        self.connect_failures = 0
+        self.longest_closed_life = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> float:
+        """Stop and close everything; return the age of the oldest connection still open."""
+        self._stop.set()
+        self._thread.join()
+        now = time.monotonic()
+        oldest = 0.0
+        for entry in self.sockets:
+            if entry is not None:
+                oldest = max(oldest, now - entry[1])
+                entry[0].close()
+        return oldest
+
+    def _connect(self, index: int) -> None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        except OSError:
+            self.connect_failures += 1
+            self.sockets[index] = None
+            return
+        sock.setblocking(False)
+        self.sockets[index] = (sock, time.monotonic(), 0)
+
+    def _run(self) -> None:
+        for index in range(self.count):
+            if self._stop.is_set():
+                return
+            self._connect(index)
+        pause = self.interval / self.count
+        while not self._stop.is_set():
+            for index in range(self.count):
+                if self._stop.is_set():
+                    return
+                self._drip(index)
+                time.sleep(pause)
+
+    def _drip(self, index: int) -> None:
+        entry = self.sockets[index]
+        if entry is None:
+            self._connect(index)
+            return
+        sock, opened, sent = entry
+        try:
+            if sock.recv(1) == b"":
+                raise ConnectionResetError(errno.ECONNRESET, "closed by the server")
+        except BlockingIOError:
+            pass  # still open: nothing to read, as expected
+        except OSError:
+            self.closed_by_server += 1
+            self.longest_closed_life = max(self.longest_closed_life, time.monotonic() - opened)
+            sock.close()
+            self._connect(index)
+            return
+        if sent == len(self.message) - 1:
+            return  # never the last byte: the message stays unfinished
+        try:
+            sock.send(self.message[sent : sent + 1])
+        except OSError:
+            return  # noticed as closed on the next round
+        self.sockets[index] = (sock, opened, sent + 1)
+
+
+async def tcp_metrics(services: Services) -> dict[str, float]:
+    """The DNS's kgslb_dns_tcp_* samples, for the record (none if it cannot even answer)."""
+    try:
+        async with httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{services.ops_ports['dns']}/metrics"
+            response = await http.get(url, timeout=5)
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.name.startswith("kgslb_dns_tcp"):
+            for sample in family.samples:
+                label = ",".join(f"{v}" for v in sample.labels.values())
+                out[f"{sample.name}{{{label}}}" if label else sample.name] = sample.value
+    return out
+
+
+async def test_tcp_abuse_neither_silences_udp_nor_grows_memory_nor_locks_out_tcp(
+    nats_client: Client, services: Services
+) -> None:
+    raise_fd_limit(FDS_NEEDED)
+    port = await seeded(nats_client, services)
+    process = services.running["dns"].process
+    assert process is not None
+    load = UdpLoad(port, HELLO, qps=1000, grace_seconds=2.0)
+    load.start()
+    await asyncio.sleep(2)
+    baseline_kb = rss_kb(process.pid)
+    pipeliner = Pipeliner(port)
+    dripper = Dripper(port, DRIPPERS, DRIP_INTERVAL_SECONDS)
+    pipeliner.start()
+    dripper.start()
+
+    answered = failed = 0
+    peak_kb = baseline_kb
+    deadline = time.monotonic() + ABUSE_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            query = dns.message.make_query(HELLO, "A")
+            try:
+                reply = await dns.asyncquery.tcp(query, "127.0.0.1", port=port, timeout=3)
+                answered += bool(reply.answer)
+                failed += not reply.answer
+            except (TimeoutError, OSError, EOFError, dns.exception.DNSException):
+                failed += 1
+            peak_kb = max(peak_kb, rss_kb(process.pid))
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+        metrics = await tcp_metrics(services)
+    finally:
+        pipeliner.stop()
+        oldest_open = dripper.stop()
+    lost = await asyncio.to_thread(load.stop)
+
+    grown_kb = peak_kb - baseline_kb
+    print(
+        f"\nUDP: {load.sent} sent, {lost} lost; RSS {baseline_kb // 1024} MB -> peak "
+        f"{peak_kb // 1024} MB (+{grown_kb / 1024:.1f} MB); fresh TCP: {answered} answered, "
+        f"{failed} failed; pipeliner: {pipeliner.connections} connections, "
+        f"{pipeliner.sent_bytes // 1024} KB sent; drip: {dripper.closed_by_server} closed by the "
+        f"DNS (longest life {dripper.longest_closed_life:.1f} s, oldest open "
+        f"{oldest_open:.1f} s), {dripper.connect_failures} connects failed"
+    )
+    for name, value in sorted(metrics.items()):
+        print(f"  {name} {value:g}")
+    assert lost == 0, f"{lost} of {load.sent} UDP queries got no answer"
+    assert grown_kb < RSS_BUDGET_KB, f"the DNS grew by {grown_kb} kB under TCP abuse"
+    assert answered > 0 and failed == 0, f"{failed} fresh TCP queries failed, {answered} answered"
+    bound = IDLE_SECONDS + MESSAGE_SECONDS + SWEEP_SECONDS
+    longest = max(dripper.longest_closed_life, oldest_open)
+    assert longest <= bound + 1, f"a slow-drip connection lived {longest:.1f} s"
