@@ -387,7 +387,11 @@ class TcpListener:
             if handle is not None:
                 handle.cancel()
         for conn in self.connections:
-            self.end(conn, Close.EVICTED)
+            # Shutting down is no limit at work: nothing is counted.
+            conn.closed = True
+            self.connections.remove(conn)
+            if conn.transport is not None:
+                conn.transport.abort()
 
     # Connections -------------------------------------------------------------------------
 

@@ -9,11 +9,14 @@ above the number of drips (so the message limit has to end them)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import selectors
+import shutil
 import socket
 import statistics
 import struct
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,9 +29,11 @@ import pytest
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import Services
-from tests.integration.test_dns_protocol import HELLO
-from tests.integration.test_dns_updates import seeded
+from kgslb.embedded import ManagedProcess, free_port
+from services.dns.tcp import FD_RESERVE
+from tests.integration.conftest import Services, eventually
+from tests.integration.test_dns_protocol import HELLO, gslb, zone
+from tests.integration.test_dns_updates import first_address, put_service, put_zone, seeded
 from tests.reliability.load import UdpLoad
 from tests.reliability.test_dns_security import rss_kb
 
@@ -190,11 +195,11 @@ def udp_receive_buffer_errors() -> int:
     return int(dict(zip(header, values, strict=True))["RcvbufErrors"])
 
 
-async def tcp_metrics(services: Services) -> dict[str, float]:
+async def tcp_metrics(services: Services, name: str = "dns") -> dict[str, float]:
     """The DNS's kgslb_dns_tcp_* samples, for the record (none if it cannot even answer)."""
     try:
         async with httpx.AsyncClient() as http:
-            url = f"http://127.0.0.1:{services.ops_ports['dns']}/metrics"
+            url = f"http://127.0.0.1:{services.ops_ports[name]}/metrics"
             response = await http.get(url, timeout=5)
     except httpx.HTTPError:
         return {}
@@ -275,3 +280,51 @@ async def test_tcp_abuse_neither_silences_udp_nor_grows_memory_nor_locks_out_tcp
     bound = IDLE_SECONDS + MESSAGE_SECONDS + SWEEP_SECONDS + 1
     longest = max(dripper.longest_closed_life, oldest_open)
     assert longest <= bound, f"a slow-drip connection lived {longest:.1f} s (at most {bound} s)"
+
+
+FD_LIMIT = 300
+
+
+async def test_at_a_low_open_file_limit_new_tcp_clients_evict_old_ones_and_are_answered(
+    nats_client: Client, services: Services, tmp_path: Path
+) -> None:
+    """With 300 descriptors, twice as many idle connections as it can hold: the DNS keeps its
+    cap under the limit, so a newcomer closes the longest idle instead of meeting EMFILE."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed (Debian package util-linux)")
+    raise_fd_limit(FDS_NEEDED)
+    await put_zone(nats_client, zone())
+    await put_service(nats_client, gslb(HELLO))
+    port, ops_port = free_port(), free_port()
+    argv = [
+        "prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}",
+        sys.executable, "-m", "kgslb", "dns", "--dns-port", str(port),
+    ]  # fmt: skip
+    env = {
+        **os.environ, "PYTHONUNBUFFERED": "1",
+        "KGSLB_NATS_URL": services.nats.url, "KGSLB_OPS_PORT": str(ops_port),
+    }  # fmt: skip
+    process = ManagedProcess("dns-low-fd", argv, tmp_path / "dns-low-fd.log", env)
+    services.running["dns-low-fd"] = process
+    services.ops_ports["dns-low-fd"] = ops_port
+    process.start()
+    await eventually(lambda: first_address(port))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(2 * FD_LIMIT):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+        replies = [
+            await dns.asyncquery.tcp(
+                dns.message.make_query(HELLO, "A"), "127.0.0.1", port=port, timeout=5
+            )
+            for _ in range(5)
+        ]
+        metrics = await tcp_metrics(services, "dns-low-fd")
+    finally:
+        for sock in held:
+            sock.close()
+
+    print(f"\nlow open-file limit: {metrics}")
+    assert all(reply.answer for reply in replies)
+    assert metrics["kgslb_dns_tcp_connections_limit"] == FD_LIMIT - FD_RESERVE
+    assert metrics["kgslb_dns_tcp_connections_closed_total{evicted}"] >= FD_LIMIT
