@@ -159,6 +159,16 @@ CHANNELS = (
         receivers=("dns",),
     ),
     Channel(
+        "health-live",
+        f"{subjects.HEALTH_LIVE_PREFIX}.{{fqdn}}.{{ip}}",
+        (MemberHealth,),
+        f"Core NATS, not stored: the same verdict as the KV {subjects.KV_HEALTH} write, sent "
+        f"just before it, so that DNS in every site applies it while the bucket's stream may "
+        f"be electing a new leader after a site was lost.",
+        senders=("health",),
+        receivers=("dns",),
+    ),
+    Channel(
         "lease",
         _kv(subjects.KV_LEASES, subjects.RECONCILER_LEASE_KEY),
         (Lease,),

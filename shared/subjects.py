@@ -100,6 +100,26 @@ def fqdn_from_key(key: str) -> str:
     return ".".join(decode_token(label) for label in key.split("."))
 
 
+HEALTH_LIVE_PREFIX = "kgslb.health.live"
+"""Core NATS (not JetStream): every member health verdict, published by the health replica
+as it writes it to KV `kgslb_health`, on `kgslb.health.live.<member key>`. The DNS applies it
+at once; the KV stays the durable copy that a starting DNS reads. A site lost with the leader
+of the `kgslb_health` stream makes KV writes wait for an election (4 to 9 s); the live
+verdicts cross the NATS routes without waiting."""
+
+
+def health_live_subject(key: str) -> str:
+    return f"{HEALTH_LIVE_PREFIX}.{key}"
+
+
+def key_from_health_live_subject(subject: str) -> str:
+    """The member key of a live verdict's subject; ValueError for any other subject."""
+    prefix = f"{HEALTH_LIVE_PREFIX}."
+    if not subject.startswith(prefix) or len(subject) == len(prefix):
+        raise ValueError(f"not a live health subject: {subject!r}")
+    return subject[len(prefix) :]
+
+
 def member_key(fqdn: str, ip: str) -> str:
     """Health is per (FQDN, member IP): the monitor sends the FQDN as Host header."""
     return f"{encode_token(normalize_fqdn(fqdn))}.{encode_token(ip)}"

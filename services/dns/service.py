@@ -9,8 +9,10 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable
+from datetime import datetime
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
 
 from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
@@ -31,6 +33,10 @@ SERVICE = "dns"
 LOG_QUEUE_RECORDS = 10_000
 
 TABLE_UPDATES = Counter("kgslb_dns_table_updates_total", "KV updates applied", ["bucket"])
+LIVE_VERDICTS = Counter(
+    "kgslb_dns_live_health_verdicts_total",
+    "Member health verdicts received on core NATS ahead of their KV write",
+)
 LOGS_DROPPED = Counter("kgslb_dns_logs_dropped_total", "Query logs dropped: publisher behind")
 GSLB_NAMES = Gauge("kgslb_dns_gslb_names", "GSLB names in the answer table")
 BAD_VALUES = Counter(
@@ -88,6 +94,8 @@ class DnsService:
         REGISTRY.register(TcpCollector(self.tcp))
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
+        self._verdicts: dict[str, tuple[str, datetime]] = {}
+        """Per member key, the writer and probe time of the verdict applied last (live or KV)."""
         self._followers = [
             self._follower(subjects.KV_ZONES, self._apply_zone),
             self._follower(subjects.KV_HEALTH, self._apply_health),
@@ -106,6 +114,7 @@ class DnsService:
 
     async def run(self) -> None:
         await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
+        await self.nc.subscribe(f"{subjects.HEALTH_LIVE_PREFIX}.>", cb=self._on_live_health)
         mirrors = asyncio.gather(
             *(follower.run() for follower in self._followers), self._publish_logs()
         )
@@ -181,11 +190,33 @@ class DnsService:
 
     def _apply_health(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:
+            self._verdicts.pop(key, None)
             self.table.set_health(key, None)
             return
         health = self._decode(key, value, MemberHealth)
-        if health is not None:
+        if health is not None and self._newer_verdict(key, health):
             self.table.set_health(key, HealthState(health.state))
+
+    async def _on_live_health(self, msg: Msg) -> None:
+        """A verdict on core NATS, ahead of its KV write (subjects.HEALTH_LIVE_PREFIX)."""
+        try:
+            key = subjects.key_from_health_live_subject(msg.subject)
+        except ValueError:
+            return
+        LIVE_VERDICTS.inc()
+        self._apply_health(key, msg.data, 0)
+
+    def _newer_verdict(self, key: str, health: MemberHealth) -> bool:
+        """False for a verdict older than one already applied from the same writer: the live
+        one arrives first, and its KV copy (or an older KV write delayed by an election) must
+        not take it back. Times of different writers are never compared (their clocks may
+        differ): the newest arrival wins, as in the KV."""
+        probed_at = health.last_probe_at or health.since
+        applied = self._verdicts.get(key)
+        if applied is not None and applied[0] == health.replica and probed_at < applied[1]:
+            return False
+        self._verdicts[key] = (health.replica, probed_at)
+        return True
 
     async def _publish_logs(self) -> None:
         while True:

@@ -293,6 +293,10 @@ class HealthService:
             return
         record = health_record(target, state, self.replica, previous)
         data = wire.encode(record)
+        # First on core NATS: the DNS applies it at once, even while the KV stream elects a
+        # new leader after a site was lost (subjects.HEALTH_LIVE_PREFIX).
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subjects.health_live_subject(key), data)
         try:
             if known is None:
                 revision = await self._health_kv.create(key, data)
@@ -360,7 +364,9 @@ class HealthService:
         now = asyncio.get_running_loop().time()
         dead = [r for r, s in self.sightings.items() if now - s.seen_at > s.valid_for_seconds]
         for replica in dead:
-            del self.sightings[replica]
+            # Its lease's deletion may have removed it while we awaited the previous delete.
+            if self.sightings.pop(replica, None) is None:
+                continue
             log.warning("replica %s stopped heartbeating; its members move", replica)
             # Every survivor deletes it; the duplicates are harmless and keep the bucket clean.
             with contextlib.suppress(Exception):

@@ -85,5 +85,6 @@ def test_the_dns_only_receives_state_and_sends_query_logs() -> None:
         if name.startswith("dns:")
     }
     assert dns == {
-        ("receive", "services"), ("receive", "zones"), ("receive", "health"), ("send", "dnslog"),
+        ("receive", "services"), ("receive", "zones"), ("receive", "health"),
+        ("receive", "health-live"), ("send", "dnslog"),
     }  # fmt: skip
