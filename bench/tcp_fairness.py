@@ -7,7 +7,13 @@ Starts a seeded nats-server and a `kgslb dns`, sends 1,000 UDP queries per secon
 in flight and read every answer. Scenarios: UDP alone; with the TCP clients under the default
 per-network TCP budget; with the budget off (`--tcp-client-queries-per-second 0`, only the
 per-turn answer bound keeps UDP served). Prints UDP lost, TCP answers per second and the DNS's
-CPU share; writes JSON to bench/results/tcp_fairness.json.
+CPU share.
+
+Then UDP capacity: dnsperf (`-c 4 -T 1`, as bench/dns_qps.py) for `--seconds` alone, and again
+while the DNS is abused over TCP as in tests/reliability/test_tcp_abuse.py (a client that
+pipelines and never reads, 2,000 slow-drip connections) plus one reading client. On a shared
+2-core machine the attackers and dnsperf take CPU from the DNS too, so the ratio is a floor.
+Needs `apt-get install dnsperf`. Writes JSON to bench/results/tcp_fairness.json.
 """
 
 from __future__ import annotations
@@ -28,13 +34,23 @@ from dns_stack import (
     SeededNats,
     cpu_seconds,
     gslb_service,
+    require_tools,
     rss_mb,
+    run_dnsperf,
     start_kgslb_dns,
     wait_answering,
 )
 
 from kgslb.embedded import free_port
 from tests.reliability.load import UdpLoad
+from tests.reliability.test_tcp_abuse import (
+    DRIP_INTERVAL_SECONDS,
+    DRIPPERS,
+    FDS_NEEDED,
+    Dripper,
+    Pipeliner,
+    raise_fd_limit,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WINDOW = 100
@@ -105,6 +121,37 @@ def scenario(
         process.stop()
 
 
+def capacity(nats_url: str, workdir: Path, seconds: float, abused: bool) -> dict[str, Any]:
+    """dnsperf's UDP rate, alone or while the DNS is abused over TCP."""
+    port = free_port()
+    process = start_kgslb_dns(nats_url, port, workdir)
+    query_file = workdir / "queries.txt"
+    query_file.write_text(f"{HELLO} A\n")
+    attackers: list[Pipeliner | Dripper | ReadingClient] = []
+    try:
+        wait_answering(port, HELLO)
+        if abused:
+            attackers = [
+                Pipeliner(port), Dripper(port, DRIPPERS, DRIP_INTERVAL_SECONDS), ReadingClient(port),
+            ]  # fmt: skip
+            for attacker in attackers:
+                attacker.start()
+            time.sleep(3)  # the drips connected, the pipeliner's buffers full
+        assert process.process is not None
+        pid = process.process.pid
+        cpu_before, started = cpu_seconds(pid), time.monotonic()
+        result = run_dnsperf(port, query_file, round(seconds))
+        cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started)
+        return {
+            "qps": round(result.qps), "lost": result.lost, "sent": result.sent,
+            "dns_cpu_share": round(cpu, 2), "dns_rss_mb": round(rss_mb(pid), 1),
+        }  # fmt: skip
+    finally:
+        for attacker in attackers:
+            attacker.stop()
+        process.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -129,6 +176,21 @@ def main() -> None:
                 f"dns cpu {row['dns_cpu_share']:.2f}  rss {row['dns_rss_mb']} MB",
                 flush=True,
             )
+        require_tools("dnsperf")
+        raise_fd_limit(FDS_NEEDED)
+        for abused in (False, True):
+            row = {
+                "scenario": "udp capacity, tcp abuse" if abused else "udp capacity alone",
+                **capacity(nats.server.url, Path(tmp), args.seconds, abused),
+            }
+            rows.append(row)
+            print(
+                f"{row['scenario']:30} dnsperf {row['qps']:>7} qps, lost {row['lost']} of "
+                f"{row['sent']}  dns cpu {row['dns_cpu_share']:.2f}  rss {row['dns_rss_mb']} MB",
+                flush=True,
+            )
+    alone, abused_row = rows[-2]["qps"], rows[-1]["qps"]
+    print(f"UDP capacity under TCP abuse: {abused_row / alone:.0%} of alone")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "tcp_fairness.json"
     out.write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
