@@ -22,11 +22,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.dns.quorum import HealthBook, Quorum, State, Written
-from services.dns.ratelimit import ResponseRateLimiter
-from services.dns.server import DnsEngine, QueryCountCollector, serve_tcp
+from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
+from services.dns.server import DnsEngine, QueryCountCollector
 from services.dns.settings import DnsSettings
 from services.dns.sockets import listening
 from services.dns.table import AnswerTable
+from services.dns.tcp import TcpCollector, TcpLimits, TcpListener
 from services.dns.udp import udp_server
 from services.dns.workers import supervise
 from shared import bus, subjects, wire
@@ -61,6 +62,17 @@ BAD_VALUES = Counter(
 )
 
 
+def tcp_limits(settings: DnsSettings) -> TcpLimits:
+    return TcpLimits(
+        idle_seconds=settings.tcp_idle_seconds,
+        message_seconds=settings.tcp_message_seconds,
+        blocked_seconds=settings.tcp_blocked_seconds,
+        max_connections=settings.tcp_max_connections,
+        max_pipelined=settings.tcp_max_pipelined,
+        write_buffer_bytes=settings.tcp_write_buffer_bytes,
+    )
+
+
 class DnsService:
     def __init__(
         self,
@@ -86,6 +98,16 @@ class DnsService:
             ),
         )
         REGISTRY.register(QueryCountCollector(self.engine, settings.answer_metrics))
+        self.tcp = TcpListener(
+            self.engine,
+            tcp_limits(settings),
+            ClientQueryBudget(
+                settings.tcp_client_queries_per_second,
+                settings.rrl_ipv4_prefix_length,
+                settings.rrl_ipv6_prefix_length,
+            ),
+        )
+        REGISTRY.register(TcpCollector(self.tcp))
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
         self.health = HealthBook(Quorum.parse(settings.health_quorum))
@@ -128,7 +150,7 @@ class DnsService:
             loop = asyncio.get_running_loop()
             udp = udp_server(self.udp_sock, self.engine)
             udp.attach(loop)
-            tcp = await serve_tcp(self.engine, self.tcp_sock, self.settings.tcp_idle_seconds)
+            await self.tcp.start(self.tcp_sock)
             log.info(
                 "answering",
                 extra={"zones": len(self.table.zones), "names": len(self.table.gslb)},
@@ -137,7 +159,7 @@ class DnsService:
                 await mirrors
             finally:
                 udp.detach(loop)
-                tcp.close()
+                self.tcp.close()
         finally:
             mirrors.cancel()
 
