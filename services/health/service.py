@@ -87,6 +87,8 @@ class HealthService:
         self.members_of: dict[str, set[str]] = {}
         """KV kgslb_services key -> keys of its members."""
         self.known: dict[str, Known] = {}
+        self._live_sent: dict[str, HealthState] = {}
+        """Members whose last verdict went out live but not (yet) to the KV: that state."""
         self.owned: dict[str, MemberState] = {}
         self.sightings: dict[str, Sighting] = {}
         """Peers of this replica's site: they share the members."""
@@ -261,6 +263,7 @@ class HealthService:
 
     def _release(self, key: str) -> None:
         self.owned.pop(key, None)
+        self._live_sent.pop(key, None)
         self.scheduler.cancel(key)
 
     # Probing --------------------------------------------------------------------------------
@@ -289,7 +292,8 @@ class HealthService:
                 },
             )
         known = self.known.get(target.key)
-        if needs_write(known.health if known else None, new, self.live):
+        live_behind = self._live_sent.get(target.key, new.state) != new.state
+        if live_behind or needs_write(known.health if known else None, new, self.live):
             self._request_write(target.key)
 
     # Writing --------------------------------------------------------------------------------
@@ -314,7 +318,11 @@ class HealthService:
             return
         known = self.known.get(key)
         previous = known.health if known else None
-        if not needs_write(previous, state, self.live):
+        kv_due = needs_write(previous, state, self.live)
+        # A verdict sent live whose KV write failed (a stream electing its leader) must be
+        # followed live by the next one, even when that one equals what the KV still holds.
+        live_due = self._live_sent.get(key, state.state) != state.state
+        if not kv_due and not live_due:
             return
         record = health_record(target, state, self.replica, previous, self.site)
         data = wire.encode(record)
@@ -323,6 +331,9 @@ class HealthService:
         # new leader after a site was lost (subjects.HEALTH_LIVE_PREFIX).
         with contextlib.suppress(Exception):
             await self.nc.publish(subjects.health_live_subject(kv_key), data)
+            self._live_sent[key] = state.state
+        if not kv_due:
+            return
         try:
             if known is None:
                 revision = await self._health_kv.create(kv_key, data)
@@ -341,6 +352,7 @@ class HealthService:
         current = self.known.get(key)
         if current is None or current.revision < revision:
             self.known[key] = Known(record, revision)
+        self._live_sent.pop(key, None)  # the KV holds it: the live copy needs no follow-up
 
     async def _reload(self, key: str) -> None:
         """Another replica wrote first: take its value as the truth and go on from it."""
