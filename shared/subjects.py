@@ -39,6 +39,19 @@ KV_HEALTH = "kgslb_health"
 KV_LEASES = "kgslb_leases"
 """Leader lease of the reconciler and heartbeats of health replicas (TTL'd bucket)."""
 
+FENCE_KEY = "_kgslb/fence"
+"""In every bucket the reconciler leader writes (`kgslb_services`, `kgslb_zones`): the
+leader's fence, a delete marker a new leader writes on taking over. Every write of a term is
+published on condition that this key's last sequence is still the one its leader fenced, so
+JetStream refuses the writes of any older term (docs/architecture.md, "Leader fencing").
+`fqdn_key` and `member_key` never produce it: they escape `/` (and `decode_token` refuses
+it), so readers skip it with `is_fence_key` rather than misread it as a name."""
+
+
+def is_fence_key(key: str) -> bool:
+    return key == FENCE_KEY
+
+
 RECONCILER_LEASE_KEY = "reconciler"
 HOME_KEY = "home"
 """KV `kgslb_leases`: the active home cluster (`ActiveHome`), written by the reconciler leader."""
