@@ -8,8 +8,14 @@ policies and `--services` apps (an Ingress in each of the three seed clusters) o
 subjects, and waits for the bucket to hold them all. Then, per change, moves one Ingress to a
 new VIP and counts KV writes twice: the reconciler's `kgslb_reconciler_kv_writes_total` and the
 `KV_kgslb_services` stream's last sequence (every put or delete is one message there). Last,
-kills the reconciler (-9), starts a new one and counts its writes once it leads. Prints a
-table; writes JSON to bench/results/reconciler_writes.json.
+kills the reconciler (-9), starts a new one and counts its writes once it leads (the stream
+count includes the new leader's fence, one message: docs/architecture.md, "Leader fencing").
+
+Last, the cost of the fence on the write path itself: `--write-keys` puts into a scratch
+bucket, WRITES_IN_FLIGHT at once, alternately unfenced (KvMirror.put as it was before
+fencing: a plain `kv.put`) and fenced (`KvMirror.put`: the conditional publish with its three headers), over
+`--write-rounds` rounds each; writes/s per round and their median. Prints a table; writes JSON
+to bench/results/reconciler_writes.json.
 """
 
 from __future__ import annotations
@@ -17,15 +23,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig, StorageType
 from reconciler_stack import RESULTS, Stack, app, kv_last_seq, publish_world, wait_for
 
+from services.reconciler.lease import Leadership
+from services.reconciler.writes import KV_WRITES, KvMirror, LostLeadership, in_flight
 from shared import subjects, wire
-from shared.models import GslbService
+from shared.models import GslbService, utcnow
 
 LEASE_TTL_SECONDS = 1.0
 
@@ -106,13 +117,99 @@ async def run(services: int, changes: int, workdir: Path) -> dict[str, object]:
     }
 
 
+SCRATCH_BUCKET = "bench_fenced_writes"
+VALUE_BYTES = 400
+"""About one encoded GSLB service of the seed (three members, one group)."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def write_throughput(
+    nc: Client, server_pid: int, keys: int, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """`keys` puts, unfenced and fenced, `rounds` times each in the order AB BA AB ... so a
+    busy machine slows both alike: writes/s (wall clock), and CPU microseconds per write of
+    this client and of nats-server, which a shared machine disturbs far less."""
+    js = nc.jetstream()
+    await js.create_key_value(
+        KeyValueConfig(bucket=SCRATCH_BUCKET, history=1, storage=StorageType.FILE)
+    )
+    kv = await js.key_value(SCRATCH_BUCKET)
+    leadership = Leadership("bench", ttl_seconds=3600)
+    leadership.written(time.monotonic(), 1, leadership.value(utcnow()))
+    mirror = KvMirror(js, SCRATCH_BUCKET, leadership)
+    await mirror.fence()
+    names = [f"app{index}.avi.iberia.local" for index in range(keys)]
+
+    async def put(key: str, value: bytes) -> bool:
+        # KvMirror.put before fencing: the same checks and counting, then a plain `kv.put`.
+        if unfenced_values.get(key) == value:
+            return False
+        if not leadership.is_leader(time.monotonic()):
+            raise LostLeadership(SCRATCH_BUCKET)
+        await kv.put(key, value)
+        unfenced_values[key] = value
+        KV_WRITES.labels(SCRATCH_BUCKET, "put").inc()
+        return True
+
+    unfenced_values: dict[str, bytes] = {}
+
+    figures: dict[str, dict[str, list[float]]] = {
+        kind: {"writes_per_second": [], "client_cpu_us": [], "server_cpu_us": []}
+        for kind in ("unfenced", "fenced")
+    }
+    for round_ in range(rounds):
+        order = ("unfenced", "fenced") if round_ % 2 == 0 else ("fenced", "unfenced")
+        for kind in order:
+            value = f"{kind}-{round_}-".encode().ljust(VALUE_BYTES, b"x")
+            mirror.values.clear()
+            unfenced_values.clear()
+            server_cpu, client_cpu = cpu_seconds(server_pid), time.process_time()
+            started = time.perf_counter()
+            if kind == "unfenced":
+                written = await in_flight(put(name, value) for name in names)
+            else:
+                written = await in_flight(mirror.put(name, value) for name in names)
+            elapsed = time.perf_counter() - started
+            assert written == keys
+            figures[kind]["writes_per_second"].append(keys / elapsed)
+            figures[kind]["client_cpu_us"].append((time.process_time() - client_cpu) / keys * 1e6)
+            figures[kind]["server_cpu_us"].append(
+                (cpu_seconds(server_pid) - server_cpu) / keys * 1e6
+            )
+    await js.delete_key_value(SCRATCH_BUCKET)
+    return figures
+
+
+async def throughput_run(
+    keys: int, rounds: int, workdir: Path
+) -> dict[str, dict[str, list[float]]]:
+    with Stack(workdir) as stack:
+        nc = await stack.connect()
+        assert stack.nats.process is not None
+        try:
+            return await write_throughput(nc, stack.nats.process.pid, keys, rounds)
+        finally:
+            await nc.drain()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--write-keys", type=int, default=10_000)
+    parser.add_argument("--write-rounds", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kgslb-bench-") as tmp:
         figures = asyncio.run(run(args.services, args.changes, Path(tmp)))
+    with tempfile.TemporaryDirectory(prefix="kgslb-bench-") as tmp:
+        throughput = asyncio.run(throughput_run(args.write_keys, args.write_rounds, Path(tmp)))
+    figures["write_keys"] = args.write_keys
+    figures["writes_per_second"] = throughput
     metric_writes = figures["kv_writes_per_change_metric"]
     stream_writes = figures["kv_writes_per_change_stream"]
     assert isinstance(metric_writes, list) and isinstance(stream_writes, list)
@@ -144,6 +241,17 @@ def main() -> None:
             f"{figures['restart_kv_writes_metric']:.0f} (stream: {figures['restart_kv_writes_stream']})",
         ),
     ]
+    for kind in ("unfenced", "fenced"):
+        rates = throughput[kind]["writes_per_second"]
+        client = statistics.median(throughput[kind]["client_cpu_us"])
+        server = statistics.median(throughput[kind]["server_cpu_us"])
+        rows.append(
+            (
+                f"KV puts, {kind} ({args.write_keys} keys)",
+                f"{statistics.median(rates):,.0f}/s median (min {min(rates):,.0f} max "
+                f"{max(rates):,.0f}); CPU/write: client {client:.0f} us, server {server:.0f} us",
+            )
+        )
     print("reconciler KV writes on a real stack")
     for name, value in rows:
         print(f"  {name:<40} {value}")
