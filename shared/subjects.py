@@ -39,17 +39,24 @@ KV_HEALTH = "kgslb_health"
 KV_LEASES = "kgslb_leases"
 """Leader lease of the reconciler and heartbeats of health replicas (TTL'd bucket)."""
 
-FENCE_KEY = "_kgslb/fence"
-"""In every bucket the reconciler leader writes (`kgslb_services`, `kgslb_zones`): the
-leader's fence, a delete marker a new leader writes on taking over. Every write of a term is
-published on condition that this key's last sequence is still the one its leader fenced, so
-JetStream refuses the writes of any older term (docs/architecture.md, "Leader fencing").
-`fqdn_key` and `member_key` never produce it: they escape `/` (and `decode_token` refuses
-it), so readers skip it with `is_fence_key` rather than misread it as a name."""
+FENCE_KEYS = "_kgslb/fence/"
+"""In every bucket the reconciler leader writes (`kgslb_services`, `kgslb_zones`): the keys of
+the leader's fence (`fence_key`), delete markers a new leader writes on taking over. Every
+write of a term is published on condition that its fence key's last sequence is still the one
+its leader fenced, so JetStream refuses the writes of any older term (docs/architecture.md,
+"Leader fencing"). `fqdn_key` and `member_key` never produce one: they escape `/` (and
+`decode_token` refuses it), so readers skip them with `is_fence_key` rather than misread them
+as names."""
+
+
+def fence_key(slot: int) -> str:
+    """One of the fence's keys: a replicated stream lets one conditional write per key be in
+    flight, so the leader's concurrent writes each hold a slot of their own."""
+    return f"{FENCE_KEYS}{slot}"
 
 
 def is_fence_key(key: str) -> bool:
-    return key == FENCE_KEY
+    return key.startswith(FENCE_KEYS)
 
 
 RECONCILER_LEASE_KEY = "reconciler"

@@ -16,10 +16,12 @@ from prometheus_client import Counter
 
 from services.reconciler.fence import (
     Term,
+    condition_in_flight,
     fence_headers,
     fence_subject,
     kv_stream,
     refused_by_fence,
+    retry_delays,
 )
 from services.reconciler.lease import Leadership
 from shared import wire
@@ -29,6 +31,10 @@ from shared.models import Fence, utcnow
 log = logging.getLogger(__name__)
 
 WRITES_IN_FLIGHT = 64
+"""Also the number of fence slots per bucket: each write in flight holds one."""
+RETRY_DELAYS = retry_delays(attempts=12, first_seconds=0.002, most_seconds=0.5)
+"""A write a replicated stream was too busy to check is sent again after these (about 2.5 s
+in all): the other write on its slot is an older term's, refused within a commit."""
 
 KV_WRITES = Counter("kgslb_reconciler_kv_writes_total", "KV writes", ["bucket", "op"])
 FENCES = Counter(
@@ -40,6 +46,12 @@ FENCED_WRITES = Counter(
     "kgslb_reconciler_fenced_writes_total",
     "Writes JetStream refused because a newer leader had fenced the bucket (this replica's "
     "term was over; it stood down)",
+    ["bucket"],
+)
+BUSY_RETRIES = Counter(
+    "kgslb_reconciler_kv_write_retries_total",
+    "Writes sent again because a replicated stream refused them unchecked while another "
+    "conditional write on their fence slot was in flight",
     ["bucket"],
 )
 
@@ -55,14 +67,22 @@ class FencedOut(LostLeadership):
 
 class KvMirror:
     """A KV bucket and what we know it holds, so unchanged values are never rewritten. Writes
-    go out only within a term (`fence`), each conditional on the term's fence."""
+    go out only within a term (`fence`), each conditional on a fence slot it holds alone."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, leading: Leadership) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bucket: str,
+        leading: Leadership,
+        slots: int = WRITES_IN_FLIGHT,
+    ) -> None:
         self.js = js
         self.bucket = bucket
         self.leading = leading
+        self.slots = slots
         self.values: dict[str, bytes] = {}
         self.term: Term | None = None
+        self._free: asyncio.Queue[int] = asyncio.Queue()
 
     async def load(self) -> None:
         """Read what the bucket holds now (edits and deletes by hand included)."""
@@ -72,28 +92,42 @@ class KvMirror:
         """Start our term: from now on JetStream refuses the writes of every older term here.
         Call before `load`, so whatever an older term landed before the fence is read back."""
         revision = self._check_leader()
-        subject = fence_subject(self.bucket)
-        try:
-            last = (await self.js.get_last_msg(kv_stream(self.bucket), subject)).seq or 0
-        except NotFoundError:
-            last = 0
         self.term = None
-        body = Fence(holder=self.leading.me, lease_revision=revision, fenced_at=utcnow())
-        try:
-            ack = await self.js.publish(
-                subject, wire.encode(body), headers=fence_headers(self.leading.me, last)
-            )
-        except APIError as exc:
-            if refused_by_fence(exc.err_code):
-                raise FencedOut(f"KV {self.bucket}: another replica fenced it first") from exc
-            raise
-        self.term = Term(self.bucket, self.leading.me, ack.seq)
+        body = wire.encode(
+            Fence(holder=self.leading.me, lease_revision=revision, fenced_at=utcnow())
+        )
+        fences = await asyncio.gather(*(self._fence_slot(slot, body) for slot in range(self.slots)))
+        self.term = Term(self.bucket, self.leading.me, tuple(fences))
+        self._free = asyncio.Queue()
+        for slot in range(self.slots):
+            self._free.put_nowait(slot)
         FENCES.labels(self.bucket).inc()
+        last = max(fences)
         log.info(
-            "fenced KV %s at sequence %d", self.bucket, ack.seq,
-            extra={"bucket": self.bucket, "fence_sequence": ack.seq, "lease_revision": revision},
+            "fenced KV %s up to sequence %d", self.bucket, last,
+            extra={"bucket": self.bucket, "fence_sequence": last, "lease_revision": revision},
         )  # fmt: skip
         return self.term
+
+    async def _fence_slot(self, slot: int, body: bytes) -> int:
+        subject = fence_subject(self.bucket, slot)
+        for delay in [*RETRY_DELAYS, None]:
+            try:
+                last = (await self.js.get_last_msg(kv_stream(self.bucket), subject)).seq or 0
+            except NotFoundError:
+                last = 0
+            try:
+                ack = await self.js.publish(
+                    subject, body, headers=fence_headers(self.leading.me, last)
+                )
+                return ack.seq
+            except APIError as exc:
+                if refused_by_fence(exc.err_code):
+                    raise FencedOut(f"KV {self.bucket}: another replica fenced it first") from exc
+                if delay is None or not condition_in_flight(exc.err_code):
+                    raise
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _check_leader(self) -> int:
         """Our lease revision, while we believe we lead."""
@@ -103,21 +137,35 @@ class KvMirror:
         return revision
 
     async def _write(self, key: str, value: bytes, *, delete: bool) -> None:
-        self._check_leader()
-        term = self.term
-        if term is None:
-            raise LostLeadership(f"KV {self.bucket}: no term (not fenced)")
+        slot = await self._free.get()
         try:
-            await self.js.publish(term.subject(key), value, headers=term.headers(delete=delete))
-        except APIError as exc:
-            if refused_by_fence(exc.err_code):
-                FENCED_WRITES.labels(self.bucket).inc()
-                self.term = None
-                raise FencedOut(
-                    f"KV {self.bucket}: JetStream refused our write of {key}: a newer leader "
-                    f"fenced the bucket after our fence at sequence {term.fence_sequence}"
-                ) from exc
-            raise
+            await self._write_in_slot(key, value, delete, slot)
+        finally:
+            self._free.put_nowait(slot)
+
+    async def _write_in_slot(self, key: str, value: bytes, delete: bool, slot: int) -> None:
+        for delay in [*RETRY_DELAYS, None]:
+            self._check_leader()
+            term = self.term
+            if term is None:
+                raise LostLeadership(f"KV {self.bucket}: no term (not fenced)")
+            headers = term.headers(slot, delete=delete)
+            try:
+                await self.js.publish(term.subject(key), value, headers=headers)
+                return
+            except APIError as exc:
+                if refused_by_fence(exc.err_code):
+                    FENCED_WRITES.labels(self.bucket).inc()
+                    self.term = None
+                    raise FencedOut(
+                        f"KV {self.bucket}: JetStream refused our write of {key}: a newer "
+                        f"leader fenced the bucket after our fence (slot {slot} at sequence "
+                        f"{term.fences[slot]})"
+                    ) from exc
+                if delay is None or not condition_in_flight(exc.err_code):
+                    raise
+            BUSY_RETRIES.labels(self.bucket).inc()
+            await asyncio.sleep(delay)
 
     async def put(self, key: str, value: bytes) -> bool:
         if self.values.get(key) == value:

@@ -5,19 +5,24 @@ takeover included; and no reader ever sees the fence."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
 from nats.aio.client import Client
-from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 
+from kgslb.embedded import NatsServer
 from services.reconciler.fence import WRITER, fence_headers, fence_subject
 from services.reconciler.lease import Leadership
-from services.reconciler.writes import FencedOut, KvMirror, LostLeadership
-from shared import subjects, wire
+from services.reconciler.writes import FencedOut, KvMirror, LostLeadership, in_flight
+from shared import bus, subjects, wire
 from shared.follow import BucketFollower, Change, read_values
 from shared.models import Fence, utcnow
 from tests.integration.conftest import eventually
+from tests.integration.test_stream_replicas import cluster, connected
+
+__all__ = ["cluster"]  # the module-scoped 3-node cluster fixture
 
 BUCKET = subjects.KV_SERVICES
 HELLO_KEY = subjects.fqdn_key("hello.avi.iberia.local")
@@ -56,7 +61,7 @@ async def test_the_late_fence_of_a_replica_paused_in_its_takeover_is_refused(
     nats_client: Client,
 ) -> None:
     js = nats_client.jetstream()
-    subject = fence_subject(BUCKET)
+    subject = fence_subject(BUCKET, 0)
     # b read the fence (none yet) and was paused before writing its own ...
     b_read = 0
     # ... meanwhile c took over and fenced.
@@ -67,7 +72,7 @@ async def test_the_late_fence_of_a_replica_paused_in_its_takeover_is_refused(
     with pytest.raises(Exception, match="wrong last sequence"):
         await js.publish(subject, wire.encode(late), headers=fence_headers("reconciler-b", b_read))
 
-    assert (await js.get_last_msg(f"KV_{BUCKET}", subject)).seq == c_term.fence_sequence
+    assert (await js.get_last_msg(f"KV_{BUCKET}", subject)).seq == c_term.fences[0]
     assert await c.put(HELLO_KEY, b"c-1")
 
 
@@ -92,8 +97,8 @@ async def test_readers_never_see_the_fence(nats_client: Client) -> None:
     assert await read_values(js, BUCKET) == {HELLO_KEY: b"a-1", "zzz": b"after the second fence"}
     assert sorted(await kv.keys()) == sorted([HELLO_KEY, "zzz"])
     with pytest.raises((KeyDeletedError, KeyNotFoundError)):
-        await kv.get(subjects.FENCE_KEY)
-    marker = await js.get_last_msg(f"KV_{BUCKET}", fence_subject(BUCKET))
+        await kv.get(subjects.fence_key(0))
+    marker = await js.get_last_msg(f"KV_{BUCKET}", fence_subject(BUCKET, 63))
     assert wire.decode(marker.data, Fence).holder == "reconciler-b"
 
 
@@ -110,3 +115,32 @@ async def test_a_replica_that_lost_its_belief_writes_nothing_even_with_a_current
     with pytest.raises(LostLeadership):
         await mirror.put(HELLO_KEY, b"after the lease ran out")
     assert await read_values(js, BUCKET) == {}
+
+
+async def test_the_fence_holds_on_a_three_replica_bucket_with_writes_in_flight(
+    cluster: list[NatsServer],
+) -> None:
+    """R3 (the sites' layout): the stream leader checks the condition of many pipelined
+    writes at once, of both terms; every write of the current term lands, none of the old."""
+    nc = await connected(*(server.url for server in cluster))
+    try:
+        js = nc.jetstream()
+        for name in (f"KV_{BUCKET}",):
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(name)
+        await bus.bootstrap(js, replicas=3)
+        names = [subjects.fqdn_key(f"app{index}.avi.iberia.local") for index in range(500)]
+        old = KvMirror(js, BUCKET, believing("reconciler-a", 1))
+        await old.fence()
+        assert await in_flight(old.put(key, b"a") for key in names) == len(names)
+
+        new = KvMirror(js, BUCKET, believing("reconciler-b", 2))
+        await new.fence()
+        old.values.clear()
+        with pytest.raises(FencedOut):
+            await in_flight(old.put(key, b"a, stale") for key in names)
+        assert await in_flight(new.put(key, b"b") for key in names) == len(names)
+
+        assert set((await read_values(js, BUCKET)).values()) == {b"b"}
+    finally:
+        await nc.close()

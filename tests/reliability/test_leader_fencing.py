@@ -75,13 +75,15 @@ class Recorder:
     """(key, writer) of every publish to `kgslb_services`, refused ones included."""
 
     def fence_of(self, writer: str, bucket: str) -> int:
+        """The sequence of the last marker of `writer`'s fence in `bucket`: from then on, no
+        write of an older term can land there."""
         fences = [
             s.sequence
             for s in self.stored
-            if (s.bucket, s.key, s.writer) == (bucket, subjects.FENCE_KEY, writer)
+            if s.bucket == bucket and s.writer == writer and subjects.is_fence_key(s.key)
         ]
         assert fences, f"{writer} never fenced KV {bucket}"
-        return fences[-1]
+        return max(fences)
 
     def stored_after(self, bucket: str, sequence: int) -> list[Stored]:
         return [s for s in self.stored if s.bucket == bucket and s.sequence > sequence]
