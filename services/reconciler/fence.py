@@ -112,6 +112,12 @@ class Term:
             headers[KV_OPERATION] = "DEL"
         return headers
 
+    def all_headers(self) -> tuple[tuple[dict[str, str], ...], tuple[dict[str, str], ...]]:
+        """Every slot's headers, of a put and of a delete: built once per term, not per write."""
+        puts = tuple(self.headers(slot) for slot in range(self.slots))
+        deletes = tuple(self.headers(slot, delete=True) for slot in range(self.slots))
+        return puts, deletes
+
 
 def refused_by_fence(err_code: int | None) -> bool:
     """Did JetStream refuse a conditional write because its condition no longer holds?"""

@@ -82,7 +82,13 @@ class KvMirror:
         self.slots = slots
         self.values: dict[str, bytes] = {}
         self.term: Term | None = None
-        self._free: asyncio.Queue[int] = asyncio.Queue()
+        self._headers: tuple[tuple[dict[str, str], ...], tuple[dict[str, str], ...]] = ((), ())
+        self._free: list[int] = []
+        """Fence slots no write holds. Never empty while writes go through `in_flight` (at
+        most `slots` at once); a write that finds it empty waits for `_freed`."""
+        self._freed = asyncio.Event()
+        self._puts = KV_WRITES.labels(bucket, "put")
+        self._deletes = KV_WRITES.labels(bucket, "delete")
 
     async def load(self) -> None:
         """Read what the bucket holds now (edits and deletes by hand included)."""
@@ -98,9 +104,8 @@ class KvMirror:
         )
         fences = await asyncio.gather(*(self._fence_slot(slot, body) for slot in range(self.slots)))
         self.term = Term(self.bucket, self.leading.me, tuple(fences))
-        self._free = asyncio.Queue()
-        for slot in range(self.slots):
-            self._free.put_nowait(slot)
+        self._headers = self.term.all_headers()
+        self._free = list(range(self.slots))
         FENCES.labels(self.bucket).inc()
         last = max(fences)
         log.info(
@@ -137,11 +142,15 @@ class KvMirror:
         return revision
 
     async def _write(self, key: str, value: bytes, *, delete: bool) -> None:
-        slot = await self._free.get()
+        while not self._free:
+            self._freed.clear()
+            await self._freed.wait()
+        slot = self._free.pop()
         try:
             await self._write_in_slot(key, value, delete, slot)
         finally:
-            self._free.put_nowait(slot)
+            self._free.append(slot)
+            self._freed.set()
 
     async def _write_in_slot(self, key: str, value: bytes, delete: bool, slot: int) -> None:
         for delay in [*RETRY_DELAYS, None]:
@@ -149,7 +158,7 @@ class KvMirror:
             term = self.term
             if term is None:
                 raise LostLeadership(f"KV {self.bucket}: no term (not fenced)")
-            headers = term.headers(slot, delete=delete)
+            headers = self._headers[1 if delete else 0][slot]
             try:
                 await self.js.publish(term.subject(key), value, headers=headers)
                 return
@@ -172,7 +181,7 @@ class KvMirror:
             return False
         await self._write(key, value, delete=False)
         self.values[key] = value
-        KV_WRITES.labels(self.bucket, "put").inc()
+        self._puts.inc()
         return True
 
     async def delete(self, key: str) -> bool:
@@ -180,7 +189,7 @@ class KvMirror:
             return False
         await self._write(key, b"", delete=True)
         del self.values[key]
-        KV_WRITES.labels(self.bucket, "delete").inc()
+        self._deletes.inc()
         return True
 
     async def converge(self, desired: dict[str, bytes]) -> int:
@@ -209,8 +218,14 @@ async def in_flight(writes: Iterable[Coroutine[Any, Any, bool]]) -> int:
         async with asyncio.TaskGroup() as group:
             for _ in range(WRITES_IN_FLIGHT):
                 group.create_task(writer())
-    except* LostLeadership as lost:
-        raise lost.exceptions[0] from None
+    except ExceptionGroup as failed:
+        # A lost lease or a refusal by the fence wins over anything that failed with it
+        # (acks that timed out while the process was paused): it decides what happens next.
+        fenced, lost = failed.subgroup(FencedOut), failed.subgroup(LostLeadership)
+        first = fenced.exceptions[0] if fenced else lost.exceptions[0] if lost else None
+        if first is None:
+            raise
+        raise first from None
     finally:
         for write in pending:
             write.close()  # after a failure: created by the iterator, never to run

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
@@ -179,9 +180,12 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_after_the_standby_t
 
     async with recording(nats_client) as record:
         with paused(services, leader):
+            stopped = time.monotonic()
             await publish_policy(nats_client, GDP, split(6, 3, 1), generation=2)
             await eventually(lambda: leading(services, standby), timeout_seconds=20)
+            took_over = time.monotonic() - stopped
             await eventually(lambda: answering(port, ratio(6, 3, 1)), timeout_seconds=10)
+            applied = time.monotonic() - stopped
             # Paused for longer than its lease, the edit applied by the other replica.
             before_resume = await revisions(nats_client)
             resumed_after = {b: record.last_sequence(b) for b in BUCKETS}
@@ -193,6 +197,11 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_after_the_standby_t
             fence = record.fence_of(standby, bucket)
             assert {s.writer for s in record.stored_after(bucket, fence)} <= {standby}
             assert record.stored_after(bucket, resumed_after[bucket]) == []
+    print(
+        f"\npaused leader: standby leads {took_over:.1f} s after SIGSTOP (lease TTL "
+        f"{LEASE_TTL_SECONDS:.0f} s), edit answered at {applied:.1f} s; "
+        f"{sum(len(v) for v in after_resume.values())} keys unchanged after SIGCONT"
+    )
     assert after_resume == before_resume, "the old leader wrote after SIGCONT"
     assert await lease_holder(nats_client) == standby
     assert await answering(port, ratio(6, 3, 1))
@@ -328,6 +337,10 @@ async def test_writes_in_flight_when_the_leader_is_paused_never_land_after_the_t
                 fence = record.fence_of(standby, bucket)
                 assert {s.writer for s in record.stored_after(bucket, fence)} <= {standby}
             stale = [k for k, w in record.sent[sent_before:] if w == leader]
+        print(
+            f"\nforced race: {in_the_network} writes of the old term held in the network at "
+            f"the takeover, {len(stale)} reached nats-server after the new fence, 0 stored"
+        )
         assert in_the_network > 0 and stale, "the race was not forced"
         assert await everywhere(nats_client, new_split, count)
         assert await lease_holder(nats_client) == standby
