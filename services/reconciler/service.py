@@ -329,7 +329,9 @@ class Reconciler:
                 log.warning("%s; standing by", fenced)
                 self.leadership.lost()
                 self._step_down()
-            except LostLeadership:
+            except LostLeadership as lost:
+                if not self._leading:  # (a leader says so in _step_down)
+                    log.warning("the lease ran out while taking over (%s); standing by", lost)
                 self._step_down()
             except Exception:
                 log.exception("reconcile failed; retrying")
