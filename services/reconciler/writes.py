@@ -102,7 +102,13 @@ class KvMirror:
         body = wire.encode(
             Fence(holder=self.leading.me, lease_revision=revision, fenced_at=utcnow())
         )
-        fences = await asyncio.gather(*(self._fence_slot(slot, body) for slot in range(self.slots)))
+        results = await asyncio.gather(
+            *(self._fence_slot(slot, body) for slot in range(self.slots)), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise next((f for f in failures if isinstance(f, FencedOut)), failures[0])
+        fences = [r for r in results if isinstance(r, int)]
         self.term = Term(self.bucket, self.leading.me, tuple(fences))
         self._headers = self.term.all_headers()
         self._free = list(range(self.slots))
