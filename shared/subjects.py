@@ -59,6 +59,16 @@ def is_fence_key(key: str) -> bool:
     return key.startswith(FENCE_KEYS)
 
 
+STATUS_FENCE_SUBJECT = f"{STATUS_PREFIX}._kgslb/fence"
+"""Stream `KGSLB_STATUS`: the reconciler leader's fence there (the leader publishes statuses
+one at a time, so one marker does). Readers of `kgslb.status.>` skip it (`is_status_fence`);
+no CR or cluster status subject can be it: theirs are longer, with encoded tokens."""
+
+
+def is_status_fence(subject: str) -> bool:
+    return subject == STATUS_FENCE_SUBJECT
+
+
 RECONCILER_LEASE_KEY = "reconciler"
 HOME_KEY = "home"
 """KV `kgslb_leases`: the active home cluster (`ActiveHome`), written by the reconciler leader."""

@@ -59,15 +59,26 @@ def kv_stream(bucket: str) -> str:
     return f"KV_{bucket}"
 
 
-def fence_headers(writer: str, last_fence_sequence: int) -> dict[str, str]:
-    """Headers of a new fence marker: a delete marker (readers that list or get keys never
-    see it) that lands only if the slot's marker is still the one read at
-    `last_fence_sequence` (0: none)."""
+def fence_headers(
+    writer: str, last_fence_sequence: int, *, delete_marker: bool = True
+) -> dict[str, str]:
+    """Headers of a new fence marker that lands only if the marker is still the one read at
+    `last_fence_sequence` (0: none). In a KV bucket it is a delete marker, which readers that
+    list or get keys never see."""
     if last_fence_sequence < 0:
         raise ValueError(f"last fence sequence {last_fence_sequence} is negative")
+    headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(last_fence_sequence), WRITER: writer}
+    return {KV_OPERATION: "DEL", **headers} if delete_marker else headers
+
+
+def fenced_headers(fence_subject: str, fence_sequence: int, writer: str) -> dict[str, str]:
+    """Headers of a write that lands only while the fence at `fence_subject` is still the
+    marker written at `fence_sequence`."""
+    if fence_sequence < 1:
+        raise ValueError(f"fence {fence_subject}: sequence {fence_sequence} is not one (from 1)")
     return {
-        KV_OPERATION: "DEL",
-        EXPECTED_LAST_SUBJECT_SEQUENCE: str(last_fence_sequence),
+        EXPECTED_LAST_SUBJECT_SEQUENCE: str(fence_sequence),
+        EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: fence_subject,
         WRITER: writer,
     }
 
@@ -103,11 +114,7 @@ class Term:
     def headers(self, slot: int, *, delete: bool = False) -> dict[str, str]:
         if not 0 <= slot < self.slots:
             raise ValueError(f"KV {self.bucket}: fence slot {slot} outside 0..{self.slots - 1}")
-        headers = {
-            EXPECTED_LAST_SUBJECT_SEQUENCE: str(self.fences[slot]),
-            EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: fence_subject(self.bucket, slot),
-            WRITER: self.writer,
-        }
+        headers = fenced_headers(fence_subject(self.bucket, slot), self.fences[slot], self.writer)
         if delete:
             headers[KV_OPERATION] = "DEL"
         return headers

@@ -27,7 +27,13 @@ from services.reconciler.lease import Leadership, Step
 from services.reconciler.names import RejectedName, newly_rejected
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
-from services.reconciler.writes import FencedOut, KvMirror, LostLeadership, in_flight
+from services.reconciler.writes import (
+    FencedOut,
+    KvMirror,
+    LostLeadership,
+    StreamFence,
+    in_flight,
+)
 from shared import bus, subjects, wire
 from shared.logs import set_level
 from shared.models import (
@@ -112,6 +118,7 @@ class Reconciler:
         self._log_level = ""
         self._services: KvMirror | None = None
         self._zones: KvMirror | None = None
+        self._statuses: StreamFence | None = None
         self._leases: KeyValue | None = None
         self._lease_nc: Client | None = None
         self._homes: HomeKeeper | None = None
@@ -134,6 +141,9 @@ class Reconciler:
         self._leases = await self._lease_nc.jetstream().key_value(subjects.KV_LEASES)
         self._services = KvMirror(self.js, subjects.KV_SERVICES, self.leadership)
         self._zones = KvMirror(self.js, subjects.KV_ZONES, self.leadership)
+        self._statuses = StreamFence(
+            self.js, subjects.STREAM_STATUS, subjects.STATUS_FENCE_SUBJECT, self.leadership
+        )
         await self._load_statuses()
         self._homes = HomeKeeper(
             self._leases, self.leadership, lambda: self.planner.policies.config, self.settings
@@ -173,6 +183,8 @@ class Reconciler:
         )
         adopted = []
         for msg in messages:
+            if subjects.is_status_fence(msg.subject):
+                continue
             with contextlib.suppress(wire.WireError):
                 status = wire.decode(msg.data, PolicyStatus)
                 self.published_status[status.ref] = status
@@ -443,8 +455,10 @@ class Reconciler:
         learn what they and the statuses hold now (the previous leader wrote them), then
         write only the differences."""
         assert self._services is not None and self._zones is not None
+        assert self._statuses is not None
         await self._services.fence()
         await self._zones.fence()
+        await self._statuses.fence()
         await self._services.load()
         await self._zones.load()
         await self._load_statuses()
@@ -482,9 +496,8 @@ class Reconciler:
                 continue
             if status.state == PolicyState.REJECTED:
                 log.warning("policy rejected: %s", status.message, extra={"policy": str(ref)})
-            if not self.leadership.is_leader(time.monotonic()):
-                raise LostLeadership("status")
-            await self.js.publish(
+            assert self._statuses is not None
+            await self._statuses.publish(
                 subjects.status_subject(ref.kind, ref.namespace, ref.name), wire.encode(status)
             )
             self.published_status[ref] = status

@@ -1,6 +1,7 @@
-"""The reconciler leader's KV writes: a mirror of each bucket it writes, so unchanged values
+"""The reconciler leader's writes: a mirror of each KV bucket it writes, so unchanged values
 are never rewritten, every write fenced by JetStream (fence.py), and a pool that keeps
-WRITES_IN_FLIGHT of them awaiting their acks at once."""
+WRITES_IN_FLIGHT of them awaiting their acks at once; and the same fence on the status
+stream (`StreamFence`)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from services.reconciler.fence import (
     condition_in_flight,
     fence_headers,
     fence_subject,
+    fenced_headers,
     kv_stream,
     refused_by_fence,
     retry_delays,
 )
 from services.reconciler.lease import Leadership
-from shared import wire
+from shared import bus, wire
 from shared.follow import read_values
 from shared.models import Fence, utcnow
 
@@ -39,7 +41,7 @@ in all): the other write on its slot is an older term's, refused within a commit
 KV_WRITES = Counter("kgslb_reconciler_kv_writes_total", "KV writes", ["bucket", "op"])
 FENCES = Counter(
     "kgslb_reconciler_fences_total",
-    "Fences written on taking over (one per bucket per term)",
+    "Fences written on taking over (one per bucket or stream per term)",
     ["bucket"],
 )
 FENCED_WRITES = Counter(
@@ -141,11 +143,7 @@ class KvMirror:
         raise AssertionError("unreachable")
 
     def _check_leader(self) -> int:
-        """Our lease revision, while we believe we lead."""
-        revision = self.leading.revision
-        if revision is None or not self.leading.is_leader(time.monotonic()):
-            raise LostLeadership(self.bucket)
-        return revision
+        return _believed_revision(self.leading, self.bucket)
 
     async def _write(self, key: str, value: bytes, *, delete: bool) -> None:
         while not self._free:
@@ -203,6 +201,76 @@ class KvMirror:
         writes = await in_flight(self.put(key, value) for key, value in desired.items())
         stale = [k for k in self.values if k not in desired]
         return writes + await in_flight(self.delete(key) for key in stale)
+
+
+class StreamFence:
+    """The fence on a plain stream the leader publishes to one message at a time
+    (`KGSLB_STATUS`): one marker, `subject`; every publish of the term is conditional on it."""
+
+    def __init__(
+        self, js: JetStreamContext, stream: str, subject: str, leading: Leadership
+    ) -> None:
+        self.js = js
+        self.stream = stream
+        self.subject = subject
+        self.leading = leading
+        self.sequence: int | None = None
+        """Our marker's stream sequence; None: no term."""
+
+    async def fence(self) -> int:
+        """Start our term here (before reading what the stream holds)."""
+        revision = _believed_revision(self.leading, self.stream)
+        self.sequence = None
+        body = wire.encode(
+            Fence(holder=self.leading.me, lease_revision=revision, fenced_at=utcnow())
+        )
+        for delay in [*RETRY_DELAYS, None]:
+            markers = await bus.read_last_per_subject(self.js, self.stream, self.subject)
+            last = markers[-1].metadata.sequence.stream if markers else 0
+            headers = fence_headers(self.leading.me, last, delete_marker=False)
+            try:
+                self.sequence = (await self.js.publish(self.subject, body, headers=headers)).seq
+            except APIError as exc:
+                if refused_by_fence(exc.err_code):
+                    raise FencedOut(f"{self.stream}: another replica fenced it first") from exc
+                if delay is None or not condition_in_flight(exc.err_code):
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            FENCES.labels(self.stream).inc()
+            return self.sequence
+        raise AssertionError("unreachable")
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        for delay in [*RETRY_DELAYS, None]:
+            _believed_revision(self.leading, self.stream)
+            sequence = self.sequence
+            if sequence is None:
+                raise LostLeadership(f"{self.stream}: no term (not fenced)")
+            headers = fenced_headers(self.subject, sequence, self.leading.me)
+            try:
+                await self.js.publish(subject, data, headers=headers)
+                return
+            except APIError as exc:
+                if refused_by_fence(exc.err_code):
+                    FENCED_WRITES.labels(self.stream).inc()
+                    self.sequence = None
+                    raise FencedOut(
+                        f"{self.stream}: JetStream refused our publish to {subject}: a newer "
+                        f"leader fenced it after our fence at sequence {sequence}"
+                    ) from exc
+                if delay is None or not condition_in_flight(exc.err_code):
+                    raise
+            BUSY_RETRIES.labels(self.stream).inc()
+            await asyncio.sleep(delay)
+
+
+def _believed_revision(leading: Leadership, where: str) -> int:
+    """Our lease revision, while we believe we lead."""
+    revision = leading.revision
+    if revision is None or not leading.is_leader(time.monotonic()):
+        raise LostLeadership(where)
+    return revision
 
 
 async def in_flight(writes: Iterable[Coroutine[Any, Any, bool]]) -> int:

@@ -15,7 +15,13 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from kgslb.embedded import NatsServer
 from services.reconciler.fence import WRITER, fence_headers, fence_subject
 from services.reconciler.lease import Leadership
-from services.reconciler.writes import FencedOut, KvMirror, LostLeadership, in_flight
+from services.reconciler.writes import (
+    FencedOut,
+    KvMirror,
+    LostLeadership,
+    StreamFence,
+    in_flight,
+)
 from shared import bus, subjects, wire
 from shared.follow import BucketFollower, Change, read_values
 from shared.models import Fence, utcnow
@@ -144,3 +150,26 @@ async def test_the_fence_holds_on_a_three_replica_bucket_with_writes_in_flight(
         assert set((await read_values(js, BUCKET)).values()) == {b"b"}
     finally:
         await nc.close()
+
+
+async def test_the_status_stream_is_fenced_too(
+    nats_client: Client,
+) -> None:
+    js = nats_client.jetstream()
+    subject = subjects.status_subject("GlobalDeploymentPolicy", "avi-system", "global-gdp")
+    old = StreamFence(
+        js, subjects.STREAM_STATUS, subjects.STATUS_FENCE_SUBJECT, believing("reconciler-a", 1)
+    )
+    await old.fence()
+    await old.publish(subject, b"a-1")
+
+    new = StreamFence(
+        js, subjects.STREAM_STATUS, subjects.STATUS_FENCE_SUBJECT, believing("reconciler-b", 2)
+    )
+    await new.fence()
+
+    with pytest.raises(FencedOut):
+        await old.publish(subject, b"a-2 (stale)")
+    assert (await js.get_last_msg(subjects.STREAM_STATUS, subject)).data == b"a-1"
+    await new.publish(subject, b"b-1")
+    assert (await js.get_last_msg(subjects.STREAM_STATUS, subject)).data == b"b-1"

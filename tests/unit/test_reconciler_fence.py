@@ -118,3 +118,10 @@ def test_the_fence_key_is_not_a_name_and_says_so() -> None:
     with pytest.raises(ValueError, match="cannot appear in an encoded token"):
         subjects.fqdn_from_key(subjects.fence_key(0))
     assert subjects.fqdn_key("_kgslb/fence/0") == "_kgslb=2Ffence=2F0"
+
+
+@given(st.text(), st.text(), st.text())
+def test_no_status_subject_is_the_status_fence(kind: str, namespace: str, name: str) -> None:
+    assert not subjects.is_status_fence(subjects.status_subject(kind, namespace, name))
+    assert not subjects.is_status_fence(subjects.cluster_status_subject(name))
+    assert subjects.is_status_fence(subjects.STATUS_FENCE_SUBJECT)
