@@ -176,7 +176,8 @@ CHANNELS = (
         f"fence, delete markers a new leader writes on taking over (one per write in flight); "
         f"every write of its term is conditional on one of them "
         f"(Nats-Expected-Last-Subject-Sequence-Subject), so no write of an older term lands "
-        f"after it. Readers skip these keys.",
+        f"after it. Readers skip these keys. The status stream has one such marker, "
+        f"{subjects.STATUS_FENCE_SUBJECT}.",
         senders=("reconciler",),
         receivers=("reconciler",),
     ),
