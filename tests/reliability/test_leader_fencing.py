@@ -26,7 +26,7 @@ from kgslb.embedded import NatsServer, free_port
 from services.reconciler.fence import WRITER
 from shared import subjects, wire
 from shared.follow import read_values
-from shared.models import GslbService, ObjectKind, ObjectRef, ObservedObject
+from shared.models import GslbService, ObjectKind, ObjectRef, ObservedObject, PolicyStatus
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_reconciler_ha import (
     LEASE_TTL,
@@ -205,6 +205,11 @@ async def test_a_leader_paused_past_its_lease_writes_nothing_after_the_standby_t
     assert after_resume == before_resume, "the old leader wrote after SIGCONT"
     assert await lease_holder(nats_client) == standby
     assert await answering(port, ratio(6, 3, 1))
+    status = await nats_client.jetstream().get_last_msg(
+        subjects.STREAM_STATUS, subjects.status_subject(GDP.kind, GDP.namespace, GDP.name)
+    )
+    assert (status.headers or {}).get(WRITER) == standby
+    assert wire.decode(status.data, PolicyStatus).observed_generation == 2
 
 
 # The forced race -----------------------------------------------------------------------------
