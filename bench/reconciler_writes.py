@@ -9,13 +9,16 @@ subjects, and waits for the bucket to hold them all. Then, per change, moves one
 new VIP and counts KV writes twice: the reconciler's `kgslb_reconciler_kv_writes_total` and the
 `KV_kgslb_services` stream's last sequence (every put or delete is one message there). Last,
 kills the reconciler (-9), starts a new one and counts its writes once it leads (the stream
-count includes the new leader's fence, one message: docs/architecture.md, "Leader fencing").
+count includes the new leader's fence: 64 delete markers, docs/architecture.md, "Leader
+fencing").
 
-Last, the cost of the fence on the write path itself: `--write-keys` puts into a scratch
-bucket, WRITES_IN_FLIGHT at once, alternately unfenced (KvMirror.put as it was before
-fencing: a plain `kv.put`) and fenced (`KvMirror.put`: the conditional publish with its three headers), over
-`--write-rounds` rounds each; writes/s per round and their median. Prints a table; writes JSON
-to bench/results/reconciler_writes.json.
+Then the cost of the fence on the write path itself (`--writes-only`: only that):
+`--write-keys` puts into a scratch bucket (`--write-replicas 3`: on three routed
+nats-servers), WRITES_IN_FLIGHT at once, alternately unfenced (KvMirror.put as it was before
+fencing: a plain `kv.put`) and fenced (`KvMirror.put`: the conditional publish with its three
+headers), `--write-rounds` rounds each in the order AB BA AB ...: writes/s and the CPU per
+write of this client and of the nats-server(s). Prints a table; writes JSON to
+bench/results/reconciler_writes.json and fenced_writes_r<replicas>.json.
 """
 
 from __future__ import annotations
