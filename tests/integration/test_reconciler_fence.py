@@ -173,3 +173,16 @@ async def test_the_status_stream_is_fenced_too(
     assert (await js.get_last_msg(subjects.STREAM_STATUS, subject)).data == b"a-1"
     await new.publish(subject, b"b-1")
     assert (await js.get_last_msg(subjects.STREAM_STATUS, subject)).data == b"b-1"
+
+
+async def test_purged_fence_markers_end_the_term(nats_client: Client) -> None:
+    """An operator purging the markers (or the bucket) is treated as a newer fence: the leader
+    stops writing rather than write unfenced; the lease decides who fences anew."""
+    js = nats_client.jetstream()
+    mirror = KvMirror(js, BUCKET, believing("reconciler-a", 1))
+    await mirror.fence()
+    await js.purge_stream(f"KV_{BUCKET}")
+
+    with pytest.raises(FencedOut):
+        await mirror.put(HELLO_KEY, b"a-1")
+    assert await read_values(js, BUCKET) == {}
