@@ -20,6 +20,7 @@ from shared.models import (
     ActiveHome,
     ClusterStatus,
     DnsQueryLog,
+    Fence,
     GslbService,
     HealthHeartbeat,
     Lease,
@@ -185,6 +186,19 @@ CHANNELS = (
         (Lease,),
         f"KV bucket {subjects.KV_LEASES}: the reconciler leader lease, changed only by "
         f"compare-and-set on the revision.",
+        senders=("reconciler",),
+        receivers=("reconciler",),
+    ),
+    Channel(
+        "fence",
+        f"$KV.{{bucket}}.{subjects.FENCE_KEYS}{{slot}}",
+        (Fence,),
+        f"KV buckets {subjects.KV_SERVICES} and {subjects.KV_ZONES}: the reconciler leader's "
+        f"fence, delete markers a new leader writes on taking over (one per write in flight); "
+        f"every write of its term is conditional on one of them "
+        f"(Nats-Expected-Last-Subject-Sequence-Subject), so no write of an older term lands "
+        f"after it. Readers skip these keys. The status stream has one such marker, "
+        f"{subjects.STATUS_FENCE_SUBJECT}.",
         senders=("reconciler",),
         receivers=("reconciler",),
     ),

@@ -89,6 +89,8 @@ async def read_statuses(js: JetStreamContext) -> list[PolicyStatus]:
     for msg in await bus.read_last_per_subject(
         js, subjects.STREAM_STATUS, f"{subjects.STATUS_PREFIX}.>"
     ):
+        if subjects.is_status_fence(msg.subject):
+            continue
         with contextlib.suppress(wire.WireError):
             statuses.append(wire.decode(msg.data, PolicyStatus))
     return statuses

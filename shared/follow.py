@@ -1,6 +1,7 @@
 """Follow a NATS KV bucket: its current values, then every put and delete, for as long as the
 process runs, through NATS reconnects, interrupted watches and a bucket that is missing for a
-while. `read_values` lists a bucket once. The one way kgslb follows or lists a bucket."""
+while. `read_values` lists a bucket once. The one way kgslb follows or lists a bucket; neither
+ever delivers the reconciler leader's fence (`subjects.FENCE_KEY`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
+
+from shared import subjects
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,8 @@ class BucketFollower:
                 self._deliver(entry)
 
     def _deliver(self, entry: KeyValue.Entry) -> None:
+        if subjects.is_fence_key(entry.key):
+            return  # the reconciler leader's fence, not a value (subjects.FENCE_KEY)
         revision = entry.revision or 0
         # Equal, not lower: a bucket created again after a lost store counts from 1 again.
         if self._revisions.get(entry.key) == revision:
@@ -238,7 +243,7 @@ async def read_values(
                 ) from None
             if entry is None:
                 return values
-            if entry.value:
+            if entry.value and not subjects.is_fence_key(entry.key):
                 values[entry.key] = entry.value
     finally:
         with contextlib.suppress(Exception):

@@ -463,6 +463,18 @@ class Lease(WireModel):
     ttl_seconds: float
 
 
+class Fence(WireModel):
+    """The body of the delete marker a new reconciler leader writes at `subjects.FENCE_KEY` in
+    each bucket it writes, before anything else: from then on JetStream refuses every write of
+    an older term there (docs/architecture.md, "Leader fencing"). For humans and tests only;
+    what fences is the marker's stream sequence."""
+
+    KIND = "Fence"
+    holder: str = Field(description="the replica that took over")
+    lease_revision: int = Field(ge=1, description="KV revision of its lease when it fenced")
+    fenced_at: datetime
+
+
 # Home clusters (watchers, reconciler leader -> KV kgslb_leases) ------------------------------
 
 

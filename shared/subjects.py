@@ -40,6 +40,36 @@ as that vantage point sees it."""
 KV_LEASES = "kgslb_leases"
 """Leader lease of the reconciler and heartbeats of health replicas (TTL'd bucket)."""
 
+FENCE_KEYS = "_kgslb/fence/"
+"""In every bucket the reconciler leader writes (`kgslb_services`, `kgslb_zones`): the keys of
+the leader's fence (`fence_key`), delete markers a new leader writes on taking over. Every
+write of a term is published on condition that its fence key's last sequence is still the one
+its leader fenced, so JetStream refuses the writes of any older term (docs/architecture.md,
+"Leader fencing"). `fqdn_key` and `member_key` never produce one: they escape `/` (and
+`decode_token` refuses it), so readers skip them with `is_fence_key` rather than misread them
+as names."""
+
+
+def fence_key(slot: int) -> str:
+    """One of the fence's keys: a replicated stream lets one conditional write per key be in
+    flight, so the leader's concurrent writes each hold a slot of their own."""
+    return f"{FENCE_KEYS}{slot}"
+
+
+def is_fence_key(key: str) -> bool:
+    return key.startswith(FENCE_KEYS)
+
+
+STATUS_FENCE_SUBJECT = f"{STATUS_PREFIX}._kgslb/fence"
+"""Stream `KGSLB_STATUS`: the reconciler leader's fence there (the leader publishes statuses
+one at a time, so one marker does). Readers of `kgslb.status.>` skip it (`is_status_fence`);
+no CR or cluster status subject can be it: theirs are longer, with encoded tokens."""
+
+
+def is_status_fence(subject: str) -> bool:
+    return subject == STATUS_FENCE_SUBJECT
+
+
 RECONCILER_LEASE_KEY = "reconciler"
 HOME_KEY = "home"
 """KV `kgslb_leases`: the active home cluster (`ActiveHome`), written by the reconciler leader."""

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
-from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -29,8 +27,14 @@ from services.reconciler.lease import Leadership, Step
 from services.reconciler.names import RejectedName, newly_rejected
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
+from services.reconciler.writes import (
+    FencedOut,
+    KvMirror,
+    LostLeadership,
+    StreamFence,
+    in_flight,
+)
 from shared import bus, subjects, wire
-from shared.follow import read_values
 from shared.logs import set_level
 from shared.models import (
     GslbService,
@@ -50,7 +54,6 @@ from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
-WRITES_IN_FLIGHT = 64
 PLAN_CHUNK_FQDNS = 2_000
 YIELD_EVERY_EVENTS = 256
 EVENTS_HEARTBEAT_SECONDS = 1.0
@@ -63,7 +66,6 @@ PLANS = Counter(
 )
 PLAN_SECONDS = Histogram("kgslb_reconciler_plan_seconds", "Time to compute one plan")
 REPLANNED = Counter("kgslb_reconciler_replanned_fqdns_total", "FQDNs re-planned")
-KV_WRITES = Counter("kgslb_reconciler_kv_writes_total", "KV writes", ["bucket", "op"])
 REJECTED = Gauge("kgslb_reconciler_rejected_objects", "Policy objects currently Rejected")
 SERVICES = Gauge("kgslb_reconciler_services", "Desired GSLB services")
 REJECTED_NAMES = Counter(
@@ -93,82 +95,6 @@ EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
 DEFAULT_REFRESH_INTERVAL_SECONDS = 1800
 
 
-class LostLeadership(Exception):
-    """The lease ran out while writing: stop, another replica may lead now."""
-
-
-class KvMirror:
-    """A KV bucket and what we know it holds, so unchanged values are never rewritten."""
-
-    def __init__(
-        self, js: JetStreamContext, kv: KeyValue, bucket: str, leading: Leadership
-    ) -> None:
-        self.js = js
-        self.kv = kv
-        self.bucket = bucket
-        self.leading = leading
-        self.values: dict[str, bytes] = {}
-
-    async def load(self) -> None:
-        """Read what the bucket holds now (edits and deletes by hand included)."""
-        self.values = await read_values(self.js, self.bucket)
-
-    def _check_leader(self) -> None:
-        if not self.leading.is_leader(time.monotonic()):
-            raise LostLeadership(self.bucket)
-
-    async def put(self, key: str, value: bytes) -> bool:
-        if self.values.get(key) == value:
-            return False
-        self._check_leader()
-        await self.kv.put(key, value)
-        self.values[key] = value
-        KV_WRITES.labels(self.bucket, "put").inc()
-        return True
-
-    async def delete(self, key: str) -> bool:
-        if key not in self.values:
-            return False
-        self._check_leader()
-        await self.kv.delete(key)
-        del self.values[key]
-        KV_WRITES.labels(self.bucket, "delete").inc()
-        return True
-
-    async def converge(self, desired: dict[str, bytes]) -> int:
-        """Make the bucket hold exactly `desired`; return the number of writes."""
-        writes = await in_flight(self.put(key, value) for key, value in desired.items())
-        stale = [k for k in self.values if k not in desired]
-        return writes + await in_flight(self.delete(key) for key in stale)
-
-
-async def in_flight(writes: Iterable[Coroutine[Any, Any, bool]]) -> int:
-    """Run independent KV writes with up to WRITES_IN_FLIGHT awaiting their acks at once: one
-    round trip per key made a 10,000-key change wait for 10,000 round trips in a row."""
-    # A fixed pool of writers pulling from one iterator: 100,000 changed keys are 64 tasks,
-    # not 100,000 queued in the event loop ahead of the lease renewal, and the coroutines of
-    # writes never started are never created.
-    pending = iter(writes)
-    written = 0
-
-    async def writer() -> None:
-        nonlocal written
-        for write in pending:
-            changed = await write  # not `written += await ...`: that reads `written` first
-            written += changed
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(WRITES_IN_FLIGHT):
-                group.create_task(writer())
-    except* LostLeadership as lost:
-        raise lost.exceptions[0] from None
-    finally:
-        for write in pending:
-            write.close()  # after a failure: created by the iterator, never to run
-    return written
-
-
 class Reconciler:
     def __init__(self, settings: ReconcilerSettings, nc: Client, js: JetStreamContext) -> None:
         self.settings = settings
@@ -192,6 +118,7 @@ class Reconciler:
         self._log_level = ""
         self._services: KvMirror | None = None
         self._zones: KvMirror | None = None
+        self._statuses: StreamFence | None = None
         self._leases: KeyValue | None = None
         self._lease_nc: Client | None = None
         self._homes: HomeKeeper | None = None
@@ -206,17 +133,16 @@ class Reconciler:
         return "leader" if self._leading else "standby"
 
     async def run(self) -> None:
-        buckets = await bus.bootstrap(self.js, self.settings.stream_replicas)
+        await bus.bootstrap(self.js, self.settings.stream_replicas)
         # The lease has a connection of its own: on the events connection its replies queue
         # behind a replay's flood of messages, and at 300,000 events the leader timed out
         # renewing, stood down and sat idle for 100 s (bench/e2e_scale.py --fqdns 100000).
         self._lease_nc = await bus.connect(self.settings, f"kgslb-{SERVICE}-{self.replica}-lease")
         self._leases = await self._lease_nc.jetstream().key_value(subjects.KV_LEASES)
-        self._services = KvMirror(
-            self.js, buckets[subjects.KV_SERVICES], subjects.KV_SERVICES, self.leadership
-        )
-        self._zones = KvMirror(
-            self.js, buckets[subjects.KV_ZONES], subjects.KV_ZONES, self.leadership
+        self._services = KvMirror(self.js, subjects.KV_SERVICES, self.leadership)
+        self._zones = KvMirror(self.js, subjects.KV_ZONES, self.leadership)
+        self._statuses = StreamFence(
+            self.js, subjects.STREAM_STATUS, subjects.STATUS_FENCE_SUBJECT, self.leadership
         )
         await self._load_statuses()
         self._homes = HomeKeeper(
@@ -257,6 +183,8 @@ class Reconciler:
         )
         adopted = []
         for msg in messages:
+            if subjects.is_status_fence(msg.subject):
+                continue
             with contextlib.suppress(wire.WireError):
                 status = wire.decode(msg.data, PolicyStatus)
                 self.published_status[status.ref] = status
@@ -407,7 +335,15 @@ class Reconciler:
                 continue
             try:
                 await self.reconcile()
-            except LostLeadership:
+            except FencedOut as fenced:
+                # Whatever our clock says, a newer leader took over: stand by until the lease
+                # says otherwise (docs/architecture.md, "Leader fencing").
+                log.warning("%s; standing by", fenced)
+                self.leadership.lost()
+                self._step_down()
+            except LostLeadership as lost:
+                if not self._leading:  # (a leader says so in _step_down)
+                    log.warning("the lease ran out while taking over (%s); standing by", lost)
                 self._step_down()
             except Exception:
                 log.exception("reconcile failed; retrying")
@@ -515,9 +451,14 @@ class Reconciler:
         return writes
 
     async def _take_over(self) -> None:
-        """Become the writer: learn what the buckets and statuses hold now (the previous
-        leader wrote them), then write only the differences."""
+        """Become the writer: fence the buckets (no write of an older term lands after this),
+        learn what they and the statuses hold now (the previous leader wrote them), then
+        write only the differences."""
         assert self._services is not None and self._zones is not None
+        assert self._statuses is not None
+        await self._services.fence()
+        await self._zones.fence()
+        await self._statuses.fence()
         await self._services.load()
         await self._zones.load()
         await self._load_statuses()
@@ -555,9 +496,8 @@ class Reconciler:
                 continue
             if status.state == PolicyState.REJECTED:
                 log.warning("policy rejected: %s", status.message, extra={"policy": str(ref)})
-            if not self.leadership.is_leader(time.monotonic()):
-                raise LostLeadership("status")
-            await self.js.publish(
+            assert self._statuses is not None
+            await self._statuses.publish(
                 subjects.status_subject(ref.kind, ref.namespace, ref.name), wire.encode(status)
             )
             self.published_status[ref] = status

@@ -194,6 +194,8 @@ class Home:
         for msg in await bus.read_last_per_subject(
             js, subjects.STREAM_STATUS, f"{subjects.STATUS_PREFIX}.>"
         ):
+            if subjects.is_status_fence(msg.subject):
+                continue
             with contextlib.suppress(wire.WireError):
                 self.on_status(wire.decode_any(msg.data, (PolicyStatus, ClusterStatus)))
         previous = await self.heartbeat.previous()

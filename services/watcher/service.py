@@ -450,6 +450,8 @@ class Watcher:
         log.info("policies in the stream: %d", len(self.policies.published_refs()))
 
     async def _on_status(self, msg: Msg) -> None:
+        if subjects.is_status_fence(msg.subject):
+            return  # the reconciler leader's fence, not a status
         try:
             status = wire.decode_any(msg.data, (PolicyStatus, ClusterStatus))
         except wire.WireError as exc:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.reconciler.service import WRITES_IN_FLIGHT, LostLeadership, in_flight
+from services.reconciler.writes import WRITES_IN_FLIGHT, FencedOut, LostLeadership, in_flight
 
 
 class Writes:
@@ -66,3 +66,20 @@ async def test_a_lost_lease_stops_the_pool_as_lost_leadership() -> None:
 
 async def test_no_writes_is_zero() -> None:
     assert await in_flight(iter(())) == 0
+
+
+async def test_a_refusal_by_the_fence_stops_the_pool_as_itself() -> None:
+    async def fenced() -> bool:
+        raise FencedOut("kgslb_services")
+
+    with pytest.raises(FencedOut):
+        await in_flight(iter([fenced()]))
+
+
+async def test_other_failures_stay_as_they_are() -> None:
+    async def timed_out() -> bool:
+        raise TimeoutError("ack")
+
+    with pytest.raises(ExceptionGroup) as failed:
+        await in_flight(iter([timed_out()]))
+    assert failed.group_contains(TimeoutError)
