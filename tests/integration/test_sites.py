@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -441,6 +443,110 @@ def test_a_cut_site_keeps_answering_its_last_state_and_its_services_keep_running
     assert running == before
     assert restored.stdout.splitlines()[0].startswith("s2: started nats-server-s2 (pid ")
     assert f"s2: dns-s2 is running (pid {before['dns-s2']})" in restored.stdout
+
+
+async def leader_and_revisions(nats_url: str) -> tuple[str, dict[str, int]]:
+    """The reconciler lease's holder, and the revision of every key of the buckets the leader
+    writes (fence markers included)."""
+    from shared import subjects, wire
+    from shared.models import Lease
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        lease = await (await js.key_value(subjects.KV_LEASES)).get(subjects.RECONCILER_LEASE_KEY)
+        holder = wire.decode(lease.value or b"", Lease).holder
+        revisions: dict[str, int] = {}
+        for bucket in (subjects.KV_SERVICES, subjects.KV_ZONES):
+            info = await js.stream_info(f"KV_{bucket}", subjects_filter=">")
+            revisions[bucket] = info.state.last_seq
+    finally:
+        await nc.close()
+    return holder, revisions
+
+
+def test_a_paused_leader_writes_nothing_after_the_standby_applied_an_edit(
+    sites: SiteStack,
+) -> None:
+    """SIGSTOP the reconciler leader (whichever site it is in) for longer than its 5 s lease
+    while the GDP is edited in the active home: another site's replica applies the edit; after
+    SIGCONT the old leader writes nothing (the buckets' streams gain no message) and every
+    site keeps the new split."""
+    nats_url = sites.state["sites"]["s2"]["nats_url"]
+    wait_for(lambda: asyncio.run(decided(nats_url)), 30, "a reconciler leader and a home")
+    holder, _ = asyncio.run(leader_and_revisions(nats_url))
+    leader = next(
+        name for name, child in sites.state["children"].items()
+        if name.startswith("reconciler-") and holder.endswith(f"-{child['pid']}")
+    )  # fmt: skip
+    pid = sites.pid(leader)
+    assert pid is not None
+    home = asyncio.run(active_home(nats_url))
+    gdps = CustomObjectsApi(new_client_from_config(str(sites.kubeconfig), context=home))
+
+    def edit_split(weights: dict[str, int]) -> None:
+        body = {"spec": {"trafficSplit": [{"cluster": c, "weight": w} for c, w in
+                                          weights.items()]}}  # fmt: skip
+        gdps.patch_namespaced_custom_object(
+            API_GROUP, API_VERSION, "avi-system", "globaldeploymentpolicies", "global-gdp", body
+        )
+
+    new_split = {"s1az1": 1, "s1az2": 2, "s2": 3}
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        edit_split(new_split)
+        applied = wait_for(
+            lambda: all(split_or_none(c, sites.dns_port, 6) == new_split for c in DNS_HOSTS),
+            40,
+            "the edit applied by another reconciler replica",
+        )
+        new_holder, before = asyncio.run(leader_and_revisions(nats_url))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        time.sleep(6)  # more than a lease: the old leader has run and found itself fenced
+        _, after = asyncio.run(leader_and_revisions(nats_url))
+        kept = {c: split(c, sites.dns_port, 6) for c in DNS_HOSTS}
+    finally:
+        edit_split(SEED_SPLIT)
+
+    assert new_holder != holder
+    assert after == before, "the paused leader wrote after SIGCONT"
+    assert kept == dict.fromkeys(DNS_HOSTS, new_split)
+    print(f"\n{leader} paused: the edit answered by every site {applied:.1f} s after it was "
+          f"made; nothing written by it after SIGCONT")  # fmt: skip
+
+
+async def decided(nats_url: str) -> bool:
+    """The reconciler lease and the active home are both written (a fresh stack decides the
+    home once it has heard every home watcher)."""
+    from nats.js.errors import KeyNotFoundError
+
+    from shared import subjects
+
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_LEASES)
+        for key in (subjects.RECONCILER_LEASE_KEY, subjects.HOME_KEY):
+            await kv.get(key)
+    except KeyNotFoundError:
+        return False
+    finally:
+        await nc.close()
+    return True
+
+
+async def active_home(nats_url: str) -> str:
+    from shared import subjects, wire
+    from shared.models import ActiveHome
+
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_LEASES)
+        entry = await kv.get(subjects.HOME_KEY)
+        return wire.decode(entry.value or b"", ActiveHome).active
+    finally:
+        await nc.close()
 
 
 def test_failing_an_unknown_site_names_the_sites(sites: SiteStack) -> None:
