@@ -254,9 +254,10 @@ def seed_messages(config: StackConfig) -> list[tuple[str, wire.WireModel]]:
         )
         messages.append((ref.subject, observed))
         present.setdefault(seed.cluster, []).append(ref.short)
-    for cluster, shorts in present.items():
+    for cluster in config.clusters:
+        # Every kind listed: the reconciler plans names once each cluster's first list is in.
         marker = SyncMarker(
-            cluster=cluster, kinds=[ObjectKind.INGRESS, ObjectKind.SERVICE], present=shorts
+            cluster=cluster, kinds=list(ObjectKind), present=present.get(cluster, [])
         )
         messages.append((sync_subject(cluster), marker))
     return messages

@@ -363,6 +363,8 @@ class Planner:
         self._policies_changed = True
         self._compactor = Compactor()
         self._statuses_stale = False
+        self._full = False
+        """The policies in force changed since the last `replan` returned."""
 
     # Events ---------------------------------------------------------------------------------
 
@@ -447,16 +449,12 @@ class Planner:
 
     # Planning -------------------------------------------------------------------------------
 
-    def replan(self, limit: int | None = None) -> PlanDelta:
-        """Bring the services and statuses up to date with everything applied so far; with
-        `limit`, plan at most that many FQDNs and say whether more are left, so that a caller
-        on an event loop can let other work run between parts of a 100,000-FQDN plan."""
-        full = False
-        # Statuses depend on the policies, on which GDP owns which FQDN and on which FQDNs
-        # have a service; most object changes touch none of these.
-        statuses_stale = self._policies_changed or self._statuses_stale
+    def refresh_policies(self) -> Policies:
+        """Validate the policy objects applied so far, if they changed, and return the policies
+        in force; the FQDNs this affects are left for `replan`."""
         if self._policies_changed:
             self._policies_changed = False
+            self._statuses_stale = True
             previous = self.policies
             self.policies = validate(self.policy_objects, self.last_accepted)
             self.last_accepted = dict(self.policies.accepted)
@@ -465,8 +463,19 @@ class Planner:
                     self._unindex(obj.ref)
                     self._index(obj)
             if self.policies.in_force() != previous.in_force():
-                full = True
+                self._full = True
                 self._dirty |= set(self._by_fqdn) | set(self.services)
+        return self.policies
+
+    def replan(self, limit: int | None = None) -> PlanDelta:
+        """Bring the services and statuses up to date with everything applied so far; with
+        `limit`, plan at most that many FQDNs and say whether more are left, so that a caller
+        on an event loop can let other work run between parts of a 100,000-FQDN plan."""
+        self.refresh_policies()
+        full, self._full = self._full, False
+        # Statuses depend on the policies, on which GDP owns which FQDN and on which FQDNs
+        # have a service; most object changes touch none of these.
+        statuses_stale = self._statuses_stale
         changed: dict[str, GslbService | None] = {}
         batch = self._dirty
         if limit is not None and len(batch) > limit:

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
-from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -23,14 +21,15 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.reconciler.first_sync import FirstSync, Verdict
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
+from services.reconciler.kv_writes import KvMirror, LostLeadership, in_flight
 from services.reconciler.lease import Leadership, Step
 from services.reconciler.names import RejectedName, newly_rejected
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
 from shared import bus, subjects, wire
-from shared.follow import read_values
 from shared.logs import set_level
 from shared.models import (
     GslbService,
@@ -50,7 +49,6 @@ from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
-WRITES_IN_FLIGHT = 64
 PLAN_CHUNK_FQDNS = 2_000
 YIELD_EVERY_EVENTS = 256
 EVENTS_HEARTBEAT_SECONDS = 1.0
@@ -63,7 +61,6 @@ PLANS = Counter(
 )
 PLAN_SECONDS = Histogram("kgslb_reconciler_plan_seconds", "Time to compute one plan")
 REPLANNED = Counter("kgslb_reconciler_replanned_fqdns_total", "FQDNs re-planned")
-KV_WRITES = Counter("kgslb_reconciler_kv_writes_total", "KV writes", ["bucket", "op"])
 REJECTED = Gauge("kgslb_reconciler_rejected_objects", "Policy objects currently Rejected")
 SERVICES = Gauge("kgslb_reconciler_services", "Desired GSLB services")
 REJECTED_NAMES = Counter(
@@ -79,6 +76,14 @@ LEADERSHIP = Counter(
     "kgslb_reconciler_leadership_changes_total", "Leadership acquired or lost", ["change"]
 )
 RESYNCS = Counter("kgslb_reconciler_resyncs_total", "Full resyncs (GSLBConfig refreshInterval)")
+FIRST_SYNC_WAIT = Gauge(
+    "kgslb_reconciler_first_sync_wait_seconds",
+    "From the start until names were first planned: the wait for the clusters' first lists",
+)
+FIRST_SYNC_MISSING = Gauge(
+    "kgslb_reconciler_first_sync_missing_clusters",
+    "Member clusters whose first list was not in when names were first planned (timeout)",
+)
 DRIFT_REPAIRS = Counter(
     "kgslb_reconciler_drift_repairs_total", "KV keys a full resync found changed by hand"
 )
@@ -91,82 +96,6 @@ EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     PolicyDeleted,
 )
 DEFAULT_REFRESH_INTERVAL_SECONDS = 1800
-
-
-class LostLeadership(Exception):
-    """The lease ran out while writing: stop, another replica may lead now."""
-
-
-class KvMirror:
-    """A KV bucket and what we know it holds, so unchanged values are never rewritten."""
-
-    def __init__(
-        self, js: JetStreamContext, kv: KeyValue, bucket: str, leading: Leadership
-    ) -> None:
-        self.js = js
-        self.kv = kv
-        self.bucket = bucket
-        self.leading = leading
-        self.values: dict[str, bytes] = {}
-
-    async def load(self) -> None:
-        """Read what the bucket holds now (edits and deletes by hand included)."""
-        self.values = await read_values(self.js, self.bucket)
-
-    def _check_leader(self) -> None:
-        if not self.leading.is_leader(time.monotonic()):
-            raise LostLeadership(self.bucket)
-
-    async def put(self, key: str, value: bytes) -> bool:
-        if self.values.get(key) == value:
-            return False
-        self._check_leader()
-        await self.kv.put(key, value)
-        self.values[key] = value
-        KV_WRITES.labels(self.bucket, "put").inc()
-        return True
-
-    async def delete(self, key: str) -> bool:
-        if key not in self.values:
-            return False
-        self._check_leader()
-        await self.kv.delete(key)
-        del self.values[key]
-        KV_WRITES.labels(self.bucket, "delete").inc()
-        return True
-
-    async def converge(self, desired: dict[str, bytes]) -> int:
-        """Make the bucket hold exactly `desired`; return the number of writes."""
-        writes = await in_flight(self.put(key, value) for key, value in desired.items())
-        stale = [k for k in self.values if k not in desired]
-        return writes + await in_flight(self.delete(key) for key in stale)
-
-
-async def in_flight(writes: Iterable[Coroutine[Any, Any, bool]]) -> int:
-    """Run independent KV writes with up to WRITES_IN_FLIGHT awaiting their acks at once: one
-    round trip per key made a 10,000-key change wait for 10,000 round trips in a row."""
-    # A fixed pool of writers pulling from one iterator: 100,000 changed keys are 64 tasks,
-    # not 100,000 queued in the event loop ahead of the lease renewal, and the coroutines of
-    # writes never started are never created.
-    pending = iter(writes)
-    written = 0
-
-    async def writer() -> None:
-        nonlocal written
-        for write in pending:
-            changed = await write  # not `written += await ...`: that reads `written` first
-            written += changed
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(WRITES_IN_FLIGHT):
-                group.create_task(writer())
-    except* LostLeadership as lost:
-        raise lost.exceptions[0] from None
-    finally:
-        for write in pending:
-            write.close()  # after a failure: created by the iterator, never to run
-    return written
 
 
 class Reconciler:
@@ -195,6 +124,12 @@ class Reconciler:
         self._leases: KeyValue | None = None
         self._lease_nc: Client | None = None
         self._homes: HomeKeeper | None = None
+        self.first_sync = FirstSync(
+            settings.first_sync_timeout_seconds,
+            settings.first_sync_max_wait_seconds,
+            started_at=time.monotonic(),
+        )
+        self._first_sync_verdict: Verdict | None = None
 
     @property
     def ready(self) -> bool:
@@ -203,7 +138,9 @@ class Reconciler:
         return self.caught_up.is_set() and self._planned
 
     def readiness_detail(self) -> str:
-        return "leader" if self._leading else "standby"
+        verdict = self._first_sync_verdict
+        waiting = f", {verdict.reason}" if verdict and not verdict.open else ""
+        return ("leader" if self._leading else "standby") + waiting
 
     async def run(self) -> None:
         buckets = await bus.bootstrap(self.js, self.settings.stream_replicas)
@@ -278,6 +215,7 @@ class Reconciler:
                 self.nc, SERVICE, msg.subject, msg.data, str(exc), bus.stream_position(msg)
             )
         else:
+            self.first_sync.observe(message, time.monotonic())
             if not await self._from_inactive_home(message):
                 self.planner.apply(message)
                 EVENTS_APPLIED.labels(message.KIND).inc()
@@ -399,11 +337,16 @@ class Reconciler:
 
     async def _plan_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            verdict = self._first_sync_verdict
+            with contextlib.suppress(TimeoutError):
+                # While the first lists are awaited, look again when a timeout runs out.
+                await asyncio.wait_for(
+                    self._dirty.wait(), verdict.retry_in_seconds if verdict else None
+                )
             # Coalesce a burst of events into one plan.
             await asyncio.sleep(self.settings.debounce_seconds)
             self._dirty.clear()
-            if not self.caught_up.is_set():
+            if not self.caught_up.is_set() or not self._first_sync_open():
                 continue
             try:
                 await self.reconcile()
@@ -415,6 +358,27 @@ class Reconciler:
                 self._converge_all_due = True
                 await asyncio.sleep(1)
                 self._dirty.set()
+
+    def _first_sync_open(self) -> bool:
+        """Names are planned (and written) once the member clusters' first lists are in, so
+        a cold start writes each name once (first_sync.py)."""
+        if self.first_sync.opened is not None:
+            return True
+        members = self.planner.refresh_policies().members
+        verdict = self._first_sync_verdict = self.first_sync.decide(members, time.monotonic())
+        if verdict.open:
+            waited = time.monotonic() - self.first_sync.started_at
+            FIRST_SYNC_WAIT.set(waited)
+            FIRST_SYNC_MISSING.set(len(verdict.missing))
+            extra = {"waited_seconds": round(waited, 2), "missing": list(verdict.missing)}
+            if verdict.missing:
+                log.warning(
+                    "planning without the first list of cluster(s) %s: %s",
+                    ", ".join(verdict.missing), verdict.reason, extra=extra,
+                )  # fmt: skip
+            else:
+                log.info("planning: %s", verdict.reason, extra=extra)
+        return verdict.open
 
     async def reconcile(self) -> None:
         started = time.perf_counter()
