@@ -254,11 +254,9 @@ def seed_messages(config: StackConfig) -> list[tuple[str, wire.WireModel]]:
         )
         messages.append((ref.subject, observed))
         present.setdefault(seed.cluster, []).append(ref.short)
-    for cluster in config.clusters:
+    for cluster, shorts in present.items():
         # Every kind listed: the reconciler plans names once each cluster's first list is in.
-        marker = SyncMarker(
-            cluster=cluster, kinds=list(ObjectKind), present=present.get(cluster, [])
-        )
+        marker = SyncMarker(cluster=cluster, kinds=list(ObjectKind), present=shorts)
         messages.append((sync_subject(cluster), marker))
     return messages
 
