@@ -113,7 +113,7 @@ def converge(
     while time.monotonic() < deadline:
         stack.check_alive()
         try:
-            held = asyncio.run(stack.metric("dns", "kgslb_dns_gslb_names"))
+            held = stack.poll_metric("dns", "kgslb_dns_gslb_names")
         except Exception:
             held = 0
         if trace is not None and time.monotonic() >= next_trace:
@@ -139,7 +139,7 @@ def snapshot(stack: E2EStack, elapsed: float, dns_names: float) -> dict[str, Any
     try:
         point["events"] = stack.stream_last_seq("KGSLB_EVENTS")
         point["kv"] = stack.stream_last_seq("KV_kgslb_services")
-        point["planned"] = asyncio.run(stack.metric("reconciler", "kgslb_reconciler_services"))
+        point["planned"] = stack.poll_metric("reconciler", "kgslb_reconciler_services")
     except Exception:
         pass
     point["dns"] = dns_names
@@ -155,11 +155,9 @@ def cold_writes(stack: E2EStack) -> dict[str, float]:
     return {
         "kv_services_at_convergence": at_convergence,
         "kv_services_settled": stack.stream_last_seq("KV_kgslb_services"),
-        "reconciler_kv_writes": asyncio.run(
-            stack.metric("reconciler", "kgslb_reconciler_kv_writes_total")
-        ),
+        "reconciler_kv_writes": stack.poll_metric("reconciler", "kgslb_reconciler_kv_writes_total"),
         "first_sync_wait_s": round(
-            asyncio.run(stack.metric("reconciler", "kgslb_reconciler_first_sync_wait_seconds")), 2
+            stack.poll_metric("reconciler", "kgslb_reconciler_first_sync_wait_seconds"), 2
         ),
     }
 
