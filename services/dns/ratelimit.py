@@ -90,3 +90,37 @@ class LogThrottle:
         if self.used >= self.per_second:
             self.open = False
         return True
+
+
+class ClientQueryBudget:
+    """At most `per_second` TCP queries per client network per second (0: no limit).
+
+    Unlike RRL this never drops or truncates: a TCP client's address was verified by the
+    handshake, so there is no reflection to dampen and no reason to send it to another
+    transport. A client over its budget is simply read no further until the next second.
+    """
+
+    def __init__(
+        self, per_second: int, ipv4_prefix_length: int = 24, ipv6_prefix_length: int = 56
+    ) -> None:
+        self.per_second = per_second
+        self.ipv4_prefix_length = ipv4_prefix_length
+        self.ipv6_prefix_length = ipv6_prefix_length
+        self.enabled = per_second > 0
+        self._second = -1
+        self._used: dict[bytes, int] = {}
+
+    def key(self, packed: bytes) -> bytes:
+        bits = self.ipv4_prefix_length if len(packed) == 4 else self.ipv6_prefix_length
+        return prefix_key(packed, bits)
+
+    def take(self, key: bytes, second: int) -> bool:
+        """Spend one query of network `key` in second `second`; False when none is left."""
+        if second != self._second:
+            self._second = second
+            self._used.clear()
+        used = self._used.get(key, 0)
+        if used >= self.per_second:
+            return False
+        self._used[key] = used + 1
+        return True

@@ -1,10 +1,10 @@
-"""The answer engine around the table, and the TCP listener. The engine turns one packet into
-one response synchronously: response cache, parse, look up, render, rate limit, and hand a
-throttled query-log record to a sink that never blocks. UDP batching lives in `udp.py`."""
+"""The answer engine around the table, and binding the listening sockets. The engine turns one
+packet into one response synchronously: response cache, parse, look up, render, rate limit,
+and hand a throttled query-log record to a sink that never blocks. UDP batching lives in
+`udp.py`, TCP connections in `tcp.py`."""
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 import math
@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -27,7 +26,6 @@ from shared.models import DnsQueryLog
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TCP_IDLE_SECONDS = 10.0
 DEFAULT_CACHE_ENTRIES = 100_000
 """Distinct query packets (name, type, flags, case, EDNS options) whose responses are kept;
 past that the cache starts over, so random names cannot grow it without bound."""
@@ -378,59 +376,6 @@ class QueryCountCollector(Collector):
         yield latency
 
 
-class TcpProtocol(asyncio.Protocol):
-    """RFC 7766: length-prefixed messages, several per connection, closed when idle."""
-
-    def __init__(self, engine: DnsEngine, idle_seconds: float) -> None:
-        self.engine = engine
-        self.idle_seconds = idle_seconds
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.client_ip = ""
-        self._idle: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = address_text(client_address(peer[0])) if peer else ""
-        self._arm_idle()
-
-    def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self.idle_seconds, self._close)
-
-    def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._arm_idle()
-        while len(self.buffer) >= 2:
-            (length,) = struct.unpack_from("!H", self.buffer)
-            if len(self.buffer) < 2 + length:
-                return
-            message = bytes(self.buffer[2 : 2 + length])
-            del self.buffer[: 2 + length]
-            started = time.perf_counter()
-            try:
-                reply = self.engine.respond(message, self.client_ip, False)
-            except Exception:
-                # Invariant: bad input never takes the server down. Count it and stay silent.
-                self.engine.malformed += 1
-                log.exception("unexpected error answering a TCP query")
-                reply = None
-            if reply is not None and self.transport is not None:
-                self.transport.write(struct.pack("!H", len(reply)) + reply)
-            self.engine.latency["tcp"].observe(time.perf_counter() - started)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-
-
 def bind_udp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -452,10 +397,3 @@ def bind_tcp_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     sock.listen(512)
     sock.setblocking(False)
     return sock
-
-
-async def serve_tcp(
-    engine: DnsEngine, tcp_sock: socket.socket, idle_seconds: float = DEFAULT_TCP_IDLE_SECONDS
-) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: TcpProtocol(engine, idle_seconds), sock=tcp_sock)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from services.dns.quorum import QUORUM_HELP, Quorum
 from shared.settings import ServiceSettings
 
 
@@ -31,8 +32,39 @@ class DnsSettings(ServiceSettings):
         description="largest UDP response sent, and the size our OPT record advertises",
     )  # fmt: skip
     tcp_idle_seconds: float = Field(
-        default=10.0, gt=0, description="close a TCP connection idle this long (RFC 7766)"
-    )
+        default=10.0, gt=0,
+        description="close a TCP connection this long after its last whole query (RFC 7766); "
+        "bytes of an unfinished message do not count",
+    )  # fmt: skip
+    tcp_message_seconds: float = Field(
+        default=5.0, gt=0,
+        description="close a TCP connection whose message (length and body) is not whole this "
+        "long after its first byte",
+    )  # fmt: skip
+    tcp_max_connections: int = Field(
+        default=1000, ge=1,
+        description="TCP connections per process; at the cap a new one closes the one idle "
+        "longest (lowered to fit the open-file limit)",
+    )  # fmt: skip
+    tcp_max_pipelined: int = Field(
+        default=100, ge=1,
+        description="whole queries read from one TCP connection and not answered yet; reading "
+        "it stops at this many",
+    )  # fmt: skip
+    tcp_write_buffer_bytes: int = Field(
+        default=65536, ge=1024,
+        description="reply bytes queued for a TCP client that does not read before reading it "
+        "stops (resumes below a quarter of this)",
+    )  # fmt: skip
+    tcp_blocked_seconds: float = Field(
+        default=5.0, gt=0,
+        description="close a TCP client whose replies stay over --tcp-write-buffer-bytes this long",
+    )  # fmt: skip
+    tcp_client_queries_per_second: int = Field(
+        default=5000, ge=0,
+        description="TCP queries per second per client network (the RRL prefix lengths); past "
+        "it the client is read no further until the next second; 0: no limit",
+    )  # fmt: skip
     rrl_responses_per_second: int = Field(
         default=0, ge=0, description="response rate limit per client network; 0 turns RRL off"
     )
@@ -47,3 +79,18 @@ class DnsSettings(ServiceSettings):
     )
     rrl_ipv4_prefix_length: int = Field(default=24, ge=8, le=32)
     rrl_ipv6_prefix_length: int = Field(default=56, ge=16, le=128)
+    health_quorum: str = Field(
+        default="majority",
+        description="how many vantage points (sites' health replicas with a fresh verdict) "
+        "must say down to withdraw a member: " + QUORUM_HELP,
+    )
+    health_verdict_metrics: Literal["vantage", "member"] = Field(
+        default="vantage",
+        description="kgslb_dns_health_verdicts per vantage point and state (vantage), or also "
+        "kgslb_dns_health_member_verdict, one series per member and vantage point (member)",
+    )
+
+    @field_validator("health_quorum")
+    @classmethod
+    def _quorum(cls, value: str) -> str:
+        return Quorum.parse(value).rule

@@ -28,6 +28,9 @@ class UdpLoad:
         self.addresses: Counter[str] = Counter()
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # The default buffer holds a few hundred replies: a busy test process that reads them
+        # late would count its own overflow as queries the DNS lost.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._sock.settimeout(0.2)
         self._threads = [
             threading.Thread(target=self._send, daemon=True),
