@@ -155,7 +155,12 @@ def cold_writes(stack: E2EStack) -> dict[str, float]:
     return {
         "kv_services_at_convergence": at_convergence,
         "kv_services_settled": stack.stream_last_seq("KV_kgslb_services"),
-        "reconciler_kv_writes": stack.poll_metric("reconciler", "kgslb_reconciler_kv_writes_total"),
+        # Every replica's (--sites: one per site; only the leader writes).
+        "reconciler_kv_writes": sum(
+            stack.poll_metric(name, "kgslb_reconciler_kv_writes_total")
+            for name in stack.processes
+            if name.startswith("reconciler")
+        ),
         "first_sync_wait_s": round(
             stack.poll_metric("reconciler", "kgslb_reconciler_first_sync_wait_seconds"), 2
         ),
