@@ -7,7 +7,8 @@ whole stack from cold, restarts, memory, the cost of one change, and DNS qps aga
 Steps, in one run:
 1. cold: the Ingresses exist before any kgslb process starts; time from starting the
    watchers, reconciler, health and dns to every name answering its 3 members (the GDP asks
-   for `answers: 3`; a pipelined sweep over all names checks every answer).
+   for `answers: 3`; a pipelined sweep over all names checks every answer), and the KV
+   writes it took (each name once: N).
 2. change: one Ingress's VIP moves (AKO status), `--changes` times on different names; the
    latency to DNS and what it cost on NATS: KGSLB_EVENTS and KV_kgslb_services sequence
    numbers, and nats-server /varz message counters (monitoring port).
@@ -112,7 +113,7 @@ def converge(
     while time.monotonic() < deadline:
         stack.check_alive()
         try:
-            held = asyncio.run(stack.metric("dns", "kgslb_dns_gslb_names"))
+            held = stack.poll_metric("dns", "kgslb_dns_gslb_names")
         except Exception:
             held = 0
         if trace is not None and time.monotonic() >= next_trace:
@@ -138,11 +139,32 @@ def snapshot(stack: E2EStack, elapsed: float, dns_names: float) -> dict[str, Any
     try:
         point["events"] = stack.stream_last_seq("KGSLB_EVENTS")
         point["kv"] = stack.stream_last_seq("KV_kgslb_services")
-        point["planned"] = asyncio.run(stack.metric("reconciler", "kgslb_reconciler_services"))
+        point["planned"] = stack.poll_metric("reconciler", "kgslb_reconciler_services")
     except Exception:
         pass
     point["dns"] = dns_names
     return point
+
+
+def cold_writes(stack: E2EStack) -> dict[str, float]:
+    """What the cold start wrote to KV kgslb_services (its stream's last sequence: every put
+    and delete), at convergence and 2 s later, and the reconciler's own count (both buckets),
+    with how long it waited for the clusters' first lists."""
+    at_convergence = stack.stream_last_seq("KV_kgslb_services")
+    time.sleep(2.0)
+    return {
+        "kv_services_at_convergence": at_convergence,
+        "kv_services_settled": stack.stream_last_seq("KV_kgslb_services"),
+        # Every replica's (--sites: one per site; only the leader writes).
+        "reconciler_kv_writes": sum(
+            stack.poll_metric(name, "kgslb_reconciler_kv_writes_total")
+            for name in stack.processes
+            if name.startswith("reconciler")
+        ),
+        "first_sync_wait_s": round(
+            stack.poll_metric("reconciler", "kgslb_reconciler_first_sync_wait_seconds"), 2
+        ),
+    }
 
 
 def ready(stack: E2EStack, name: str, needle: str = "") -> bool:
@@ -331,6 +353,8 @@ def main() -> None:
             "load": [load_before, load()],
         }
         print(f"cold convergence: {cold:.1f} s (load {load()})", flush=True)
+        results["cold"]["kv_writes"] = cold_writes(stack)
+        print(f"KV writes of the cold start: {results['cold']['kv_writes']}", flush=True)
         results["rss_after_cold_mb"] = {k: round(v, 1) for k, v in stack.rss_mb().items()}
         print(f"RSS MB: {results['rss_after_cold_mb']}", flush=True)
 
@@ -421,9 +445,12 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     n = args.fqdns
     rows: list[tuple[str, str, str]] = []
     cold = results["cold"]["seconds"]
+    rows.append((f"cold convergence, {n} FQDNs x 3", f"{cold:.1f} s", cold_target(n)))
+    writes = results["cold"]["kv_writes"]
     rows.append(
-        (f"cold convergence, {n} FQDNs x 3", f"{cold:.1f} s", "<= 30 s" if n <= 10_000 else "-")
-    )
+        ("KV kgslb_services writes, cold start", f"{writes['kv_services_settled']}",
+         f"{n} (each name once); first lists awaited {writes['first_sync_wait_s']} s")
+    )  # fmt: skip
     for name, mb in results["rss_mb"].items():
         rows.append((f"RSS {name}", f"{mb:.0f} MB", "<= 300 MB" if n <= 10_000 else "-"))
     change = results["change"]
@@ -460,6 +487,13 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print(f"\n{'measurement':<44} {'value':>18}  target")
     for label, value, target in rows:
         print(f"{label:<44} {value:>18}  {target}")
+
+
+def cold_target(fqdns: int) -> str:
+    """Issue 17: 10,000 FQDNs cold in 10 s, 100,000 in 60 s."""
+    if fqdns <= 10_000:
+        return "<= 10 s"
+    return "<= 60 s" if fqdns <= 100_000 else "-"
 
 
 def statistics_median(values: list[int]) -> float:

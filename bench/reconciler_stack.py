@@ -15,6 +15,7 @@ import yaml
 from nats.aio.client import Client
 
 from kgslb.embedded import ManagedProcess, NatsServer, free_port, service_process
+from services.watcher.publisher import COMPRESS_OVER_BYTES
 from shared import bus, subjects, wire
 from shared.models import (
     ObjectKind,
@@ -23,6 +24,7 @@ from shared.models import (
     PolicyKind,
     PolicyObject,
     PolicyRef,
+    SyncMarker,
 )
 from shared.settings import NatsSettings
 
@@ -130,7 +132,9 @@ def app(cluster: str, index: int, vip: str | None = None) -> tuple[str, Observed
 
 
 async def publish_world(nc: Client, services: int) -> None:
-    """The seed's policies, its hello Ingresses and `services` apps in every cluster."""
+    """The seed's policies, its hello Ingresses and `services` apps in every cluster, then
+    each cluster's sync marker, as a watcher ends its first list (the reconciler plans names
+    once every member cluster's marker is in)."""
     js = nc.jetstream()
     for policy in seed_policies():
         await js.publish(policy.ref.subject, wire.encode(policy))
@@ -144,15 +148,25 @@ async def publish_world(nc: Client, services: int) -> None:
             vips=[vip],
         )
         await js.publish(ref.subject, wire.encode(hello))
+    present: dict[str, list[str]] = {cluster: [] for cluster in CLUSTERS}
+    for cluster in HELLO_VIPS:
+        present[cluster].append("Ingress/default/hello")
     pending = []
     for index in range(services):
         for cluster in CLUSTERS:
             subject, message = app(cluster, index)
+            present[cluster].append(message.ref.short)
             pending.append(js.publish(subject, wire.encode(message)))
             if len(pending) >= 500:
                 await asyncio.gather(*pending)
                 pending.clear()
     await asyncio.gather(*pending)
+    for cluster, shorts in present.items():
+        marker = SyncMarker(cluster=cluster, kinds=list(ObjectKind), present=shorts)
+        await js.publish(
+            subjects.sync_subject(cluster),
+            wire.encode(marker, compress_over_bytes=COMPRESS_OVER_BYTES),
+        )
 
 
 async def publish_policy(nc: Client, message: PolicyObject) -> None:

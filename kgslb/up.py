@@ -255,9 +255,8 @@ def seed_messages(config: StackConfig) -> list[tuple[str, wire.WireModel]]:
         messages.append((ref.subject, observed))
         present.setdefault(seed.cluster, []).append(ref.short)
     for cluster, shorts in present.items():
-        marker = SyncMarker(
-            cluster=cluster, kinds=[ObjectKind.INGRESS, ObjectKind.SERVICE], present=shorts
-        )
+        # Every kind listed: the reconciler plans names once each cluster's first list is in.
+        marker = SyncMarker(cluster=cluster, kinds=list(ObjectKind), present=shorts)
         messages.append((sync_subject(cluster), marker))
     return messages
 

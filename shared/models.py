@@ -6,6 +6,7 @@ for where it travels). Units are in the field names.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,11 +30,14 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _ip(value: str) -> str:
+@functools.lru_cache(maxsize=65536)
+def normalize_ip(value: str) -> str:
+    """An IPv4 or IPv6 address in its normal form; ValueError if it is none. Cached: the same
+    few VIPs (AKO shares one per cluster) are parsed for every object, on every hop."""
     return str(ipaddress.ip_address(value))
 
 
-IPAddress = Annotated[str, AfterValidator(_ip)]
+IPAddress = Annotated[str, AfterValidator(normalize_ip)]
 """An IPv4 or IPv6 address, normalised (so members deduplicate by IP)."""
 
 

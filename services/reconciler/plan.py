@@ -15,6 +15,9 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from services.reconciler.names import RejectedName, gslb_name_problem
 from services.reconciler.statuses import final_statuses
@@ -148,14 +151,17 @@ def build_members(
         entry = by_cluster.get(cluster)
         # Every input is already a validated value (VIPs, weights, host-rule IPs): skipping
         # re-validation here is most of the time of a full plan.
-        member = Member.model_construct(
-            _fields_set=_MEMBER_FIELDS,
-            ip=ip,
-            cluster=cluster,
-            weight=entry.weight if entry else DEFAULT_WEIGHT,
-            monitor_ip=monitor_ip,
-            sources=[source],
-            control_plane_only=cluster in vip_only,
+        member = construct(
+            Member,
+            _MEMBER_FIELDS,
+            {
+                "ip": ip,
+                "cluster": cluster,
+                "weight": entry.weight if entry else DEFAULT_WEIGHT,
+                "monitor_ip": monitor_ip,
+                "sources": [source],
+                "control_plane_only": cluster in vip_only,
+            },
         )
         merged[ip] = (member, entry.priority if entry else DEFAULT_PRIORITY)
 
@@ -291,6 +297,22 @@ class PlanDelta:
     """`replan(limit=...)` left FQDNs to plan: call it again (statuses wait for the last)."""
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def construct(model: type[M], fields_set: set[str], values: dict[str, Any]) -> M:
+    """A model from values already validated, one for every field, in field order: what
+    `model_construct` does without its per-field default and alias lookups (24 µs a Member,
+    a third of a full plan's time, now ~1 µs). `test_plan.py` checks the result equals the
+    validated model."""
+    obj = model.__new__(model)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
 _REF_FIELDS = set(ObjectRef.model_fields)
 _OBSERVED_FIELDS = set(ObservedObject.model_fields)
 _MEMBER_FIELDS = {"ip", "cluster", "weight", "monitor_ip", "sources", "control_plane_only"}
@@ -307,17 +329,20 @@ class Compactor:
 
     def observed(self, obj: ObservedObject) -> ObservedObject:
         ref = obj.ref
-        compact_ref = ObjectRef.model_construct(
-            _fields_set=_REF_FIELDS,
-            cluster=sys.intern(ref.cluster),
-            kind=ref.kind,
-            namespace=sys.intern(ref.namespace),
-            name=ref.name,
+        compact_ref = construct(
+            ObjectRef,
+            _REF_FIELDS,
+            {
+                "cluster": sys.intern(ref.cluster),
+                "kind": ref.kind,
+                "namespace": sys.intern(ref.namespace),
+                "name": ref.name,
+            },
         )
         values = dict(obj.__dict__)
         values["ref"] = compact_ref
         values["labels"] = self._shared_labels(obj.labels)
-        return ObservedObject.model_construct(_fields_set=_OBSERVED_FIELDS, **values)
+        return construct(ObservedObject, _OBSERVED_FIELDS, values)
 
     def _shared_labels(self, labels: dict[str, str]) -> dict[str, str]:
         # Shared dicts are never mutated: models are frozen and the planner only reads them.
@@ -363,6 +388,8 @@ class Planner:
         self._policies_changed = True
         self._compactor = Compactor()
         self._statuses_stale = False
+        self._full = False
+        """The policies in force changed since the last `replan` returned."""
 
     # Events ---------------------------------------------------------------------------------
 
@@ -447,16 +474,12 @@ class Planner:
 
     # Planning -------------------------------------------------------------------------------
 
-    def replan(self, limit: int | None = None) -> PlanDelta:
-        """Bring the services and statuses up to date with everything applied so far; with
-        `limit`, plan at most that many FQDNs and say whether more are left, so that a caller
-        on an event loop can let other work run between parts of a 100,000-FQDN plan."""
-        full = False
-        # Statuses depend on the policies, on which GDP owns which FQDN and on which FQDNs
-        # have a service; most object changes touch none of these.
-        statuses_stale = self._policies_changed or self._statuses_stale
+    def refresh_policies(self) -> Policies:
+        """Validate the policy objects applied so far, if they changed, and return the policies
+        in force; the FQDNs this affects are left for `replan`."""
         if self._policies_changed:
             self._policies_changed = False
+            self._statuses_stale = True
             previous = self.policies
             self.policies = validate(self.policy_objects, self.last_accepted)
             self.last_accepted = dict(self.policies.accepted)
@@ -465,8 +488,19 @@ class Planner:
                     self._unindex(obj.ref)
                     self._index(obj)
             if self.policies.in_force() != previous.in_force():
-                full = True
+                self._full = True
                 self._dirty |= set(self._by_fqdn) | set(self.services)
+        return self.policies
+
+    def replan(self, limit: int | None = None) -> PlanDelta:
+        """Bring the services and statuses up to date with everything applied so far; with
+        `limit`, plan at most that many FQDNs and say whether more are left, so that a caller
+        on an event loop can let other work run between parts of a 100,000-FQDN plan."""
+        self.refresh_policies()
+        full, self._full = self._full, False
+        # Statuses depend on the policies, on which GDP owns which FQDN and on which FQDNs
+        # have a service; most object changes touch none of these.
+        statuses_stale = self._statuses_stale
         changed: dict[str, GslbService | None] = {}
         batch = self._dirty
         if limit is not None and len(batch) > limit:

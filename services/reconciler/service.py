@@ -21,6 +21,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.reconciler.first_sync import FirstSync, Verdict
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
 from services.reconciler.lease import Leadership, Step
@@ -81,6 +82,14 @@ LEADERSHIP = Counter(
     "kgslb_reconciler_leadership_changes_total", "Leadership acquired or lost", ["change"]
 )
 RESYNCS = Counter("kgslb_reconciler_resyncs_total", "Full resyncs (GSLBConfig refreshInterval)")
+FIRST_SYNC_WAIT = Gauge(
+    "kgslb_reconciler_first_sync_wait_seconds",
+    "From the start until names were first planned: the wait for the clusters' first lists",
+)
+FIRST_SYNC_MISSING = Gauge(
+    "kgslb_reconciler_first_sync_missing_clusters",
+    "Member clusters whose first list was not in when names were first planned (timeout)",
+)
 DRIFT_REPAIRS = Counter(
     "kgslb_reconciler_drift_repairs_total", "KV keys a full resync found changed by hand"
 )
@@ -122,6 +131,12 @@ class Reconciler:
         self._leases: KeyValue | None = None
         self._lease_nc: Client | None = None
         self._homes: HomeKeeper | None = None
+        self.first_sync = FirstSync(
+            settings.first_sync_timeout_seconds,
+            settings.first_sync_max_wait_seconds,
+            started_at=time.monotonic(),
+        )
+        self._first_sync_verdict: Verdict | None = None
 
     @property
     def ready(self) -> bool:
@@ -130,7 +145,9 @@ class Reconciler:
         return self.caught_up.is_set() and self._planned
 
     def readiness_detail(self) -> str:
-        return "leader" if self._leading else "standby"
+        verdict = self._first_sync_verdict
+        waiting = f", {verdict.reason}" if verdict and not verdict.open else ""
+        return ("leader" if self._leading else "standby") + waiting
 
     async def run(self) -> None:
         await bus.bootstrap(self.js, self.settings.stream_replicas)
@@ -206,6 +223,7 @@ class Reconciler:
                 self.nc, SERVICE, msg.subject, msg.data, str(exc), bus.stream_position(msg)
             )
         else:
+            self.first_sync.observe(message, time.monotonic())
             if not await self._from_inactive_home(message):
                 self.planner.apply(message)
                 EVENTS_APPLIED.labels(message.KIND).inc()
@@ -327,11 +345,16 @@ class Reconciler:
 
     async def _plan_loop(self) -> None:
         while True:
-            await self._dirty.wait()
+            verdict = self._first_sync_verdict
+            with contextlib.suppress(TimeoutError):
+                # While the first lists are awaited, look again when a timeout runs out.
+                await asyncio.wait_for(
+                    self._dirty.wait(), verdict.retry_in_seconds if verdict else None
+                )
             # Coalesce a burst of events into one plan.
             await asyncio.sleep(self.settings.debounce_seconds)
             self._dirty.clear()
-            if not self.caught_up.is_set():
+            if not self.caught_up.is_set() or not self._first_sync_open():
                 continue
             try:
                 await self.reconcile()
@@ -351,6 +374,27 @@ class Reconciler:
                 self._converge_all_due = True
                 await asyncio.sleep(1)
                 self._dirty.set()
+
+    def _first_sync_open(self) -> bool:
+        """Names are planned (and written) once the member clusters' first lists are in, so
+        a cold start writes each name once (first_sync.py)."""
+        if self.first_sync.opened is not None:
+            return True
+        members = self.planner.refresh_policies().members
+        verdict = self._first_sync_verdict = self.first_sync.decide(members, time.monotonic())
+        if verdict.open:
+            waited = time.monotonic() - self.first_sync.started_at
+            FIRST_SYNC_WAIT.set(waited)
+            FIRST_SYNC_MISSING.set(len(verdict.missing))
+            extra = {"waited_seconds": round(waited, 2), "missing": list(verdict.missing)}
+            if verdict.missing:
+                log.warning(
+                    "planning without the first list of cluster(s) %s: %s",
+                    ", ".join(verdict.missing), verdict.reason, extra=extra,
+                )  # fmt: skip
+            else:
+                log.info("planning: %s", verdict.reason, extra=extra)
+        return verdict.open
 
     async def reconcile(self) -> None:
         started = time.perf_counter()

@@ -30,3 +30,19 @@ class ReconcilerSettings(ServiceSettings):
         description="a home cluster whose watcher's heartbeat is older than this is not "
         "reachable, so no failover goes to it",
     )
+    first_sync_timeout_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="at start, names are planned once every member cluster's watcher has "
+        "published its first complete list; a cluster not synced this long after the first "
+        "one did (or, when no watcher publishes anything, after the start) is left out and "
+        "logged, so an unreachable cluster does not hold back the others",
+    )
+    first_sync_max_wait_seconds: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        description="at start, plan names after this long whatever arrived (a watcher that "
+        "publishes but never completes its first list)",
+    )

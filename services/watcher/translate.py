@@ -12,7 +12,6 @@ reconciler can report them in the status of the policy that selects the object.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,6 +27,7 @@ from shared.models import (
     PolicyObject,
     PolicyRef,
     PolicyStatus,
+    normalize_ip,
 )
 from shared.names import BadName, hostname_problem
 
@@ -140,7 +140,7 @@ def load_balancer_addresses(obj: Obj) -> Addresses:
     for entry in map(_mapping, entries):
         if ip := entry.get("ip"):
             try:
-                ips.append(str(ipaddress.ip_address(str(ip))))
+                ips.append(normalize_ip(str(ip)))
             except ValueError:
                 invalid.append(str(ip))
         elif hostname := entry.get("hostname"):

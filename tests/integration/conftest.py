@@ -31,6 +31,15 @@ async def nats_client(nats_server: NatsServer) -> AsyncIterator[Client]:
     await nc.drain()
 
 
+TEST_FIRST_SYNC = {
+    "KGSLB_FIRST_SYNC_TIMEOUT_SECONDS": "1",
+    "KGSLB_FIRST_SYNC_MAX_WAIT_SECONDS": "5",
+}
+"""Most tests run the watchers of only some of the GSLBConfig's member clusters, or publish
+what a watcher would: a reconciler they start waits 1 s, not 10, for the missing clusters'
+first lists (test_cold_start.py tests the defaults)."""
+
+
 class Services:
     """Start kgslb services against one nats-server; every one is stopped at teardown."""
 
@@ -45,6 +54,8 @@ class Services:
         ops_port = free_port()
         self.ops_ports[name] = ops_port
         settings = {"KGSLB_NATS_URL": self.nats.url, "KGSLB_OPS_PORT": str(ops_port)}
+        if args and args[0] == "reconciler":
+            settings.update(TEST_FIRST_SYNC)
         process = service_process(name, list(args), self.log_dir, {**settings, **(env or {})})
         process.start()
         self.running[name] = process

@@ -68,3 +68,38 @@ async def test_a_slow_scrape_does_not_stop_the_event_loop() -> None:
     assert "kgslb_test_slow 1.0" in response.text
     assert len(gaps) > 20, "the loop ran while the scrape took half a second"
     assert max(gaps) < 0.2, f"the loop stalled for {max(gaps):.3f} s"
+
+
+class CountedCollector(Collector):
+    """Counts its collections, like the DNS's answer counters (one series per member)."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("kgslb_test_costly", "a costly family")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        self.collected += 1
+        yield GaugeMetricFamily("kgslb_test_costly", "a costly family", value=1)
+
+
+async def test_a_scrape_of_named_families_skips_the_other_collectors() -> None:
+    costly = CountedCollector()
+    REGISTRY.register(costly)
+    ops = OpsServer("127.0.0.1", 0, lambda: True)
+    port = await ops.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            named = await http.get("/metrics", params={"name[]": "process_cpu_seconds_total"})
+            after_named = costly.collected
+            everything = await http.get("/metrics")
+    finally:
+        await ops.stop()
+        REGISTRY.unregister(costly)
+
+    assert after_named == 0
+    assert "kgslb_test_costly" not in named.text
+    assert "process_cpu_seconds_total" in named.text
+    assert costly.collected == 1
+    assert "kgslb_test_costly 1.0" in everything.text

@@ -26,7 +26,9 @@ from shared.models import (
     PolicyObject,
     PolicyRef,
     PolicyStatus,
+    SyncMarker,
 )
+from shared.subjects import sync_subject
 from tests.integration.conftest import Services, eventually
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "examples" / "seed"
@@ -69,6 +71,16 @@ async def publish_seed(nc: Client) -> None:
     await publish_policies(nc)
     for cluster in VIPS:
         await nc.jetstream().publish(hello(cluster).ref.subject, wire.encode(hello(cluster)))
+    await publish_markers(nc, [hello(cluster).ref for cluster in VIPS])
+
+
+async def publish_markers(nc: Client, present: list[ObjectRef]) -> None:
+    """What each watcher publishes after its first list: which objects exist (the reconciler
+    plans names once every member cluster's first list is in)."""
+    for cluster in VIPS:
+        shorts = [ref.short for ref in present if ref.cluster == cluster]
+        marker = SyncMarker(cluster=cluster, kinds=list(ObjectKind), present=shorts)
+        await nc.jetstream().publish(sync_subject(cluster), wire.encode(marker))
 
 
 def split(s1az1: int, s1az2: int, s2: int) -> dict[str, Any]:
@@ -257,6 +269,7 @@ async def test_one_ingress_change_among_many_services_writes_one_key(
     services.start("reconciler", "reconciler", env=FAST_LEASE)
     js = nats_client.jetstream()
     await publish_policies(nats_client)
+    refs = []
     for index in range(count):
         for cluster in VIPS:
             await js.publish(
@@ -266,6 +279,8 @@ async def test_one_ingress_change_among_many_services_writes_one_key(
                     f"127.{20 + list(VIPS).index(cluster)}.{index // 200}.{index % 200 + 1}",
                 )
             )
+            refs.append(_app_ref(cluster, index))
+    await publish_markers(nats_client, refs)
     kv = await js.key_value(subjects.KV_SERVICES)
     await eventually(lambda: _key_count(kv, count), timeout_seconds=30)
     await eventually(WritesSettled(services), interval_seconds=0.3)
@@ -285,10 +300,14 @@ async def test_one_ingress_change_among_many_services_writes_one_key(
     assert (await js.stream_info(kv_stream)).state.last_seq - seq_before == 1
 
 
-def _app(cluster: str, index: int, vip: str) -> tuple[str, bytes]:
-    ref = ObjectRef(
+def _app_ref(cluster: str, index: int) -> ObjectRef:
+    return ObjectRef(
         cluster=cluster, kind=ObjectKind.INGRESS, namespace="default", name=f"app{index}"
     )
+
+
+def _app(cluster: str, index: int, vip: str) -> tuple[str, bytes]:
+    ref = _app_ref(cluster, index)
     message = ObservedObject(
         ref=ref,
         resource_version="1",

@@ -6,9 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from services.reconciler.plan import plan
+from services.reconciler.plan import Compactor, construct, plan
+from shared import wire
 from shared.models import (
+    Member,
     ObjectKind,
     ObjectRef,
     ObservedObject,
@@ -771,3 +774,39 @@ def test_the_governing_host_rule_keeps_its_fqdn_when_another_claims_it() -> None
 
     assert after.services[HELLO].ttl_seconds == 5
     assert after.statuses[newcomer].state == PolicyState.REJECTED
+
+
+def test_construct_builds_the_model_that_validation_builds() -> None:
+    values: dict[str, Any] = {
+        "ip": "127.10.25.46",
+        "cluster": "s1az1",
+        "weight": 6,
+        "monitor_ip": None,
+        "sources": ["s1az1/Ingress/default/hello"],
+        "control_plane_only": False,
+    }
+
+    built = construct(Member, set(values), dict(values))
+    validated = Member(**values)
+
+    assert built == validated
+    assert built.model_dump_json(by_alias=True) == validated.model_dump_json(by_alias=True)
+    assert built.model_copy(update={"weight": 2}) == Member(**{**values, "weight": 2})
+    with pytest.raises(ValidationError):
+        built.weight = 3  # type: ignore[misc]  # frozen, like a validated one
+
+
+def test_compacted_observed_objects_equal_the_received_ones() -> None:
+    received = ObservedObject(
+        ref=ObjectRef(cluster="s1az1", kind=ObjectKind.INGRESS, namespace="default", name="a"),
+        resource_version="7",
+        labels={"app": "gslb"},
+        hosts=["a.avi.iberia.local"],
+        vips=["127.10.25.46"],
+    )
+
+    kept = Compactor().observed(received)
+
+    assert kept == received
+    assert kept.ref == received.ref and hash(kept.ref) == hash(received.ref)
+    assert wire.encode(kept) == wire.encode(received)

@@ -381,3 +381,22 @@ def test_planning_leaves_the_garbage_collector_as_it_found_it() -> None:
     assert len(result.services) == 300
     assert (gc.isenabled(), gc.get_freeze_count()) == before
     assert collections, "no collection ran while planning: plan() paused the collector"
+
+
+def test_refresh_policies_gives_the_member_clusters_and_leaves_every_fqdn_to_replan() -> None:
+    # The first-sync gate asks for the member clusters before any name may be planned.
+    planner = Planner()
+    planner.apply(PolicyObject(ref=CONFIG, spec=config_spec(*CLUSTERS)))
+    planner.apply(PolicyObject(ref=GDP, spec=GDP_SPEC))
+    for cluster in CLUSTERS:
+        planner.apply(ingress(cluster, 0))
+
+    members = planner.refresh_policies().members
+    planned_before = dict(planner.services)
+    delta = planner.replan()
+
+    assert members == frozenset(CLUSTERS)
+    assert planned_before == {}
+    assert list(delta.services) == ["app0.z.local"]
+    assert delta.full, "the policy change found by refresh_policies still counts as full"
+    assert planner.statuses, "and the statuses are computed"
