@@ -66,6 +66,7 @@ class DnsService:
         REGISTRY.register(QueryCountCollector(self.engine, settings.answer_metrics))
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
         self._followers = [
             self._follower(subjects.KV_ZONES, self._apply_zone),
             self._follower(subjects.KV_HEALTH, self._apply_health),
@@ -74,7 +75,23 @@ class DnsService:
 
     @property
     def ready(self) -> bool:
-        return all(follower.caught_up for follower in self._followers)
+        """Loaded, and not answering from memory for a lost store that is not rebuilt yet
+        (answers go on meanwhile; readiness tells the operator and the load balancer)."""
+        followers = self._followers
+        loaded = all(f.caught_up and not f.missing and not f.rebuilding for f in followers)
+        return loaded and self.keeper.intact
+
+    def readiness_detail(self) -> str:
+        missing = [f.bucket for f in self._followers if f.missing]
+        rebuilding = [f.bucket for f in self._followers if f.rebuilding]
+        parts = [f"names {len(self.table.gslb)}, zones {len(self.table.zones)}"]
+        if missing:
+            parts.append("missing: " + ", ".join(missing))
+        if rebuilding:
+            parts.append("answering from memory, rebuilding: " + ", ".join(rebuilding))
+        if state := self.keeper.describe():
+            parts.append(state)
+        return "; ".join(parts)
 
     def _enqueue_log(self, record: DnsQueryLog) -> None:
         try:
@@ -83,9 +100,11 @@ class DnsService:
             LOGS_DROPPED.inc()
 
     async def run(self) -> None:
-        await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
+        await self.keeper.bootstrap()
         mirrors = asyncio.gather(
-            *(follower.run() for follower in self._followers), self._publish_logs()
+            *(follower.run() for follower in self._followers),
+            self._publish_logs(),
+            self.keeper.run(),
         )
         try:
             # Queries wait in the socket buffers until the table holds the whole KV: an
@@ -117,7 +136,7 @@ class DnsService:
             TABLE_UPDATES.labels(bucket).inc()
             GSLB_NAMES.set(len(self.table.gslb))
 
-        return BucketFollower(self.nc, bucket, mirror)
+        return BucketFollower(self.nc, bucket, mirror, on_loss=self.table.forget_revisions)
 
     def _decode(self, key: str, value: bytes, model: type[wire.M]) -> wire.M | None:
         try:

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable
-from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -25,12 +23,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
+from services.reconciler.kv_mirror import KvMirror, LostLeadership, in_flight
 from services.reconciler.lease import Leadership, Step
 from services.reconciler.names import RejectedName, newly_rejected
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
 from shared import bus, subjects, wire
-from shared.follow import read_values
 from shared.logs import set_level
 from shared.models import (
     GslbService,
@@ -50,7 +48,6 @@ from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
 SERVICE = "reconciler"
-WRITES_IN_FLIGHT = 64
 PLAN_CHUNK_FQDNS = 2_000
 YIELD_EVERY_EVENTS = 256
 EVENTS_HEARTBEAT_SECONDS = 1.0
@@ -63,7 +60,6 @@ PLANS = Counter(
 )
 PLAN_SECONDS = Histogram("kgslb_reconciler_plan_seconds", "Time to compute one plan")
 REPLANNED = Counter("kgslb_reconciler_replanned_fqdns_total", "FQDNs re-planned")
-KV_WRITES = Counter("kgslb_reconciler_kv_writes_total", "KV writes", ["bucket", "op"])
 REJECTED = Gauge("kgslb_reconciler_rejected_objects", "Policy objects currently Rejected")
 SERVICES = Gauge("kgslb_reconciler_services", "Desired GSLB services")
 REJECTED_NAMES = Counter(
@@ -91,82 +87,6 @@ EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     PolicyDeleted,
 )
 DEFAULT_REFRESH_INTERVAL_SECONDS = 1800
-
-
-class LostLeadership(Exception):
-    """The lease ran out while writing: stop, another replica may lead now."""
-
-
-class KvMirror:
-    """A KV bucket and what we know it holds, so unchanged values are never rewritten."""
-
-    def __init__(
-        self, js: JetStreamContext, kv: KeyValue, bucket: str, leading: Leadership
-    ) -> None:
-        self.js = js
-        self.kv = kv
-        self.bucket = bucket
-        self.leading = leading
-        self.values: dict[str, bytes] = {}
-
-    async def load(self) -> None:
-        """Read what the bucket holds now (edits and deletes by hand included)."""
-        self.values = await read_values(self.js, self.bucket)
-
-    def _check_leader(self) -> None:
-        if not self.leading.is_leader(time.monotonic()):
-            raise LostLeadership(self.bucket)
-
-    async def put(self, key: str, value: bytes) -> bool:
-        if self.values.get(key) == value:
-            return False
-        self._check_leader()
-        await self.kv.put(key, value)
-        self.values[key] = value
-        KV_WRITES.labels(self.bucket, "put").inc()
-        return True
-
-    async def delete(self, key: str) -> bool:
-        if key not in self.values:
-            return False
-        self._check_leader()
-        await self.kv.delete(key)
-        del self.values[key]
-        KV_WRITES.labels(self.bucket, "delete").inc()
-        return True
-
-    async def converge(self, desired: dict[str, bytes]) -> int:
-        """Make the bucket hold exactly `desired`; return the number of writes."""
-        writes = await in_flight(self.put(key, value) for key, value in desired.items())
-        stale = [k for k in self.values if k not in desired]
-        return writes + await in_flight(self.delete(key) for key in stale)
-
-
-async def in_flight(writes: Iterable[Coroutine[Any, Any, bool]]) -> int:
-    """Run independent KV writes with up to WRITES_IN_FLIGHT awaiting their acks at once: one
-    round trip per key made a 10,000-key change wait for 10,000 round trips in a row."""
-    # A fixed pool of writers pulling from one iterator: 100,000 changed keys are 64 tasks,
-    # not 100,000 queued in the event loop ahead of the lease renewal, and the coroutines of
-    # writes never started are never created.
-    pending = iter(writes)
-    written = 0
-
-    async def writer() -> None:
-        nonlocal written
-        for write in pending:
-            changed = await write  # not `written += await ...`: that reads `written` first
-            written += changed
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(WRITES_IN_FLIGHT):
-                group.create_task(writer())
-    except* LostLeadership as lost:
-        raise lost.exceptions[0] from None
-    finally:
-        for write in pending:
-            write.close()  # after a failure: created by the iterator, never to run
-    return written
 
 
 class Reconciler:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.reconciler.service import WRITES_IN_FLIGHT, LostLeadership, in_flight
+from services.reconciler.kv_mirror import WRITES_IN_FLIGHT, LostLeadership, in_flight
 
 
 class Writes:
