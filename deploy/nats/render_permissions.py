@@ -38,6 +38,8 @@ class Grant:
     reads_streams: tuple[str, ...] = ()
     reads_buckets: tuple[str, ...] = ()
     writes_buckets: tuple[str, ...] = ()
+    subscribes: tuple[str, ...] = ()
+    """Core NATS subjects besides the replies to its own requests."""
     owns_streams: bool = False
     """Create and update every stream and bucket (`bus.bootstrap`); others only look them up."""
 
@@ -108,6 +110,8 @@ GRANTS: dict[str, Grant] = {
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
         reads_buckets=(subjects.KV_LEASES,),
+        # The reconciler asks for everything again after JetStream lost its state.
+        subscribes=(subjects.RESYNC_SUBJECT,),
     ),
     "reconciler": Grant(
         summary="owns the streams and buckets, writes desired state and CR status",
@@ -116,6 +120,7 @@ GRANTS: dict[str, Grant] = {
             # Purging the status of a deleted CR, so a new CR of that name starts clean.
             f"$JS.API.STREAM.PURGE.{subjects.STREAM_STATUS}",
             dead_letter("reconciler"),
+            subjects.RESYNC_SUBJECT,
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
         writes_buckets=(subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_LEASES),
@@ -149,7 +154,7 @@ def render() -> str:
     for service, grant in GRANTS.items():
         block = {
             "publish": {"allow": grant.publish_allow()},
-            "subscribe": {"allow": [INBOX]},
+            "subscribe": {"allow": [INBOX, *grant.subscribes]},
         }
         lines.append(f"# {service}: {grant.summary}")
         body = json.dumps(block, indent=2)

@@ -39,6 +39,7 @@ from shared.models import (
     PolicyRef,
     PolicyState,
     PolicyStatus,
+    ResyncRequest,
     SyncMarker,
     Tombstone,
     utcnow,
@@ -75,6 +76,10 @@ LEADERSHIP = Counter(
     "kgslb_reconciler_leadership_changes_total", "Leadership acquired or lost", ["change"]
 )
 RESYNCS = Counter("kgslb_reconciler_resyncs_total", "Full resyncs (GSLBConfig refreshInterval)")
+REBUILDS = Counter(
+    "kgslb_reconciler_rebuilds_total",
+    "Desired state written again in full after JetStream lost its state",
+)
 DRIFT_REPAIRS = Counter(
     "kgslb_reconciler_drift_repairs_total", "KV keys a full resync found changed by hand"
 )
@@ -115,18 +120,27 @@ class Reconciler:
         self._leases: KeyValue | None = None
         self._lease_nc: Client | None = None
         self._homes: HomeKeeper | None = None
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
+        self._rebuild_due = False
+        """JetStream lost its state: write everything again as soon as leading."""
+        self._events: JetStreamContext.PushSubscription | None = None
 
     @property
     def ready(self) -> bool:
         """Caught up with the stream and planned: able to lead at once. Leadership is not
         readiness (a standby is a healthy replica); it shows in `readiness_detail`."""
-        return self.caught_up.is_set() and self._planned
+        intact = self.keeper.intact and not self._rebuild_due
+        return self.caught_up.is_set() and self._planned and intact
 
     def readiness_detail(self) -> str:
-        return "leader" if self._leading else "standby"
+        role = "leader" if self._leading else "standby"
+        if state := self.keeper.describe():
+            return f"{role}; {state}"
+        return f"{role}; rebuilding the desired state" if self._rebuild_due else role
 
     async def run(self) -> None:
-        buckets = await bus.bootstrap(self.js, self.settings.stream_replicas)
+        buckets = await self.keeper.bootstrap()
+        self.keeper.on_loss(self._state_lost)
         # The lease has a connection of its own: on the events connection its replies queue
         # behind a replay's flood of messages, and at 300,000 events the leader timed out
         # renewing, stood down and sat idle for 100 s (bench/e2e_scale.py --fqdns 100000).
@@ -142,7 +156,33 @@ class Reconciler:
         self._homes = HomeKeeper(
             self._leases, self.leadership, lambda: self.planner.policies.config, self.settings
         )
-        sub = await self.js.subscribe(
+        self._events = await self._subscribe_events()
+        events = self._events
+        info = await events.consumer_info()
+        if info.num_pending == 0 and events.delivered == 0:
+            self.caught_up.set()
+            self._dirty.set()
+        try:
+            await asyncio.gather(
+                self._plan_loop(),
+                self._lease_loop(),
+                self._resync_loop(),
+                self._homes.run(),
+                self.keeper.run(),
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                if self._events is not None:
+                    await self._events.unsubscribe()
+            await self._release()
+            if self._lease_nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._lease_nc.drain()
+
+    # Inputs ---------------------------------------------------------------------------------
+
+    async def _subscribe_events(self) -> JetStreamContext.PushSubscription:
+        return await self.js.subscribe(
             subjects.EVENTS_STREAM_SUBJECTS[0],
             stream=subjects.STREAM_EVENTS,
             cb=self._on_event,
@@ -151,23 +191,29 @@ class Reconciler:
             deliver_policy=DeliverPolicy.ALL,
             config=ConsumerConfig(filter_subjects=list(subjects.EVENTS_STREAM_SUBJECTS)),
         )
-        info = await sub.consumer_info()
-        if info.num_pending == 0 and sub.delivered == 0:
-            self.caught_up.set()
-            self._dirty.set()
-        try:
-            await asyncio.gather(
-                self._plan_loop(), self._lease_loop(), self._resync_loop(), self._homes.run()
-            )
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            await self._release()
-            if self._lease_nc is not None:
-                with contextlib.suppress(Exception):
-                    await self._lease_nc.drain()
 
-    # Inputs ---------------------------------------------------------------------------------
+    async def _state_lost(self, lost: frozenset[str]) -> None:
+        """JetStream lost streams or buckets (created anew, empty): follow the new events
+        stream from its start (an ordered consumer would resume after the old stream's last
+        sequence and miss everything up to it), write the whole desired state again from
+        memory, and ask the watchers to publish everything they hold again."""
+        if subjects.STREAM_EVENTS in lost:
+            old, self._events = self._events, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.unsubscribe()
+            self._events = await self._subscribe_events()
+        self._rebuild_due = True
+        self._dirty.set()
+        request = ResyncRequest(
+            requested_by=self.replica, reason="lost " + ", ".join(sorted(lost)), at=utcnow()
+        )
+        await self.nc.publish(subjects.RESYNC_SUBJECT, wire.encode(request))
+        await self.nc.flush(timeout=5)
+        log.warning(
+            "asked the watchers to publish everything again on %s", subjects.RESYNC_SUBJECT,
+            extra={"reason": request.reason},
+        )  # fmt: skip
 
     async def _load_statuses(self) -> None:
         """Statuses already published: not republished, and the versions they say are in
@@ -368,9 +414,13 @@ class Reconciler:
         if not self.leadership.is_leader(time.monotonic()):
             if self._leading:
                 self._step_down()
+            self._rebuild_due = False  # a takeover reads the buckets anyway
             return
         if not self._leading:
             await self._take_over()
+            self._rebuild_due = False
+        elif self._rebuild_due:
+            await self._rebuild()
         elif self._resync_due:
             await self._resync()
         elif self._converge_all_due:
@@ -449,6 +499,21 @@ class Reconciler:
         LEADERSHIP.labels("acquired").inc()
         log.info(
             "leading",
+            extra={"kv_writes": writes, "services": len(self.planner.services)},
+        )
+
+    async def _rebuild(self) -> None:
+        """After lost JetStream state: the buckets and the status stream hold nothing (or
+        what was written since); write the whole plan and every status again."""
+        assert self._services is not None and self._zones is not None
+        await self._services.load()
+        await self._zones.load()
+        self.published_status.clear()
+        writes = await self._converge_all()
+        self._rebuild_due = False
+        REBUILDS.inc()
+        log.warning(
+            "rebuilt the desired state after lost JetStream state",
             extra={"kv_writes": writes, "services": len(self.planner.services)},
         )
 
