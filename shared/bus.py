@@ -285,8 +285,8 @@ class _Provisioner:
     async def try_create(self, stream: str, create: Callable[[], Awaitable[object]]) -> bool:
         """Create `stream`; True once it exists, whoever created it. False when this user may
         not create streams. Several services create on a fresh (or wiped) server at once, and
-        a JetStream that is still starting answers 503 or not at all: those are retried, and
-        a create refused because another service was first counts as done."""
+        a JetStream that is still starting answers 503 or has no responder yet: those are
+        retried, and a create refused because another service was first counts as done."""
         if not self.may_create:
             return False
         for attempt in range(CREATE_ATTEMPTS):
@@ -308,13 +308,12 @@ class _Provisioner:
             except (ServiceUnavailableError, NoRespondersError):
                 pass  # JetStream (or its meta leader) not up yet
             except NatsTimeoutError:
-                # A user without the permission gets no answer at all; so does a cluster
-                # still electing its meta leader: only repeated silence means "may not".
+                # A user without the permission gets no answer at all (a JetStream still
+                # electing its meta leader answers 503, retried above).
                 if await self._exists(stream):
                     return True
-                if attempt + 1 == CREATE_ATTEMPTS:
-                    self.may_create = False
-                    return False
+                self.may_create = False
+                return False
             await asyncio.sleep(CREATE_RETRY_SECONDS * (attempt + 1))
         return await self._exists(stream)
 
