@@ -29,6 +29,9 @@ READ_IDLE_SECONDS = 10.0
 STOP_WATCH_SECONDS = 1.0
 STORE_CHECK_SECONDS = 5.0
 """How often a running watch looks whether its bucket was deleted and created anew."""
+STALE_AFTER_SECONDS = 30.0
+"""After a lost store: how long after the new bucket's first value the keys it never held
+again are still kept, before they are delivered as deleted."""
 
 WATCH_RESTARTS = Counter(
     "kgslb_kv_watch_restarts_total",
@@ -93,7 +96,10 @@ class BucketFollower:
     start of the watch and every `STORE_CHECK_SECONDS`: the revisions delivered are forgotten
     (the new bucket counts from 1 again) and the bucket is followed from its start, while
     what `apply` was given stays until the new bucket says otherwise: `rebuilding` is true
-    until the first value of the new bucket arrives, and `on_loss` runs once per loss.
+    until the first value of the new bucket arrives, and `on_loss` runs once per loss. A key
+    the new bucket still does not hold `stale_after_seconds` after that first value (a name
+    deleted while the store was away: nobody deletes it from a bucket that never had it) is
+    delivered as deleted then.
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class BucketFollower:
         max_retry_seconds: float = MAX_RETRY_SECONDS,
         on_loss: Callable[[], None] | None = None,
         store_check_seconds: float = STORE_CHECK_SECONDS,
+        stale_after_seconds: float = STALE_AFTER_SECONDS,
     ) -> None:
         if max_retry_seconds < FIRST_RETRY_SECONDS:
             raise ValueError(
@@ -132,6 +139,12 @@ class BucketFollower:
         self.rebuilding = False
         """The bucket was lost while it held values: true until the new one delivers one."""
         self.losses = 0
+        self.stale_after_seconds = stale_after_seconds
+        self._present: set[str] = set()
+        """Keys whose last delivered change holds a value."""
+        self._stale: set[str] = set()
+        """Keys held before a loss that the new bucket has not delivered again."""
+        self._rebuilt_at: float | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -207,7 +220,8 @@ class BucketFollower:
     async def _replaced(self) -> None:
         """Return once the bucket is gone or was created anew under the running watch."""
         while True:
-            await asyncio.sleep(self.store_check_seconds)
+            await asyncio.sleep(min(self.store_check_seconds, self.stale_after_seconds))
+            self._drop_stale()
             try:
                 created = await self._creation_time()
             except NotFoundError:
@@ -230,6 +244,8 @@ class BucketFollower:
             extra={"bucket": self.bucket, "keys": len(self._revisions)},
         )  # fmt: skip
         self._revisions.clear()
+        self._stale |= self._present
+        self._rebuilt_at = None
         if self._on_loss is not None:
             try:
                 self._on_loss()
@@ -257,20 +273,49 @@ class BucketFollower:
         if self.rebuilding:
             self.rebuilding = False
             log.info("KV %s holds values again after its loss", self.bucket)
+        if self._stale and self._rebuilt_at is None:
+            self._rebuilt_at = asyncio.get_running_loop().time()
+        self._stale.discard(entry.key)
         deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-        change = Change(self.bucket, entry.key, None if deleted else entry.value, revision)
+        self._apply_safely(
+            Change(self.bucket, entry.key, None if deleted else entry.value, revision)
+        )
+
+    def _apply_safely(self, change: Change) -> None:
+        if change.value is None:
+            self._present.discard(change.key)
+        else:
+            self._present.add(change.key)
         try:
             self._apply(change)
         except Exception as exc:
             SKIPPED_CHANGES.labels(self.bucket).inc()
             log.error(
                 "skipped %s in KV %s at revision %d: %s",
-                entry.key,
+                change.key,
                 self.bucket,
-                revision,
+                change.revision,
                 _reason(exc),
-                extra={"bucket": self.bucket, "key": entry.key, "revision": revision},
+                extra={"bucket": self.bucket, "key": change.key, "revision": change.revision},
             )
+
+    def _drop_stale(self) -> None:
+        """Keys the lost store held and the new bucket still lacks, a while after it began
+        to fill: deleted (revision 0: not a revision of the new bucket)."""
+        started = self._rebuilt_at
+        if not self._stale or started is None:
+            return
+        if asyncio.get_running_loop().time() - started < self.stale_after_seconds:
+            return
+        stale, self._stale = sorted(self._stale), set()
+        log.warning(
+            "KV %s: %d key(s) held before its loss were not written again in %g s: deleted",
+            self.bucket, len(stale), self.stale_after_seconds,
+            extra={"bucket": self.bucket, "keys": len(stale)},
+        )  # fmt: skip
+        for key in stale:
+            if key in self._present:
+                self._apply_safely(Change(self.bucket, key, None, 0))
 
     def _now_caught_up(self) -> None:
         if self._failures:

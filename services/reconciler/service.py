@@ -92,6 +92,15 @@ EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     PolicyDeleted,
 )
 DEFAULT_REFRESH_INTERVAL_SECONDS = 1800
+REBUILT_FROM_MEMORY = frozenset(
+    {
+        subjects.STREAM_EVENTS,
+        subjects.STREAM_STATUS,
+        bus.kv_stream(subjects.KV_SERVICES),
+        bus.kv_stream(subjects.KV_ZONES),
+    }
+)
+"""Streams whose loss makes the leader write the desired state and statuses again."""
 
 
 class Reconciler:
@@ -197,14 +206,16 @@ class Reconciler:
         stream from its start (an ordered consumer would resume after the old stream's last
         sequence and miss everything up to it), write the whole desired state again from
         memory, and ask the watchers to publish everything they hold again."""
-        if subjects.STREAM_EVENTS in lost:
-            old, self._events = self._events, None
-            if old is not None:
-                with contextlib.suppress(Exception):
-                    await old.unsubscribe()
-            self._events = await self._subscribe_events()
-        self._rebuild_due = True
-        self._dirty.set()
+        if lost & REBUILT_FROM_MEMORY:
+            self._rebuild_due = True
+            self._dirty.set()
+        if subjects.STREAM_EVENTS not in lost:
+            return
+        old, self._events = self._events, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        self._events = await self._subscribe_events()
         request = ResyncRequest(
             requested_by=self.replica, reason="lost " + ", ".join(sorted(lost)), at=utcnow()
         )

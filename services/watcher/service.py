@@ -277,9 +277,12 @@ class Watcher:
             with contextlib.suppress(Exception):
                 await self._status_subscription.unsubscribe()
             self._status_subscription = await self._subscribe_statuses(js)
-        if subjects.STREAM_EVENTS in lost and self.home is not None:
-            await self.home.resubscribe()
-        self._resync_wanted.set()
+        if subjects.STREAM_STATUS in lost:
+            self._cluster_changed.set()  # its state, published again
+        if subjects.STREAM_EVENTS in lost:
+            if self.home is not None:
+                await self.home.resubscribe()
+            self._resync_wanted.set()
 
     async def _on_resync(self, msg: Msg) -> None:
         try:

@@ -293,6 +293,7 @@ async def test_a_bucket_deleted_and_created_anew_is_followed_from_its_start_keep
         max_retry_seconds=RETRY_SECONDS,
         on_loss=lambda: losses.append("lost"),
         store_check_seconds=0.2,
+        stale_after_seconds=1.0,
     )
     task = asyncio.create_task(follower.run())
     try:
@@ -308,11 +309,18 @@ async def test_a_bucket_deleted_and_created_anew_is_followed_from_its_start_keep
         # Revision 1 again, as the lost "a" had: delivered, not taken for the one seen.
         assert await kv.put("a", b"new") == 1
         await eventually(lambda: not follower.rebuilding)
+        rebuilt = asyncio.get_running_loop().time()
+        assert {c.key: c.value for c in changes} == {"a": b"new", "gone": b"old"}
+
+        # "gone" was deleted while the store was away: the new bucket never had it.
+        await eventually(lambda: changes[-1].key == "gone", timeout_seconds=5)
+        waited = asyncio.get_running_loop().time() - rebuilt
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    assert changes[-1] == Change(BUCKET, "a", b"new", 1)
+    assert changes[-2:] == [Change(BUCKET, "a", b"new", 1), Change(BUCKET, "gone", None, 0)]
+    assert waited >= 0.9, "kept for stale_after_seconds after the new bucket's first value"
     assert losses == ["lost"]
     assert counted("kgslb_kv_store_losses_total", bucket=BUCKET) >= 1
