@@ -112,6 +112,7 @@ class BucketFollower:
         on_loss: Callable[[], None] | None = None,
         store_check_seconds: float = STORE_CHECK_SECONDS,
         stale_after_seconds: float = STALE_AFTER_SECONDS,
+        on_missing: Callable[[], None] | None = None,
     ) -> None:
         if max_retry_seconds < FIRST_RETRY_SECONDS:
             raise ValueError(
@@ -140,6 +141,8 @@ class BucketFollower:
         """The bucket was lost while it held values: true until the new one delivers one."""
         self.losses = 0
         self.stale_after_seconds = stale_after_seconds
+        self._on_missing = on_missing
+        """Told when the bucket is not found (a `bus.StateKeeper.notice`: check at once)."""
         self._present: set[str] = set()
         """Keys whose last delivered change holds a value."""
         self._stale: set[str] = set()
@@ -199,6 +202,8 @@ class BucketFollower:
         except BucketNotFoundError:
             self.missing = True
             self._seen_missing = True
+            if self._on_missing is not None:
+                self._on_missing()
             raise
         created = await self._creation_time()
         self.missing = False

@@ -64,9 +64,9 @@ class DnsService:
             ),
         )
         REGISTRY.register(QueryCountCollector(self.engine, settings.answer_metrics))
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
-        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
         self._followers = [
             self._follower(subjects.KV_ZONES, self._apply_zone),
             self._follower(subjects.KV_HEALTH, self._apply_health),
@@ -136,7 +136,13 @@ class DnsService:
             TABLE_UPDATES.labels(bucket).inc()
             GSLB_NAMES.set(len(self.table.gslb))
 
-        return BucketFollower(self.nc, bucket, mirror, on_loss=self.table.forget_revisions)
+        return BucketFollower(
+            self.nc,
+            bucket,
+            mirror,
+            on_loss=self.table.forget_revisions,
+            on_missing=self.keeper.notice,
+        )
 
     def _decode(self, key: str, value: bytes, model: type[wire.M]) -> wire.M | None:
         try:

@@ -85,6 +85,8 @@ class HealthService:
         self.sightings: dict[str, Sighting] = {}
         self.live: frozenset[str] = frozenset({self.replica})
         self._reannounce = asyncio.Event()
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
+        missing = self.keeper.notice
         self._followers = [
             BucketFollower(
                 nc,
@@ -92,11 +94,17 @@ class HealthService:
                 self._apply_lease,
                 subjects.HEALTH_REPLICA_KEYS,
                 on_loss=self._reannounce.set,
+                on_missing=missing,
             ),
-            BucketFollower(nc, subjects.KV_HEALTH, self._apply_health, on_loss=self._health_lost),
-            BucketFollower(nc, subjects.KV_SERVICES, self._apply_service),
+            BucketFollower(
+                nc,
+                subjects.KV_HEALTH,
+                self._apply_health,
+                on_loss=self._health_lost,
+                on_missing=missing,
+            ),
+            BucketFollower(nc, subjects.KV_SERVICES, self._apply_service, on_missing=missing),
         ]
-        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
         self._started = False
         self._pending_writes: dict[str, None] = {}
         self._write_wanted = asyncio.Event()
@@ -333,6 +341,7 @@ class HealthService:
         except Exception as exc:
             # The next probe of this member tries again.
             log.warning("could not write health of %s: %s", key, exc, extra={"member": key})
+            self.keeper.notice()  # the bucket may be missing
             return
         current = self.known.get(key)
         if current is None or current.revision < revision:

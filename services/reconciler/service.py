@@ -388,6 +388,7 @@ class Reconciler:
                 self._step_down()
             except Exception:
                 log.exception("reconcile failed; retrying")
+                self.keeper.notice()  # a bucket may be missing
                 # The plan moved on but some writes may not have landed: compare every key.
                 self._converge_all_due = True
                 await asyncio.sleep(1)

@@ -193,8 +193,9 @@ class Watcher:
         self.keeper.on_loss(self._state_lost)
         sink = kube.Sink(asyncio.get_running_loop(), self.settings.max_pending_changes)
         self._publisher = OrderedPublisher(
-            js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published
-        )
+            js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published,
+            self.keeper.notice,
+        )  # fmt: skip
         tasks = [
             self._consume(sink, self._publisher),
             self._report_cluster(js),
