@@ -503,14 +503,24 @@ class StateKeeper:
 
     async def run(self) -> None:
         """Check until cancelled; never raises."""
+        failing = False
         while True:
             await self._wait_for_reason()
             try:
                 await self.check()
             except Exception as exc:
-                log.warning("checking JetStream state failed: %s", exc or type(exc).__name__)
+                if not failing:  # once per streak: a JetStream without quorum fails for long
+                    log.warning(
+                        "checking JetStream state failed: %s; retrying every %g s",
+                        exc or type(exc).__name__, STATE_CHECK_RETRY_SECONDS,
+                    )  # fmt: skip
+                failing = True
                 self._wake.set()
                 await asyncio.sleep(STATE_CHECK_RETRY_SECONDS)
+            else:
+                if failing:
+                    log.info("checking JetStream state works again")
+                failing = False
 
     async def _wait_for_reason(self) -> None:
         """The period, a reconnect or a `notice`, whichever comes first."""
