@@ -8,6 +8,7 @@ from memory, so no query is lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections import Counter
@@ -26,7 +27,16 @@ from shared import subjects
 from shared.policies import API_GROUP, API_VERSION
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_names import seed_gslb_config
-from tests.integration.test_watcher import GDPS, HOST, VIPS, Kube, call, ingress, start_watcher
+from tests.integration.test_watcher import (
+    GDPS,
+    HOST,
+    VIPS,
+    Kube,
+    call,
+    ingress,
+    metric,
+    start_watcher,
+)
 from tests.reliability.load import UdpLoad
 from tests.reliability.stack import (
     ZONE,
@@ -34,6 +44,7 @@ from tests.reliability.stack import (
     answering,
     hello_backends,
     quick_monitor,
+    ready,
     seed_gdp,
     soa_serial,
     wait_all_ready,
@@ -120,6 +131,33 @@ async def answers_whole_zone(port: int, expected: set[str]) -> bool:
         return False
 
 
+class ReadinessSampler:
+    """Every service's /readyz every 50 ms: who was not ready at least once."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.not_ready: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        names = list(self.services.running)
+        while True:
+            for name in names:
+                if not await ready(self.services, name):
+                    self.not_ready.add(name)
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> set[str]:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.not_ready
+
+
 async def test_a_deleted_jetstream_store_heals_under_load_with_no_query_lost(
     nats_client: Client, services: Services, kube: Kube, tmp_path: Path
 ) -> None:
@@ -157,9 +195,13 @@ async def test_a_deleted_jetstream_store_heals_under_load_with_no_query_lost(
         assert not store.exists()
         services.nats.start()
         restarted = time.monotonic()
+        readiness = ReadinessSampler(services)
+        readiness.start()
 
         await eventually(lambda: rebuilt(nats_client), timeout_seconds=HEAL_BOUND_SECONDS)
         rebuilt_after = time.monotonic() - restarted
+        await wait_all_ready(services, timeout_seconds=HEAL_BOUND_SECONDS)
+        not_ready = await readiness.stop()
         fresh_port = free_port()
         services.start("dns-fresh", "dns", "--dns-port", str(fresh_port), "--log-per-second", "0")
         every_vip = set(VIPS.values())
@@ -181,17 +223,23 @@ async def test_a_deleted_jetstream_store_heals_under_load_with_no_query_lost(
         await eventually(lambda: answers_ratio(fresh_port, two), timeout_seconds=10)
         await wait_all_ready(services, timeout_seconds=20)
         lost = load.stop()
+        resyncs = {
+            name: await metric(services, name, "kgslb_watcher_resyncs_total")
+            for name in services.running
+            if name.startswith("watcher-")
+        }
 
     print(
         f"\nlost JetStream store: buckets rebuilt {rebuilt_after:.1f} s after NATS returned "
         f"empty, a fresh DNS answered the zone at {fresh_after:.1f} s; a GDP edit reached DNS "
         f"in {edit_after:.1f} s; {load.sent} queries, {lost} lost; serial {serial_before} -> "
-        f"{serial_after}"
+        f"{serial_after}; not ready for a while meanwhile: {', '.join(sorted(not_ready))}"
     )
     assert load.sent >= QPS * 2, "the load ran through the loss"
     assert lost == 0, "the DNS answered from memory meanwhile"
     assert rebuilt_after <= HEAL_BOUND_SECONDS
     assert serial_after >= serial_before, "the SOA serial never goes back"
+    assert len(resyncs) == 3 and all(count >= 1 for count in resyncs.values()), resyncs
     reconciler_log = services.running["reconciler"].log_path.read_text()
     assert "rebuilt the desired state after lost JetStream state" in reconciler_log
     home_log = services.running["watcher-s1az1"].log_path.read_text()
