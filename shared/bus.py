@@ -336,12 +336,18 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyVal
 
 
 async def _bootstrap(provisioner: _Provisioner) -> dict[str, KeyValue]:
+    for config in stream_configs():
+        await provisioner.stream(config)
+    return {bucket: await provisioner.bucket(bucket) for bucket in KV_BUCKETS}
+
+
+async def _bootstrap_until_done(provisioner: _Provisioner) -> dict[str, KeyValue]:
+    """A service's bootstrap: a JetStream that does not answer yet is waited for (callers
+    with a deadline of their own, such as `kgslb up`, use `bootstrap`)."""
     delay = CREATE_RETRY_SECONDS
     while True:
         try:
-            for config in stream_configs():
-                await provisioner.stream(config)
-            return {bucket: await provisioner.bucket(bucket) for bucket in KV_BUCKETS}
+            return await _bootstrap(provisioner)
         except TRANSIENT as exc:
             log.warning(
                 "JetStream not answering yet (%s); bootstrap again in %.1f s",
@@ -401,8 +407,6 @@ class StateKeeper:
         """Streams lost whose listeners have not all succeeded yet."""
         self._listeners: list[LossListener] = []
         self._wake = asyncio.Event()
-        self.losses = 0
-        """How many times a loss was found (a loss of several streams at once counts once)."""
 
     def on_loss(self, listener: LossListener) -> None:
         """`listener(lost_streams)` runs after the lost streams exist again; it is called again
@@ -427,7 +431,7 @@ class StateKeeper:
 
     async def bootstrap(self) -> dict[str, KeyValue]:
         """`bootstrap`, and remember what exists now (a later change of it is a loss)."""
-        buckets = await _bootstrap(self._provisioner)
+        buckets = await _bootstrap_until_done(self._provisioner)
         with contextlib.suppress(Exception):
             await self.check()
         return buckets
@@ -466,7 +470,6 @@ class StateKeeper:
             self._seen_missing.discard(stream)
         STATE_MISSING.set(len(self._missing))
         if lost:
-            self.losses += 1
             for stream in lost:
                 STATE_LOST.labels(stream).inc()
             log.error(

@@ -139,7 +139,6 @@ class BucketFollower:
         """The bucket did not exist at the last attempt to follow it."""
         self.rebuilding = False
         """The bucket was lost while it held values: true until the new one delivers one."""
-        self.losses = 0
         self.stale_after_seconds = stale_after_seconds
         self._on_missing = on_missing
         """Told when the bucket is not found (a `bus.StateKeeper.notice`: check at once)."""
@@ -239,7 +238,6 @@ class BucketFollower:
                 return
 
     def _store_lost(self) -> None:
-        self.losses += 1
         STORE_LOSSES.labels(self.bucket).inc()
         self.rebuilding = bool(self._revisions)
         log.warning(
