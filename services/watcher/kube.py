@@ -418,7 +418,8 @@ class ListWatch:
             self._response = None
             # Closed, not returned to the pool: an unfinished chunked stream cannot be reused.
             response.close()
-        if events == 0 and time.monotonic() - started < QUICK_CLOSE_SECONDS:
+        quick = time.monotonic() - started < QUICK_CLOSE_SECONDS
+        if events == 0 and quick and not self._relist.is_set():
             # A server that closes every watch at once would otherwise be re-asked in a loop.
             self.stopping.wait(self.backoff.next_delay())
         return version
