@@ -30,7 +30,14 @@ if str(REPO) not in sys.path:
 
 from dns_stack import rss_mb  # noqa: E402
 
-from kgslb.embedded import ManagedProcess, NatsServer, free_port, service_process  # noqa: E402
+from kgslb.embedded import (  # noqa: E402
+    ManagedProcess,
+    NatsServer,
+    free_port,
+    service_process,
+    site_nats_config,
+)
+from kgslb.up import prepare_jetstream, stream_replicas  # noqa: E402
 from kubesim import KubeSim  # noqa: E402
 from kubesim.resources import INGRESSES  # noqa: E402
 from kubesim.store import ClusterStore  # noqa: E402
@@ -41,6 +48,9 @@ SEED = REPO / "examples" / "seed"
 ZONE = "avi.iberia.local"
 CLUSTERS = ("s1az1", "s1az2", "s2")
 HOME = "s1az1"
+HOME_CLUSTERS = ("s1az1", "s1az2")
+"""The seed GSLBConfig's possible home clusters (`homeClusters`): their watchers run the home
+role, as in `kgslb up`."""
 # AKO's default: every Ingress of a cluster shares the cluster's first pool address.
 SHARED_VIPS = {"s1az1": "127.10.25.46", "s1az2": "127.10.26.40", "s2": "127.10.23.40"}
 T = TypeVar("T")
@@ -113,9 +123,16 @@ class E2EStack:
         *,
         shared_ingress_vip: bool = True,
         history_size: int = 100_000,
+        sites: bool = False,
     ) -> None:
         self.workdir = workdir
-        self.nats = NatsServer(workdir / "jetstream")
+        self.sites = sites
+        """Three sites as `kgslb up` runs the seed: one nats-server per site routed into one
+        JetStream cluster (R3), and each site's own watcher, reconciler, health and DNS on its
+        own server. The first site's services keep the plain names (`dns`, `reconciler`), so
+        every measurement reads the same processes in both layouts."""
+        self.nats_servers = [self._site_nats(c) for c in CLUSTERS] if sites else []
+        self.nats = self.nats_servers[0] if sites else NatsServer(workdir / "jetstream")
         self.monitor_port = free_port()
         self.nats.argv += ["-m", str(self.monitor_port)]
         pools = {c: [SHARED_VIPS[c]] for c in CLUSTERS}
@@ -130,11 +147,19 @@ class E2EStack:
         self.processes: dict[str, ManagedProcess] = {}
         self.ops_ports: dict[str, int] = {}
         self.dns_port = 0
+        self.dns_ports: dict[str, int] = {}
 
     def __enter__(self) -> E2EStack:
         # SIGTERM (a timeout, a kill) unwinds like Ctrl-C, so no child outlives the bench.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        self.nats.start()
+        if self.sites:
+            for server in self.nats_servers:
+                server.spawn()  # together: a server alone has no JetStream until peers route in
+            for server in self.nats_servers:
+                server.wait_listening()
+            prepare_jetstream(self.nats.url, stream_replicas(len(CLUSTERS)), 60)
+        else:
+            self.nats.start()
         self.background.start()
         self.sim.write_kubeconfig(str(self.kubeconfig))
         return self
@@ -145,7 +170,24 @@ class E2EStack:
         for process in self.processes.values():
             process.stop()
         self.background.stop()
-        self.nats.stop()
+        for server in self.nats_servers or [self.nats]:
+            server.stop()
+
+    def _site_nats(self, cluster: str) -> NatsServer:
+        route_ports = getattr(self, "_route_ports", None) or {c: free_port() for c in CLUSTERS}
+        self._route_ports = route_ports
+        routes = [f"nats://127.0.0.1:{route_ports[c]}" for c in CLUSTERS if c != cluster]
+        config = self.workdir / f"nats-{cluster}.conf"
+        config.write_text(site_nats_config(cluster, "127.0.0.1", route_ports[cluster], routes))
+        store = self.workdir / "jetstream" / cluster
+        return NatsServer(store, config=config, name=f"nats-server-{cluster}")
+
+    def site_suffix(self, cluster: str) -> str:
+        """`-s1az2` for the second and third sites' services; nothing in one site."""
+        return f"-{cluster}" if self.sites and cluster != CLUSTERS[0] else ""
+
+    def nats_url_of(self, cluster: str) -> str:
+        return self.nats_servers[CLUSTERS.index(cluster)].url if self.sites else self.nats.url
 
     # ----- the simulator ---------------------------------------------------------------
 
@@ -180,15 +222,19 @@ class E2EStack:
 
     # ----- the services ----------------------------------------------------------------
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> ManagedProcess:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, site: str = CLUSTERS[0]
+    ) -> ManagedProcess:
         self.ops_ports[name] = free_port()
         settings = {
-            "KGSLB_NATS_URL": self.nats.url,
+            "KGSLB_NATS_URL": self.nats_url_of(site),
             "KGSLB_OPS_PORT": str(self.ops_ports[name]),
             "KGSLB_LOG_LEVEL": "WARNING",
             # The services run this checkout's code, whatever the working directory.
             "PYTHONPATH": str(REPO),
         }
+        if self.sites:
+            settings["KGSLB_STREAM_REPLICAS"] = str(stream_replicas(len(CLUSTERS)))
         process = service_process(
             name, list(args), self.workdir / "logs", {**settings, **(env or {})}
         )
@@ -197,7 +243,8 @@ class E2EStack:
         return process
 
     def start_watcher(self, cluster: str, page_size: int = 500) -> ManagedProcess:
-        home = ["--home", "true"] if cluster == HOME else []
+        homes = HOME_CLUSTERS if self.sites else (HOME,)
+        home = ["--home", "true"] if cluster in homes else []
         return self.start(
             f"watcher-{cluster}",
             "watcher",
@@ -208,20 +255,31 @@ class E2EStack:
             "--page-size",
             str(page_size),
             *home,
+            site=cluster,
         )
 
-    def start_dns(self) -> ManagedProcess:
-        if not self.dns_port:
-            self.dns_port = free_port()
-        return self.start("dns", "dns", "--dns-port", str(self.dns_port), "--log-queries", "false")
+    def start_dns(self, cluster: str = CLUSTERS[0]) -> ManagedProcess:
+        """The DNS of `cluster`'s site (the only one in one site) on its own port; `query`
+        asks the first site's."""
+        port = free_port()
+        if cluster == CLUSTERS[0]:
+            self.dns_port = self.dns_port or port
+            port = self.dns_port
+        self.dns_ports[cluster] = port
+        name = f"dns{self.site_suffix(cluster)}"
+        return self.start(
+            name, "dns", "--dns-port", str(port), "--log-queries", "false", site=cluster
+        )
 
     def start_all(self, health: bool = True, page_size: int = 500) -> None:
         for cluster in CLUSTERS:
             self.start_watcher(cluster, page_size)
-        self.start("reconciler", "reconciler")
-        if health:
-            self.start("health", "health")
-        self.start_dns()
+        for cluster in CLUSTERS if self.sites else CLUSTERS[:1]:
+            suffix = self.site_suffix(cluster)
+            self.start(f"reconciler{suffix}", "reconciler", site=cluster)
+            if health:
+                self.start(f"health{suffix}", "health", site=cluster)
+            self.start_dns(cluster)
 
     def restart(self, name: str) -> None:
         process = self.processes[name]
@@ -238,7 +296,8 @@ class E2EStack:
         for name, process in self.processes.items():
             if process.process is not None and process.running:
                 out[name] = rss_mb(process.process.pid)
-        out["nats-server"] = rss_mb(self.nats.process.pid) if self.nats.process else 0.0
+        for server in self.nats_servers or [self.nats]:
+            out[server.name] = rss_mb(server.process.pid) if server.process else 0.0
         return out
 
     async def metric(self, name: str, metric_name: str) -> float:

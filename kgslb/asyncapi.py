@@ -155,7 +155,28 @@ CHANNELS = (
         _kv(subjects.KV_HEALTH, "{fqdn}.{ip}"),
         (MemberHealth,),
         f"KV bucket {subjects.KV_HEALTH}: up/down of every member (FQDN and IP, each one "
-        f"encoded token).",
+        f"encoded token) from health replicas without a site: one vantage point.",
+        senders=("health",),
+        receivers=("dns",),
+    ),
+    Channel(
+        "site-health",
+        _kv(subjects.KV_HEALTH, "{fqdn}.{ip}.{site}"),
+        (MemberHealth,),
+        f"KV bucket {subjects.KV_HEALTH}: up/down of every member as one site's health "
+        f"replicas see it (a vantage point); the DNS withdraws a member only when a quorum of "
+        f"the sites whose replicas heartbeat says down.",
+        senders=("health",),
+        receivers=("dns",),
+    ),
+    Channel(
+        "health-live",
+        f"{subjects.HEALTH_LIVE_PREFIX}.{{fqdn}}.{{ip}}.{{site}}",
+        (MemberHealth,),
+        f"Core NATS, not stored: the same verdict as the KV {subjects.KV_HEALTH} write (same "
+        f"key: `.{{site}}` only when the replica has a site), sent "
+        f"just before it, so that DNS in every site applies it while the bucket's stream may "
+        f"be electing a new leader after a site was lost.",
         senders=("health",),
         receivers=("dns",),
     ),
@@ -172,10 +193,11 @@ CHANNELS = (
         "heartbeats",
         _kv(subjects.KV_LEASES, subjects.HEALTH_REPLICA_KEYS.replace("*", "{replica}")),
         (HealthHeartbeat,),
-        f"KV bucket {subjects.KV_LEASES}: the heartbeat of every health replica; the members "
-        f"of a silent replica move to the others.",
+        f"KV bucket {subjects.KV_LEASES}: the heartbeat of every health replica, with its "
+        f"site; the members of a silent replica move to the others of its site, and the DNS "
+        f"stops counting its verdicts.",
         senders=("health",),
-        receivers=("health",),
+        receivers=("health", "dns"),
     ),
     Channel(
         "watcher-heartbeats",

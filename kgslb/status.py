@@ -1,6 +1,7 @@
 """`kgslb status`: the GSLB services as the DNS sees them (members per priority group,
-weights, health, source objects) and every policy object that is Rejected, with its reason;
-first, when a `kgslb up` runs here, its processes with their restarts."""
+weights, health combined over the vantage points and, with sites, each one's verdict, source
+objects) and every policy object that is Rejected, with its reason; first, when a `kgslb up`
+runs here, its processes with their restarts."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
-from pydantic import Field
+from pydantic import Field, field_validator
 from rich.console import Console
 from rich.table import Table
 
+from services.dns.quorum import QUORUM_HELP, HealthBook, Quorum, Verdict, Written
 from shared import bus, subjects, wire
 from shared.follow import read_values
-from shared.models import GslbService, HealthState, MemberHealth, PolicyState, PolicyStatus
+from shared.models import (
+    GslbService,
+    HealthHeartbeat,
+    HealthState,
+    MemberHealth,
+    PolicyState,
+    PolicyStatus,
+    utcnow,
+)
 from shared.settings import NatsSettings
 
 
@@ -25,6 +35,53 @@ class StatusSettings(NatsSettings):
         default=Path(".kgslb"),
         description="the state directory of a `kgslb up` whose processes to show, if any",
     )
+    health_quorum: str = Field(
+        default="majority",
+        description="combine the vantage points' verdicts as a DNS with this --health-quorum "
+        "does: " + QUORUM_HELP,
+    )
+
+    @field_validator("health_quorum")
+    @classmethod
+    def _quorum(cls, value: str) -> str:
+        return Quorum.parse(value).rule
+
+
+def health_book(
+    health_raw: dict[str, bytes], leases_raw: dict[str, bytes], quorum: Quorum
+) -> HealthBook:
+    """The vantage points' verdicts as KV holds them now, combined as the DNS does. A replica
+    counts as heartbeating while its last heartbeat's `expires_at` is ahead of this machine's
+    clock (the DNS uses its own monotonic clock; a one-off look has only the wall clock)."""
+    book = HealthBook(quorum)
+    now = utcnow()
+    for key, value in leases_raw.items():
+        if not key.startswith("health."):
+            continue
+        with contextlib.suppress(wire.WireError, ValueError):
+            beat = wire.decode(value, HealthHeartbeat)
+            left = (beat.expires_at - now).total_seconds()
+            book.heartbeat(subjects.decode_token(key.split(".", 1)[1]), beat.site, left, 0.0)
+    for key, value in health_raw.items():
+        with contextlib.suppress(wire.WireError, ValueError):
+            member, vantage = subjects.split_health_key(key)
+            record = wire.decode(value, MemberHealth)
+            book.set_verdict(member, vantage, Written(HealthState(record.state), record.replica))
+    return book
+
+
+COLOURS = {"up": "green", "down": "red"}
+
+
+def shown_verdicts(verdicts: list[Verdict]) -> str:
+    """`s1az1 up, s2 down (silent)`: each vantage point's verdict; silent when its replica
+    does not heartbeat (the verdict does not count)."""
+    shown = []
+    for verdict in verdicts:
+        state = verdict.state.value
+        text = f"{verdict.vantage or 'no site'} [{COLOURS.get(state, 'yellow')}]{state}[/]"
+        shown.append(text if verdict.fresh else f"{text} (silent)")
+    return ", ".join(shown)
 
 
 async def read_statuses(js: JetStreamContext) -> list[PolicyStatus]:
@@ -101,17 +158,17 @@ async def show_status(settings: StatusSettings) -> None:
         await bus.bootstrap(js)
         services = await read_values(js, subjects.KV_SERVICES)
         health_raw = await read_values(js, subjects.KV_HEALTH)
+        leases_raw = await read_values(js, subjects.KV_LEASES)
         statuses = await read_statuses(js)
     finally:
         await nc.drain()
-    health: dict[str, MemberHealth] = {}
-    for key, value in health_raw.items():
-        with contextlib.suppress(wire.WireError):
-            health[key] = wire.decode(value, MemberHealth)
+    book = health_book(health_raw, leases_raw, Quorum.parse(settings.health_quorum))
 
+    # One vantage point without a site has nothing to add to the health column.
+    sited = book.vantages() - {""}
     table = Table(title="GSLB services")
     for column in ("FQDN", "TTL", "algorithm", "prio", "member", "cluster", "weight", "health",
-                   "sources"):  # fmt: skip
+                   *(["vantage points"] if sited else []), "sources"):  # fmt: skip
         table.add_column(column)
     for key in sorted(services):
         try:
@@ -122,9 +179,9 @@ async def show_status(settings: StatusSettings) -> None:
         first = True
         for group in service.groups:
             for member in group.members:
-                state = health.get(subjects.member_key(service.fqdn, member.probe_ip))
-                shown = state.state if state else HealthState.UNKNOWN
-                colour = {"up": "green", "down": "red"}.get(shown, "yellow")
+                key = subjects.member_key(service.fqdn, member.probe_ip)
+                shown = book.combined.get(key, HealthState.UNKNOWN)
+                colour = COLOURS.get(shown, "yellow")
                 table.add_row(
                     service.fqdn if first else "",
                     str(service.ttl_seconds) if first else "",
@@ -134,6 +191,7 @@ async def show_status(settings: StatusSettings) -> None:
                     member.cluster,
                     str(member.weight),
                     f"[{colour}]{shown}[/]",
+                    *([shown_verdicts(book.verdicts_of(key))] if sited else []),
                     ", ".join(member.sources),
                 )
                 first = False

@@ -754,7 +754,8 @@ class Stack:
         self, site: str, watched: list[str], dns: Listen, env: dict[str, str]
     ) -> None:
         """The watchers of `watched`, a reconciler, a health and a DNS, all on `env`'s NATS;
-        in a site layout named after their site (`dns-s1az1`)."""
+        in a site layout named after their site (`dns-s1az1`), the health replica probing from
+        that site (`--site`: one vantage point of the DNS's quorum)."""
         suffix = f"-{site}" if site else ""
         for cluster in watched:
             self._start_service(
@@ -765,7 +766,8 @@ class Stack:
                 site,
             )  # fmt: skip
         self._start_service(f"reconciler{suffix}", ["reconciler"], env, site)
-        self._start_service(f"health{suffix}", ["health"], env, site)
+        vantage = ["--site", site] if site else []
+        self._start_service(f"health{suffix}", ["health", *vantage], env, site)
         self._start_service(
             f"dns{suffix}",
             ["dns", "--dns-host", dns.host, "--dns-port", str(dns.port)],

@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 from pydantic.alias_generators import to_camel
 
 from shared import subjects
@@ -396,10 +403,19 @@ class MemberHealth(WireModel):
     last_error: str = ""
     response_time_ms: float | None = None
     replica: str = ""
+    site: str = Field(
+        default="",
+        description="the vantage point: the site of the replica that probed; empty without "
+        "sites (and then left out, so a record without sites reads as before)",
+    )
 
     @property
     def key(self) -> str:
         return subjects.member_key(self.fqdn, self.ip)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_site(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _omit_empty_site(self.site, handler(self))
 
 
 class HealthHeartbeat(WireModel):
@@ -412,6 +428,24 @@ class HealthHeartbeat(WireModel):
     heartbeat_at: datetime
     expires_at: datetime
     members: int = Field(default=0, ge=0, description="members this replica probes")
+    site: str = Field(
+        default="",
+        description="the replica's site (its vantage point); replicas share members only "
+        "with replicas of the same site. Left out when empty, so a heartbeat without sites "
+        "reads as before",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_site(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _omit_empty_site(self.site, handler(self))
+
+
+def _omit_empty_site(site: str, data: Any) -> Any:
+    """A consumer refuses unknown fields (`extra="forbid"`): a replica without a site writes
+    exactly what it wrote before sites existed, so versions without `site` still read it."""
+    if not site and isinstance(data, dict):
+        data.pop("site", None)
+    return data
 
 
 # Leadership (reconciler replicas -> KV kgslb_leases) ------------------------------------------

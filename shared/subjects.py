@@ -39,7 +39,8 @@ KV_SERVICES = "kgslb_services"
 KV_ZONES = "kgslb_zones"
 """key = zone name (`fqdn_key`), value = the zone's SOA, NS, glue and static records."""
 KV_HEALTH = "kgslb_health"
-"""key = member id (`member_key`), value = the member's health."""
+"""key = one vantage point's verdict on a member (`health_key`), value = the member's health
+as that vantage point sees it."""
 KV_LEASES = "kgslb_leases"
 """Leader lease of the reconciler and heartbeats of health replicas (TTL'd bucket)."""
 
@@ -104,9 +105,56 @@ def fqdn_from_key(key: str) -> str:
     return ".".join(decode_token(label) for label in key.split("."))
 
 
+HEALTH_LIVE_PREFIX = "kgslb.health.live"
+"""Core NATS (not JetStream): every member health verdict, published by the health replica
+as it writes it to KV `kgslb_health`, on `kgslb.health.live.<member key>`. The DNS applies it
+at once; the KV stays the durable copy that a starting DNS reads. A site lost with the leader
+of the `kgslb_health` stream makes KV writes wait for an election (4 to 9 s); the live
+verdicts cross the NATS routes without waiting."""
+
+
+def health_live_subject(key: str) -> str:
+    return f"{HEALTH_LIVE_PREFIX}.{key}"
+
+
+def key_from_health_live_subject(subject: str) -> str:
+    """The member key of a live verdict's subject; ValueError for any other subject."""
+    prefix = f"{HEALTH_LIVE_PREFIX}."
+    if not subject.startswith(prefix) or len(subject) == len(prefix):
+        raise ValueError(f"not a live health subject: {subject!r}")
+    return subject[len(prefix) :]
+
+
 def member_key(fqdn: str, ip: str) -> str:
     """Health is per (FQDN, member IP): the monitor sends the FQDN as Host header."""
     return f"{encode_token(normalize_fqdn(fqdn))}.{encode_token(ip)}"
+
+
+def health_key(member: str, site: str = "") -> str:
+    """KV `kgslb_health` key of one vantage point's verdict on a member (`member_key`): the
+    member key itself for a health replica without a site (one vantage point, the layout
+    before sites), `<fqdn>.<ip>.<site>` for the replicas of one site."""
+    return f"{member}.{encode_token(site)}" if site else member
+
+
+def split_health_key(key: str) -> tuple[str, str]:
+    """(member key, site) of a KV `kgslb_health` key; site "" for a key without a site.
+    Raises ValueError for a key no health replica writes."""
+    tokens = key.split(".")
+    if len(tokens) == 2:
+        return key, ""
+    if len(tokens) == 3 and tokens[2] != _ESCAPE:
+        return f"{tokens[0]}.{tokens[1]}", decode_token(tokens[2])
+    raise ValueError(
+        f"KV {KV_HEALTH} key {key!r} is neither <fqdn>.<ip> nor <fqdn>.<ip>.<site> "
+        "(each part one encoded token)"
+    )
+
+
+def health_keys_of_site(site: str) -> str:
+    """KV `kgslb_health` filter for the verdicts of one site's replicas (`*.*` without a
+    site: exactly the two-token keys, never a site's)."""
+    return f"*.*.{encode_token(site)}" if site else "*.*"
 
 
 def event_subject(cluster: str, kind: str, namespace: str, name: str) -> str:

@@ -38,10 +38,10 @@ class Grant:
     reads_streams: tuple[str, ...] = ()
     reads_buckets: tuple[str, ...] = ()
     writes_buckets: tuple[str, ...] = ()
-    subscribes: tuple[str, ...] = ()
-    """Core NATS subjects besides the replies to its own requests."""
     owns_streams: bool = False
     """Create and update every stream and bucket (`bus.bootstrap`); others only look them up."""
+    subscribes: tuple[str, ...] = ()
+    """Core NATS subjects it listens to, besides the replies to its own requests."""
 
     def publish_allow(self) -> list[str]:
         every = (*STREAMS, *(kv_stream(b) for b in KV_BUCKETS))
@@ -128,14 +128,21 @@ GRANTS: dict[str, Grant] = {
     ),
     "health": Grant(
         summary="reads desired services, writes member health and its replica heartbeat",
-        publishes=(dead_letter("health"),),
+        publishes=(dead_letter("health"), f"{subjects.HEALTH_LIVE_PREFIX}.>"),
         reads_buckets=(subjects.KV_SERVICES,),
         writes_buckets=(subjects.KV_HEALTH, subjects.KV_LEASES),
     ),
     "dns": Grant(
-        summary="reads state and publishes query logs, nothing else",
+        summary="reads state (with the health replicas' heartbeats) and live health verdicts, "
+        "publishes query logs, nothing else",
         publishes=(f"{subjects.DNSLOG_PREFIX}.>",),
-        reads_buckets=(subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_HEALTH),
+        reads_buckets=(
+            subjects.KV_SERVICES,
+            subjects.KV_ZONES,
+            subjects.KV_HEALTH,
+            subjects.KV_LEASES,
+        ),
+        subscribes=(f"{subjects.HEALTH_LIVE_PREFIX}.>",),
     ),
 }
 

@@ -1,6 +1,10 @@
 """The DNS service: mirror the zones, services and health KV buckets into the answer table,
 serve UDP and TCP from it, and publish throttled query logs. If NATS goes away the table
-simply stops changing: answers continue from the last known state."""
+simply stops changing: answers continue from the last known state.
+
+Member health arrives as one verdict per vantage point (site); `quorum.HealthBook` combines
+them, with the health replicas' heartbeats (KV `kgslb_leases`) saying which are fresh, and
+the table answers by the combined state."""
 
 from __future__ import annotations
 
@@ -8,11 +12,16 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from services.dns.quorum import HealthBook, Quorum, State, Written
 from services.dns.ratelimit import ResponseRateLimiter
 from services.dns.server import DnsEngine, QueryCountCollector, serve_tcp
 from services.dns.settings import DnsSettings
@@ -22,14 +31,27 @@ from services.dns.udp import udp_server
 from services.dns.workers import supervise
 from shared import bus, subjects, wire
 from shared.follow import BucketFollower, Change
-from shared.models import DnsQueryLog, GslbService, HealthState, MemberHealth, ZoneSpec
+from shared.models import (
+    DnsQueryLog,
+    GslbService,
+    HealthHeartbeat,
+    HealthState,
+    MemberHealth,
+    ZoneSpec,
+)
 from shared.runtime import replica_name, run_service
 
 log = logging.getLogger(__name__)
 SERVICE = "dns"
 LOG_QUEUE_RECORDS = 10_000
+EXPIRE_SECONDS = 0.5
+"""How often silent health replicas are looked for (their verdicts stop counting)."""
 
 TABLE_UPDATES = Counter("kgslb_dns_table_updates_total", "KV updates applied", ["bucket"])
+LIVE_VERDICTS = Counter(
+    "kgslb_dns_live_health_verdicts_total",
+    "Member health verdicts received on core NATS ahead of their KV write",
+)
 LOGS_DROPPED = Counter("kgslb_dns_logs_dropped_total", "Query logs dropped: publisher behind")
 GSLB_NAMES = Gauge("kgslb_dns_gslb_names", "GSLB names in the answer table")
 BAD_VALUES = Counter(
@@ -67,8 +89,21 @@ class DnsService:
         self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
+        self.health = HealthBook(Quorum.parse(settings.health_quorum))
+        REGISTRY.register(VerdictCollector(self.health, settings.health_verdict_metrics))
+        self._live_verdicts: dict[str, tuple[str, datetime]] = {}
+        """Verdicts applied from core NATS whose KV copy has not arrived yet: per health key,
+        the writer and its probe time."""
         self._followers = [
             self._follower(subjects.KV_ZONES, self._apply_zone),
+            # Heartbeats before verdicts: a verdict is weighed knowing whether its replica lives.
+            BucketFollower(
+                nc,
+                subjects.KV_LEASES,
+                self._apply_heartbeat,
+                subjects.HEALTH_REPLICA_KEYS,
+                on_missing=self.keeper.notice,
+            ),
             self._follower(subjects.KV_HEALTH, self._apply_health),
             self._follower(subjects.KV_SERVICES, self._apply_service),
         ]
@@ -101,9 +136,11 @@ class DnsService:
 
     async def run(self) -> None:
         await self.keeper.bootstrap()
+        await self.nc.subscribe(f"{subjects.HEALTH_LIVE_PREFIX}.>", cb=self._on_live_health)
         mirrors = asyncio.gather(
             *(follower.run() for follower in self._followers),
             self._publish_logs(),
+            self._expire_loop(),
             self.keeper.run(),
         )
         try:
@@ -182,19 +219,127 @@ class DnsService:
                 key, bad.describe(),
             )  # fmt: skip
 
-    def _apply_health(self, key: str, value: bytes | None, revision: int) -> None:
-        if value is None:
-            self.table.set_health(key, None)
+    def _apply_health(
+        self, key: str, value: bytes | None, revision: int, live: bool = False
+    ) -> None:
+        try:
+            member, vantage = subjects.split_health_key(key)
+        except ValueError as exc:
+            BAD_VALUES.labels(MemberHealth.KIND).inc()
+            log.error("ignoring %s: %s", key, exc)
             return
-        health = self._decode(key, value, MemberHealth)
-        if health is not None:
-            self.table.set_health(key, HealthState(health.state))
+        written = None
+        if value is not None:
+            health = self._decode(key, value, MemberHealth)
+            if health is None or not self._newer_verdict(key, health, live):
+                return
+            written = Written(HealthState(health.state), health.replica)
+        else:
+            self._live_verdicts.pop(key, None)
+        self._set_health(self.health.set_verdict(member, vantage, written))
+
+    def _apply_heartbeat(self, change: Change) -> None:
+        now = asyncio.get_running_loop().time()
+        try:
+            replica = subjects.decode_token(change.key.split(".", 1)[1])
+        except (ValueError, IndexError):
+            return
+        if change.value is None:
+            self._set_health(self.health.replica_gone(replica, now))
+            return
+        beat = self._decode(change.key, change.value, HealthHeartbeat)
+        if beat is None:
+            return
+        valid_for = (beat.expires_at - beat.heartbeat_at).total_seconds()
+        self._set_health(self.health.heartbeat(replica, beat.site, valid_for, now))
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_SECONDS)
+            self._set_health(self.health.expire(asyncio.get_running_loop().time()))
+
+    def _set_health(self, changes: dict[str, State]) -> None:
+        for member, state in changes.items():
+            self.table.set_health(member, state)
+
+    async def _on_live_health(self, msg: Msg) -> None:
+        """A verdict on core NATS, ahead of its KV write (subjects.HEALTH_LIVE_PREFIX)."""
+        try:
+            key = subjects.key_from_health_live_subject(msg.subject)
+        except ValueError:
+            return
+        LIVE_VERDICTS.inc()
+        self._apply_health(key, msg.data, 0, live=True)
+
+    def _newer_verdict(self, key: str, health: MemberHealth, live: bool) -> bool:
+        """False for a verdict older than a live one already applied from the same writer: the
+        live one arrives first, and an older KV write delayed by an election must not take it
+        back. Times of different writers are never compared (their clocks may differ): the
+        newest arrival wins, as in the KV. Only live verdicts not yet seen in the KV are
+        remembered, so this costs nothing at rest."""
+        probed_at = health.last_probe_at or health.since
+        applied = self._live_verdicts.get(key)
+        if applied is not None and applied[0] == health.replica and probed_at < applied[1]:
+            return False
+        if live:
+            self._live_verdicts[key] = (health.replica, probed_at)
+        else:
+            self._live_verdicts.pop(key, None)
+        return True
 
     async def _publish_logs(self) -> None:
         while True:
             record = await self._logs.get()
             with contextlib.suppress(Exception):
                 await self.nc.publish(subjects.dnslog_subject(record.zone), wire.encode(record))
+
+
+class VerdictCollector(Collector):
+    """The vantage points' verdicts at scrape time, from the book."""
+
+    def __init__(self, book: HealthBook, detail: str) -> None:
+        self.book = book
+        self.per_member = detail == "member"
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        book = self.book
+        live = GaugeMetricFamily(
+            "kgslb_dns_health_vantage_live",
+            "1 while a health replica of the vantage point (site; empty: no site) heartbeats",
+            labels=["vantage"],
+        )
+        fresh = book.live_vantages()
+        for vantage in sorted(book.vantages()):
+            live.add_metric([vantage], 1 if vantage in fresh else 0)
+        yield live
+        verdicts = GaugeMetricFamily(
+            "kgslb_dns_health_verdicts",
+            "Members by vantage point, its verdict and whether it counts (fresh: its replica "
+            "heartbeats)",
+            labels=["vantage", "state", "fresh"],
+        )
+        for (vantage, state, is_fresh), count in sorted(book.tally().items()):
+            verdicts.add_metric([vantage, state.value, str(is_fresh).lower()], count)
+        yield verdicts
+        yield GaugeMetricFamily(
+            "kgslb_dns_health_outvoted_members",
+            "Members answered although a fresh verdict says down (not a quorum)",
+            value=sum(1 for _ in book.outvoted()),
+        )
+        if self.per_member:
+            members = GaugeMetricFamily(
+                "kgslb_dns_health_member_verdict",
+                "1 per member and vantage point, with its verdict",
+                labels=["fqdn", "ip", "vantage", "state", "fresh"],
+            )
+            for member in sorted(list(book.verdicts)):
+                fqdn, ip = (subjects.decode_token(t) for t in member.split("."))
+                for verdict in book.verdicts_of(member):
+                    fresh_label = str(verdict.fresh).lower()
+                    members.add_metric(
+                        [fqdn, ip, verdict.vantage, verdict.state.value, fresh_label], 1
+                    )
+            yield members
 
 
 async def main(settings: DnsSettings) -> None:

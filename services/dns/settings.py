@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from services.dns.quorum import QUORUM_HELP, Quorum
 from shared.settings import ServiceSettings
 
 
@@ -47,3 +48,18 @@ class DnsSettings(ServiceSettings):
     )
     rrl_ipv4_prefix_length: int = Field(default=24, ge=8, le=32)
     rrl_ipv6_prefix_length: int = Field(default=56, ge=16, le=128)
+    health_quorum: str = Field(
+        default="majority",
+        description="how many vantage points (sites' health replicas with a fresh verdict) "
+        "must say down to withdraw a member: " + QUORUM_HELP,
+    )
+    health_verdict_metrics: Literal["vantage", "member"] = Field(
+        default="vantage",
+        description="kgslb_dns_health_verdicts per vantage point and state (vantage), or also "
+        "kgslb_dns_health_member_verdict, one series per member and vantage point (member)",
+    )
+
+    @field_validator("health_quorum")
+    @classmethod
+    def _quorum(cls, value: str) -> str:
+        return Quorum.parse(value).rule

@@ -156,10 +156,14 @@ def initial_state(known: MemberHealth | None, now: datetime) -> MemberState:
 
 
 def health_record(
-    target: ProbeTarget, state: MemberState, replica: str, previous: MemberHealth | None
+    target: ProbeTarget,
+    state: MemberState,
+    replica: str,
+    previous: MemberHealth | None,
+    site: str = "",
 ) -> MemberHealth:
-    """The KV value for a member; before this replica's first probe, the last probe shown is
-    the previous owner's."""
+    """The KV value for a member as seen from `site`; before this replica's first probe, the
+    last probe shown is the previous owner's (of the same site)."""
     last, probe_at = state.last, state.last_probe_at
     if last is None and previous is not None:
         return previous.model_copy(
@@ -170,6 +174,7 @@ def health_record(
                 "state": state.state,
                 "since": state.since,
                 "replica": replica,
+                "site": site,
             }
         )
     return MemberHealth(
@@ -183,6 +188,7 @@ def health_record(
         last_error=last.error if last else "",
         response_time_ms=last.response_time_ms if last else None,
         replica=replica,
+        site=site,
     )
 
 

@@ -10,6 +10,7 @@ below the 2,000 members/s a replica must carry (see services/health/README.md).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import time
 
@@ -27,7 +28,8 @@ READ_CHUNK_BYTES = 16 * 1024
 class Prober:
     """Runs probes; holds only the TLS contexts, so one instance serves every member."""
 
-    def __init__(self, ca_file: str | None = None) -> None:
+    def __init__(self, ca_file: str | None = None, source: str | None = None) -> None:
+        self._source = ipaddress.ip_address(source) if source else None
         self._verifying = ssl.create_default_context(cafile=ca_file)
         self._trusting = ssl.create_default_context()
         self._trusting.check_hostname = False
@@ -63,8 +65,18 @@ class Prober:
         except OSError as exc:
             return ProbeResult(Outcome.NETWORK, "network error", f"{where}: {exc.strerror or exc}")
 
+    def _local_addr(self, ip: str) -> tuple[str, int] | None:
+        """Where a probe to `ip` leaves from: the source address when it has the member's
+        address family, else the OS's choice."""
+        source = self._source
+        if source is None or source.version != ipaddress.ip_address(ip).version:
+            return None
+        return (str(source), 0)
+
     async def _tcp(self, target: ProbeTarget, started: float) -> ProbeResult:
-        _, writer = await asyncio.open_connection(target.ip, target.port)
+        _, writer = await asyncio.open_connection(
+            target.ip, target.port, local_addr=self._local_addr(target.ip)
+        )
         elapsed_ms = (time.perf_counter() - started) * 1000
         writer.close()
         return ProbeResult(Outcome.OK, "TCP connected", response_time_ms=elapsed_ms)
@@ -75,7 +87,11 @@ class Prober:
         if monitor.kind is MonitorKind.HTTPS:
             tls = self._verifying if monitor.tls_verify else self._trusting
         reader, writer = await asyncio.open_connection(
-            target.ip, target.port, ssl=tls, server_hostname=target.fqdn if tls else None
+            target.ip,
+            target.port,
+            ssl=tls,
+            server_hostname=target.fqdn if tls else None,
+            local_addr=self._local_addr(target.ip),
         )
         try:
             # A HEAD response has no body to match, so a body match asks with GET.

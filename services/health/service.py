@@ -1,6 +1,10 @@
 """The health service's shell: follow the desired services, the member health and the replica
 heartbeats in KV, probe this replica's rendezvous share of the members, and write a member's
-health only when its state changes (or when it claims a member from a dead replica)."""
+health only when its state changes (or when it claims a member from a dead replica).
+
+With a `--site`, the replica is one vantage point among the sites': it reads and writes only
+its site's verdicts (keys `<fqdn>.<ip>.<site>`) and shares members only with its site's
+replicas; the DNS combines the sites' verdicts (services/dns/quorum.py)."""
 
 from __future__ import annotations
 
@@ -74,8 +78,10 @@ class HealthService:
         self.settings = settings
         self.nc = nc
         self.replica = replica_name(settings)
+        self.site = settings.site
+        source = str(settings.probe_source) if settings.probe_source is not None else None
         self.scheduler = ProbeScheduler(
-            Prober(settings.tls_ca_file).probe, self._on_result, settings.max_connections
+            Prober(settings.tls_ca_file, source).probe, self._on_result, settings.max_connections
         )
         self.targets: dict[str, ProbeTarget] = {}
         self.members_of: dict[str, set[str]] = {}
@@ -83,6 +89,9 @@ class HealthService:
         self.known: dict[str, Known] = {}
         self.owned: dict[str, MemberState] = {}
         self.sightings: dict[str, Sighting] = {}
+        """Peers of this replica's site: they share the members."""
+        self.elsewhere: dict[str, Sighting] = {}
+        """Replicas of other sites: watched only to bury their heartbeat when they die."""
         self.live: frozenset[str] = frozenset({self.replica})
         self._reannounce = asyncio.Event()
         self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
@@ -100,6 +109,7 @@ class HealthService:
                 nc,
                 subjects.KV_HEALTH,
                 self._apply_health,
+                subjects.health_keys_of_site(self.site),
                 on_loss=self._health_lost,
                 on_missing=missing,
             ),
@@ -184,6 +194,7 @@ class HealthService:
                 "members": len(self.targets),
                 "owned": len(self.owned),
                 "live": sorted(self.live),
+                "site": self.site,
             },
         )
 
@@ -205,7 +216,12 @@ class HealthService:
                 self._place(key)
 
     def _apply_health(self, entry: Change) -> None:
-        key = entry.key
+        # The follower's filter passes only this site's keys; internally a member is its
+        # member key, whatever the site.
+        try:
+            key, _ = subjects.split_health_key(entry.key)
+        except ValueError:
+            return
         current = self.known.get(key)
         if current is not None and entry.revision <= current.revision:
             return
@@ -231,12 +247,20 @@ class HealthService:
             return
         if entry.value is None:
             self.sightings.pop(replica, None)
+            self.elsewhere.pop(replica, None)
         else:
             heartbeat = self._decode(entry, HealthHeartbeat)
             if heartbeat is None:
                 return
             valid_for = (heartbeat.expires_at - heartbeat.heartbeat_at).total_seconds()
-            self.sightings[replica] = Sighting(asyncio.get_running_loop().time(), valid_for)
+            sighting = Sighting(asyncio.get_running_loop().time(), valid_for)
+            if heartbeat.site == self.site:
+                self.sightings[replica] = sighting
+                self.elsewhere.pop(replica, None)
+            else:
+                # Another vantage point: it probes every member itself, shares none with us.
+                self.elsewhere[replica] = sighting
+                self.sightings.pop(replica, None)
         self._refresh_live()
 
     # Sharding -------------------------------------------------------------------------------
@@ -325,14 +349,19 @@ class HealthService:
         previous = known.health if known else None
         if not needs_write(previous, state, self.live):
             return
-        record = health_record(target, state, self.replica, previous)
+        record = health_record(target, state, self.replica, previous, self.site)
         data = wire.encode(record)
+        kv_key = subjects.health_key(key, self.site)
+        # First on core NATS: the DNS applies it at once, even while the KV stream elects a
+        # new leader after a site was lost (subjects.HEALTH_LIVE_PREFIX).
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subjects.health_live_subject(kv_key), data)
         try:
             if known is None:
-                revision = await self._health_kv.create(key, data)
+                revision = await self._health_kv.create(kv_key, data)
                 KV_WRITES.labels("create").inc()
             else:
-                revision = await self._health_kv.update(key, data, last=known.revision)
+                revision = await self._health_kv.update(kv_key, data, last=known.revision)
                 KV_WRITES.labels("update").inc()
         except KeyWrongLastSequenceError:
             KV_WRITES.labels("conflict").inc()
@@ -351,7 +380,7 @@ class HealthService:
         """Another replica wrote first: take its value as the truth and go on from it."""
         assert self._health_kv is not None
         try:
-            entry = await self._health_kv.get(key)
+            entry = await self._health_kv.get(subjects.health_key(key, self.site))
         except (KeyNotFoundError, KeyDeletedError):
             self.known.pop(key, None)
             return
@@ -373,6 +402,7 @@ class HealthService:
             heartbeat_at=now,
             expires_at=now + timedelta(seconds=self._valid_for_seconds),
             members=len(self.owned),
+            site=self.site,
         )
         try:
             await self._leases_kv.put(
@@ -393,13 +423,20 @@ class HealthService:
     async def _bury_dead_peers(self) -> None:
         assert self._leases_kv is not None
         now = asyncio.get_running_loop().time()
-        dead = [r for r, s in self.sightings.items() if now - s.seen_at > s.valid_for_seconds]
-        for replica in dead:
-            del self.sightings[replica]
-            log.warning("replica %s stopped heartbeating; its members move", replica)
-            # Every survivor deletes it; the duplicates are harmless and keep the bucket clean.
-            with contextlib.suppress(Exception):
-                await self._leases_kv.delete(subjects.health_replica_key(replica))
+        for sightings in (self.sightings, self.elsewhere):
+            dead = [r for r, s in sightings.items() if now - s.seen_at > s.valid_for_seconds]
+            for replica in dead:
+                # Its lease's deletion may have removed it while we awaited another delete.
+                if sightings.pop(replica, None) is None:
+                    continue
+                if sightings is self.sightings:
+                    log.warning("replica %s stopped heartbeating; its members move", replica)
+                else:
+                    log.warning("replica %s of another site stopped heartbeating", replica)
+                # Every survivor deletes it; the duplicates are harmless and keep the bucket
+                # clean, and the DNS stops counting its verdicts at once.
+                with contextlib.suppress(Exception):
+                    await self._leases_kv.delete(subjects.health_replica_key(replica))
         self._refresh_live()
 
     async def _sweep_loop(self) -> None:
@@ -420,7 +457,7 @@ class HealthService:
     async def _delete(self, key: str) -> None:
         assert self._health_kv is not None
         try:
-            await self._health_kv.delete(key)
+            await self._health_kv.delete(subjects.health_key(key, self.site))
             KV_WRITES.labels("delete").inc()
         except Exception as exc:
             log.warning("could not delete health of %s: %s", key, exc, extra={"member": key})
@@ -442,9 +479,16 @@ class _StateCollector(Collector):
         yield members
         yield GaugeMetricFamily(
             "kgslb_health_replicas_live",
-            "Health replicas this one counts as alive, itself included",
+            "Health replicas of this one's site this one counts as alive, itself included",
             value=len(self.service.live),
         )
+        site = GaugeMetricFamily(
+            "kgslb_health_site_info",
+            "The site this replica probes from (its vantage point; empty: no sites)",
+            labels=["site"],
+        )
+        site.add_metric([self.service.site], 1)
+        yield site
         yield GaugeMetricFamily(
             "kgslb_health_probes_in_flight",
             "Probes waiting for an answer",

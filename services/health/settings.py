@@ -3,7 +3,7 @@ the service so the CLI can describe them without loading the service."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, IPvAnyAddress
 
 from shared.settings import ServiceSettings
 
@@ -25,4 +25,17 @@ class HealthSettings(ServiceSettings):
     )
     tls_ca_file: str | None = Field(
         default=None, description="CA bundle for https monitors with tlsVerify (default: system)"
+    )
+    site: str = Field(
+        default="",
+        max_length=253,
+        description="the site this replica probes from (its vantage point): its verdicts go to "
+        "kgslb_health keys <fqdn>.<ip>.<site> and it shares members only with replicas of the "
+        "same site; empty: one vantage point, keys <fqdn>.<ip>",
+    )
+    probe_source: IPvAnyAddress | None = Field(
+        default=None,
+        description="source address of probes (an address of this host, e.g. the interface a "
+        "firewall lets monitors through); members of the other address family, and every "
+        "member when unset, are probed from the address the OS picks",
     )

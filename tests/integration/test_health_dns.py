@@ -3,10 +3,11 @@ with the seed's hello backends on their loopback VIPs and a quick monitor templa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from kgslb.backends import HelloBackends, HelloSite
 from kgslb.embedded import free_port
 from kgslb.up import StackConfig, load_stack_config, seed_messages
 from shared import subjects, wire
-from shared.models import HealthState
+from shared.models import HealthHeartbeat, HealthState, MemberHealth
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_health_service import health_records
 
@@ -143,3 +144,46 @@ async def test_unknown_members_are_answered_like_healthy_ones(
     await eventually(lambda: _answered(dns_port, S2), timeout_seconds=10)
 
     assert Counter(await answers(dns_port, 12)) == Counter(SEED_SHARES)
+
+
+def verdict(state: HealthState, probed_at: datetime, replica: str = "health-a") -> bytes:
+    return wire.encode(
+        MemberHealth(
+            fqdn=HELLO, ip=S2, cluster="s2", state=state, since=probed_at,
+            last_probe_at=probed_at, replica=replica,
+        )
+    )  # fmt: skip
+
+
+async def test_a_live_verdict_on_core_nats_is_answered_before_the_kv_holds_it_and_no_older_kv_value_undoes_it(
+    nats_client: Client, services: Services
+) -> None:
+    """A site lost with the leader of the health bucket's stream holds KV writes for an
+    election; the verdict published on core NATS (`kgslb.health.live.<member>`) gets
+    through regardless, and the late KV copy of an older verdict does not take it back."""
+    config = seed_with_monitor({"kind": "none"})
+    services.start("reconciler", "reconciler")
+    dns_port = services.start_dns()
+    await publish(nats_client, config)
+    await eventually(lambda: _answered(dns_port, S2), timeout_seconds=20)
+    health_kv = await nats_client.jetstream().key_value(subjects.KV_HEALTH)
+    key = subjects.member_key(HELLO, S2)
+    now = datetime.now(UTC)
+    # The verdicts count while their replica heartbeats (services/dns/quorum.py).
+    leases = await nats_client.jetstream().key_value(subjects.KV_LEASES)
+    beat = HealthHeartbeat(
+        replica="health-a", heartbeat_at=now, expires_at=now + timedelta(seconds=60)
+    )
+    await leases.put(subjects.health_replica_key("health-a"), wire.encode(beat))
+
+    await nats_client.publish(subjects.health_live_subject(key), verdict(HealthState.DOWN, now))
+    await eventually(lambda: _not_answered(dns_port, S2), timeout_seconds=5)
+    assert await health_records(nats_client) == {}, "withdrawn from the live verdict alone"
+
+    await health_kv.put(key, verdict(HealthState.UP, now - timedelta(seconds=2)))
+    await asyncio.sleep(0.5)
+    still_withdrawn = await _not_answered(dns_port, S2)
+    await health_kv.put(key, verdict(HealthState.UP, now + timedelta(seconds=1)))
+    await eventually(lambda: _answered(dns_port, S2), timeout_seconds=5)
+
+    assert still_withdrawn, "an older verdict of the same replica arriving late is ignored"

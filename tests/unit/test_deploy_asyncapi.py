@@ -85,5 +85,7 @@ def test_the_dns_only_receives_state_and_sends_query_logs() -> None:
         if name.startswith("dns:")
     }
     assert dns == {
-        ("receive", "services"), ("receive", "zones"), ("receive", "health"), ("send", "dnslog"),
+        ("receive", "services"), ("receive", "zones"), ("receive", "health"),
+        ("receive", "site-health"), ("receive", "heartbeats"),
+        ("receive", "health-live"), ("send", "dnslog"),
     }  # fmt: skip

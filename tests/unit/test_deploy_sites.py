@@ -114,3 +114,20 @@ def test_every_site_workload_keeps_probes_and_a_locked_down_security_context() -
             for container in pod["containers"]:
                 assert {"livenessProbe", "readinessProbe"} <= set(container), label(workload)
                 assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_each_sites_health_replica_probes_from_its_own_site(site: str) -> None:
+    deployments = kgslb_deployments(f"sites/{site}")
+    [health] = [d for d in deployments if component(d) == "health"]
+    env = env_of(health["spec"]["template"]["spec"]["containers"][0])
+
+    assert env["KGSLB_SITE"] == site
+    assert not [d for d in deployments if component(d) != "health" and "KGSLB_SITE" in
+                env_of(d["spec"]["template"]["spec"]["containers"][0])]  # fmt: skip
+
+
+def test_the_single_cluster_layouts_keep_one_vantage_point() -> None:
+    for overlay in ("dev", "home-cluster"):
+        [health] = [d for d in kgslb_deployments(overlay) if component(d) == "health"]
+        assert "KGSLB_SITE" not in env_of(health["spec"]["template"]["spec"]["containers"][0])

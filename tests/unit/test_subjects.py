@@ -58,3 +58,36 @@ def test_decode_rejects_tokens_it_could_not_have_made() -> None:
         subjects.decode_token("a=ZZ")
     with pytest.raises(ValueError):
         subjects.decode_token("a.b")
+
+
+@given(
+    st.text(min_size=1, max_size=20),
+    st.sampled_from(["10.0.0.1", "2001:db8::1"]),
+    st.text(max_size=20),
+)
+def test_a_vantage_points_health_key_names_member_and_site_whatever_they_are(
+    fqdn: str, ip: str, site: str
+) -> None:
+    member = subjects.member_key(fqdn, ip)
+    key = subjects.health_key(member, site)
+
+    assert subjects.split_health_key(key) == (member, site)
+    assert len(key.split(".")) == (3 if site else 2)
+
+
+def test_a_health_key_without_site_is_the_member_key_as_before_sites() -> None:
+    member = subjects.member_key("hello.avi.iberia.local", "10.10.25.46")
+    assert subjects.health_key(member) == member == "hello=2Eavi=2Eiberia=2Elocal.10=2E10=2E25=2E46"
+    assert subjects.health_key(member, "s1az1") == f"{member}.s1az1"
+
+
+@pytest.mark.parametrize("bad", ["one", "a.b.c.d", "a.b.=", "a.b.=ZZ", ""])
+def test_a_health_key_no_replica_writes_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        subjects.split_health_key(bad)
+
+
+def test_each_site_watches_only_its_own_health_keys() -> None:
+    assert subjects.health_keys_of_site("") == "*.*"
+    assert subjects.health_keys_of_site("s1az1") == "*.*.s1az1"
+    assert subjects.health_keys_of_site("user@ctx") == "*.*.user=40ctx"

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
 from shared import wire
-from shared.models import ObjectKind, ObjectRef, ObservedObject, Tombstone
+from shared.models import (
+    HealthHeartbeat,
+    MemberHealth,
+    ObjectKind,
+    ObjectRef,
+    ObservedObject,
+    Tombstone,
+)
 
 REF = ObjectRef(cluster="s1az1", kind=ObjectKind.INGRESS, namespace="default", name="hello")
 
@@ -48,3 +56,15 @@ def test_bad_messages_are_refused_with_a_reason(raw: bytes, reason: str) -> None
 def test_ipv6_vips_are_normalised_so_members_deduplicate() -> None:
     message = ObservedObject(ref=REF, resource_version="1", vips=["2001:DB8:0::1"])
     assert message.vips == ["2001:db8::1"]
+
+
+def test_health_without_sites_is_written_as_before_sites_so_older_readers_accept_it() -> None:
+    """Readers refuse unknown fields: a replica without `--site` leaves `site` out."""
+    now = datetime.now(UTC)
+    record = MemberHealth(fqdn="a.test", ip="10.0.0.1", cluster="c", state="up", since=now)
+    beat = HealthHeartbeat(replica="r", heartbeat_at=now, expires_at=now)
+    for message in (record, beat):
+        assert b'"site"' not in wire.encode(message)
+        sited = message.model_copy(update={"site": "s1"})
+        assert b'"site":"s1"' in wire.encode(sited)
+        assert wire.decode(wire.encode(sited), type(message)) == sited
