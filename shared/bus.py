@@ -376,6 +376,7 @@ STATE_MISSING = Gauge(
     "kgslb_bus_state_missing", "Streams and KV buckets missing at the last check (0 when intact)"
 )
 STATE_CHECK_RETRY_SECONDS = 0.5
+NOTICE_MIN_SECONDS = 2.0
 RECONNECT_POLL_SECONDS = 0.25
 
 LossListener = Callable[[frozenset[str]], Awaitable[None]]
@@ -407,6 +408,7 @@ class StateKeeper:
         """Streams lost whose listeners have not all succeeded yet."""
         self._listeners: list[LossListener] = []
         self._wake = asyncio.Event()
+        self._checked_at = 0.0
 
     def on_loss(self, listener: LossListener) -> None:
         """`listener(lost_streams)` runs after the lost streams exist again; it is called again
@@ -506,9 +508,13 @@ class StateKeeper:
 
     async def run(self) -> None:
         """Check until cancelled; never raises."""
-        failing = False
         while True:
             await self._wait_for_reason()
+            await self._check_until_done()
+
+    async def _check_until_done(self) -> None:
+        failing = False
+        while True:
             try:
                 await self.check()
             except Exception as exc:
@@ -518,24 +524,32 @@ class StateKeeper:
                         exc or type(exc).__name__, STATE_CHECK_RETRY_SECONDS,
                     )  # fmt: skip
                 failing = True
-                self._wake.set()
                 await asyncio.sleep(STATE_CHECK_RETRY_SECONDS)
-            else:
-                if failing:
-                    log.info("checking JetStream state works again")
-                failing = False
+                continue
+            if failing:
+                log.info("checking JetStream state works again")
+            return
 
     async def _wait_for_reason(self) -> None:
-        """The period, a reconnect or a `notice`, whichever comes first."""
+        """The period, a reconnect or a `notice`, whichever comes first; notices at most
+        every `NOTICE_MIN_SECONDS`: while a site's stream leaders are elected every write
+        fails, and a check per failure would only add JetStream API requests to the
+        election."""
+        loop = asyncio.get_running_loop()
         reconnects = self.nc.stats["reconnects"]
-        deadline = asyncio.get_running_loop().time() + self.check_seconds
-        while asyncio.get_running_loop().time() < deadline:
-            if self._wake.is_set() or self.nc.stats["reconnects"] != reconnects:
+        deadline = loop.time() + self.check_seconds
+        while loop.time() < deadline:
+            if self.nc.stats["reconnects"] != reconnects:
+                break
+            if self._wake.is_set() and loop.time() - self._checked_at >= NOTICE_MIN_SECONDS:
                 break
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECONNECT_POLL_SECONDS):
                     await self._wake.wait()
+            if self._wake.is_set():
+                await asyncio.sleep(RECONNECT_POLL_SECONDS)
         self._wake.clear()
+        self._checked_at = loop.time()
         while not self.nc.is_connected:
             await asyncio.sleep(RECONNECT_POLL_SECONDS)
 
