@@ -29,6 +29,7 @@ from shared.models import (
     PolicyDeleted,
     PolicyObject,
     PolicyStatus,
+    ResyncRequest,
     SyncMarker,
     Tombstone,
     WatcherHeartbeat,
@@ -230,6 +231,17 @@ CHANNELS = (
         f"policies, the other home watchers keep copies.",
         senders=("reconciler",),
         receivers=("watcher", "reconciler"),
+    ),
+    Channel(
+        "resync",
+        subjects.RESYNC_SUBJECT,
+        (ResyncRequest,),
+        "Core NATS, not stored: JetStream lost its state (streams and buckets created anew, "
+        "empty) and the reconciler asks every watcher to publish everything it holds again "
+        "(objects, sync markers, the home watcher's policies), forgetting what it remembers "
+        "having published. Watchers that notice the loss themselves do the same unasked.",
+        senders=("reconciler",),
+        receivers=("watcher",),
     ),
     Channel(
         "dnslog",

@@ -8,16 +8,19 @@ deploy/nats/) looks them up instead and waits until a service that may has creat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -29,9 +32,15 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ServerError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from shared import subjects
 from shared.settings import NatsSettings
@@ -90,6 +99,11 @@ def stream_configs() -> list[StreamConfig]:
 KV_BUCKETS = (subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_HEALTH, subjects.KV_LEASES)
 
 LOOKUP_INTERVAL_SECONDS = 1.0
+CREATE_ATTEMPTS = 3
+CREATE_RETRY_SECONDS = 0.5
+BOOTSTRAP_MAX_RETRY_SECONDS = 5.0
+TRANSIENT = (ServiceUnavailableError, NoRespondersError, NatsTimeoutError)
+"""JetStream starting, or NATS away for a moment: try again."""
 
 
 def redact_url(urls: str) -> str:
@@ -254,24 +268,8 @@ class _Provisioner:
             )  # fmt: skip
 
     async def _create_or_wait(self, stream: str, create: Callable[[], Awaitable[object]]) -> None:
-        if self.may_create:
-            try:
-                await create()
-                return
-            except (BadRequestError, ServerError) as exc:
-                # Another service created it between our lookup and our create, or NATS
-                # refused what we asked for (more replicas than the cluster has servers).
-                try:
-                    await self.js.stream_info(stream)
-                    return
-                except NotFoundError:
-                    raise BootstrapError(
-                        f"NATS refused to create stream {stream} with {self.replicas} "
-                        f"replica(s): {exc.description} (--stream-replicas / "
-                        "KGSLB_STREAM_REPLICAS must not exceed the JetStream servers)"
-                    ) from exc
-            except NatsTimeoutError:
-                self.may_create = False
+        if await self.try_create(stream, create):
+            return
         log.warning(
             "waiting for stream %s: this NATS user may not create it "
             "(needs publish on $JS.API.STREAM.CREATE.%s); the reconciler creates it",
@@ -284,6 +282,48 @@ class _Provisioner:
             except NotFoundError:
                 await asyncio.sleep(LOOKUP_INTERVAL_SECONDS)
 
+    async def try_create(self, stream: str, create: Callable[[], Awaitable[object]]) -> bool:
+        """Create `stream`; True once it exists, whoever created it. False when this user may
+        not create streams. Several services create on a fresh (or wiped) server at once, and
+        a JetStream that is still starting answers 503 or has no responder yet: those are
+        retried, and a create refused because another service was first counts as done."""
+        if not self.may_create:
+            return False
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                await create()
+                return True
+            except (BadRequestError, ServerError) as exc:
+                # Another service created it between our lookup and our create (with other
+                # replicas, say), or NATS refused what we asked for (more replicas than the
+                # cluster has servers).
+                if await self._exists(stream):
+                    return True
+                if attempt + 1 == CREATE_ATTEMPTS:
+                    raise BootstrapError(
+                        f"NATS refused to create stream {stream} with {self.replicas} "
+                        f"replica(s): {exc.description} (--stream-replicas / "
+                        "KGSLB_STREAM_REPLICAS must not exceed the JetStream servers)"
+                    ) from exc
+            except (ServiceUnavailableError, NoRespondersError):
+                pass  # JetStream (or its meta leader) not up yet
+            except NatsTimeoutError:
+                # A user without the permission gets no answer at all (a JetStream still
+                # electing its meta leader answers 503, retried above).
+                if await self._exists(stream):
+                    return True
+                self.may_create = False
+                return False
+            await asyncio.sleep(CREATE_RETRY_SECONDS * (attempt + 1))
+        return await self._exists(stream)
+
+    async def _exists(self, stream: str) -> bool:
+        try:
+            await self.js.stream_info(stream)
+        except NotFoundError:
+            return False
+        return True
+
 
 async def bootstrap(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyValue]:
     """Create or update every stream and KV bucket; return the buckets by name.
@@ -292,10 +332,235 @@ async def bootstrap(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyVal
     lowered. A user that may only read gets the same result once they exist: lookups only,
     and no update unless a field this build sets differs from what the server holds.
     """
-    provisioner = _Provisioner(js, replicas)
+    return await _bootstrap(_Provisioner(js, replicas))
+
+
+async def _bootstrap(provisioner: _Provisioner) -> dict[str, KeyValue]:
     for config in stream_configs():
         await provisioner.stream(config)
     return {bucket: await provisioner.bucket(bucket) for bucket in KV_BUCKETS}
+
+
+async def _bootstrap_until_done(provisioner: _Provisioner) -> dict[str, KeyValue]:
+    """A service's bootstrap: a JetStream that does not answer yet is waited for (callers
+    with a deadline of their own, such as `kgslb up`, use `bootstrap`)."""
+    delay = CREATE_RETRY_SECONDS
+    while True:
+        try:
+            return await _bootstrap(provisioner)
+        except TRANSIENT as exc:
+            log.warning(
+                "JetStream not answering yet (%s); bootstrap again in %.1f s",
+                type(exc).__name__, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BOOTSTRAP_MAX_RETRY_SECONDS)
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+STATE_LOST = Counter(
+    "kgslb_bus_state_lost_total",
+    "Streams and KV buckets found missing or created anew since last seen (lost JetStream "
+    "state), by stream",
+    ["stream"],
+)
+STATE_RECREATED = Counter(
+    "kgslb_bus_state_recreated_total",
+    "Streams and KV buckets this service created again",
+    ["stream"],
+)
+STATE_MISSING = Gauge(
+    "kgslb_bus_state_missing", "Streams and KV buckets missing at the last check (0 when intact)"
+)
+STATE_CHECK_RETRY_SECONDS = 0.5
+NOTICE_MIN_SECONDS = 2.0
+RECONNECT_POLL_SECONDS = 0.25
+
+LossListener = Callable[[frozenset[str]], Awaitable[None]]
+
+
+class StateKeeper:
+    """Keeps kgslb's streams and KV buckets in existence for as long as a service runs.
+
+    A JetStream store can vanish under running services (a lost volume, a wiped cluster,
+    `nats stream rm`): NATS comes back empty and, before this, every bucket stayed
+    `BucketNotFound` until a restart. The keeper checks every stream at start, at once after
+    every NATS reconnect, every `check_seconds`, and whenever a service says it met a missing
+    one (`notice`); what is missing is created again (a user that may not create only waits).
+    A stream whose creation time differs from the one seen before was lost and created anew,
+    by this service or another: the listeners (`on_loss`) rebuild what it held, and until
+    they succeeded the state counts as not intact (readiness).
+    """
+
+    def __init__(self, nc: Client, replicas: int = 1, check_seconds: float = 5.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.check_seconds = check_seconds
+        self._provisioner = _Provisioner(self.js, replicas)
+        self._epochs: dict[str, datetime | None] = {}
+        """Stream -> its creation time when last seen."""
+        self._missing: set[str] = set()
+        self._seen_missing: set[str] = set()
+        self._unhealed: set[str] = set()
+        """Streams lost whose listeners have not all succeeded yet."""
+        self._listeners: list[LossListener] = []
+        self._wake = asyncio.Event()
+        self._checked_at = 0.0
+
+    def on_loss(self, listener: LossListener) -> None:
+        """`listener(lost_streams)` runs after the lost streams exist again; it is called again
+        at the next check if it raised."""
+        self._listeners.append(listener)
+
+    @property
+    def intact(self) -> bool:
+        """Every stream and bucket exists and nothing lost is still being rebuilt."""
+        return not self._missing and not self._unhealed
+
+    def describe(self) -> str:
+        if self._missing:
+            return "JetStream state missing: " + ", ".join(sorted(self._missing))
+        if self._unhealed:
+            return "rebuilding lost JetStream state: " + ", ".join(sorted(self._unhealed))
+        return ""
+
+    def notice(self) -> None:
+        """Something was not found (BucketNotFound, StreamNotFound): check now."""
+        self._wake.set()
+
+    async def bootstrap(self) -> dict[str, KeyValue]:
+        """`bootstrap`, and remember what exists now (a later change of it is a loss)."""
+        buckets = await _bootstrap_until_done(self._provisioner)
+        with contextlib.suppress(Exception):
+            await self.check()
+        return buckets
+
+    def _wanted(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+        replicas = self._provisioner.replicas
+        wanted: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        for config in stream_configs():
+            stream_config = dataclasses.replace(config, num_replicas=replicas)
+            wanted.append((config.name or "", _bind(self.js.add_stream, stream_config)))
+        for bucket in KV_BUCKETS:
+            kv_config = KeyValueConfig(
+                bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas
+            )
+            wanted.append((kv_stream(bucket), _bind(self.js.create_key_value, kv_config)))
+        return wanted
+
+    async def check(self) -> frozenset[str]:
+        """Look every stream up, create the missing ones; return the streams found lost in
+        this check (and run the listeners for them and any not healed before)."""
+        lost: set[str] = set()
+        for stream, create in self._wanted():
+            try:
+                info = await self.js.stream_info(stream)
+            except NotFoundError:
+                if not await self._provisioner.try_create(stream, create):
+                    self._missing_now(stream)
+                    continue
+                STATE_RECREATED.labels(stream).inc()
+                log.warning("stream %s was missing: created it again", stream)
+                info = await self.js.stream_info(stream)
+            self._missing.discard(stream)
+            if self._replaced(stream, info.created):
+                lost.add(stream)
+            self._epochs[stream] = info.created
+            self._seen_missing.discard(stream)
+        STATE_MISSING.set(len(self._missing))
+        if lost:
+            for stream in lost:
+                STATE_LOST.labels(stream).inc()
+            log.error(
+                "JetStream lost %s (created anew since last seen): rebuilding",
+                ", ".join(sorted(lost)), extra={"streams": sorted(lost)},
+            )  # fmt: skip
+            self._unhealed |= lost
+        if self._unhealed and not self._missing:
+            await self._heal()
+        return frozenset(lost)
+
+    def _missing_now(self, stream: str) -> None:
+        if stream not in self._missing:
+            log.error(
+                "stream %s is missing and this NATS user may not create it: waiting for the "
+                "reconciler to create it", stream,
+            )  # fmt: skip
+        self._missing.add(stream)
+        self._seen_missing.add(stream)
+
+    def _replaced(self, stream: str, created: datetime | None) -> bool:
+        if stream not in self._epochs:
+            return False  # first sight
+        if created is not None and self._epochs[stream] is not None:
+            return created != self._epochs[stream]
+        return stream in self._seen_missing
+
+    async def _heal(self) -> None:
+        lost = frozenset(self._unhealed)
+        for listener in self._listeners:
+            await listener(lost)
+        self._unhealed -= lost
+        log.info("rebuilt after the loss of %s", ", ".join(sorted(lost)))
+
+    async def run(self) -> None:
+        """Check until cancelled; never raises."""
+        while True:
+            await self._wait_for_reason()
+            await self._check_until_done()
+
+    async def _check_until_done(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.check()
+            except Exception as exc:
+                if not failing:  # once per streak: a JetStream without quorum fails for long
+                    log.warning(
+                        "checking JetStream state failed: %s; retrying every %g s",
+                        exc or type(exc).__name__, STATE_CHECK_RETRY_SECONDS,
+                    )  # fmt: skip
+                failing = True
+                await asyncio.sleep(STATE_CHECK_RETRY_SECONDS)
+                continue
+            if failing:
+                log.info("checking JetStream state works again")
+            return
+
+    async def _wait_for_reason(self) -> None:
+        """The period, a reconnect or a `notice`, whichever comes first; notices at most
+        every `NOTICE_MIN_SECONDS`: while a site's stream leaders are elected every write
+        fails, and a check per failure would only add JetStream API requests to the
+        election."""
+        loop = asyncio.get_running_loop()
+        reconnects = self.nc.stats["reconnects"]
+        deadline = loop.time() + self.check_seconds
+        while loop.time() < deadline:
+            if self.nc.stats["reconnects"] != reconnects:
+                break
+            if self._wake.is_set() and loop.time() - self._checked_at >= NOTICE_MIN_SECONDS:
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONNECT_POLL_SECONDS):
+                    await self._wake.wait()
+            if self._wake.is_set():
+                await asyncio.sleep(RECONNECT_POLL_SECONDS)
+        self._wake.clear()
+        self._checked_at = loop.time()
+        while not self.nc.is_connected:
+            await asyncio.sleep(RECONNECT_POLL_SECONDS)
+
+
+def _bind(
+    call: Callable[[Any], Awaitable[object]], config: object
+) -> Callable[[], Awaitable[object]]:
+    async def create() -> object:
+        return await call(config)
+
+    return create
 
 
 async def read_last_per_subject(js: JetStreamContext, stream: str, subject: str) -> list[Msg]:

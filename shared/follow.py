@@ -10,11 +10,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
@@ -29,12 +30,23 @@ MAX_RETRY_SECONDS = 5.0
 READ_IDLE_SECONDS = 10.0
 """`read_values` gives up when NATS delivers nothing for this long."""
 STOP_WATCH_SECONDS = 1.0
+STORE_CHECK_SECONDS = 5.0
+"""How often a running watch looks whether its bucket was deleted and created anew."""
+STALE_AFTER_SECONDS = 30.0
+"""After a lost store: how long after the new bucket's first value the keys it never held
+again are still kept, before they are delivered as deleted."""
 
 WATCH_RESTARTS = Counter(
     "kgslb_kv_watch_restarts_total",
     "Watches of a KV bucket started over (reconnect: NATS reconnected; error: an attempt "
     "failed, the bucket missing included)",
     ["bucket", "reason"],
+)
+STORE_LOSSES = Counter(
+    "kgslb_kv_store_losses_total",
+    "Times a followed bucket was found created anew (its JetStream store lost): revisions "
+    "forgotten, followed again from the start, what was delivered kept meanwhile",
+    ["bucket"],
 )
 SKIPPED_CHANGES = Counter(
     "kgslb_kv_skipped_changes_total",
@@ -81,6 +93,16 @@ class BucketFollower:
     missing, JetStream not ready yet) is retried with a backoff of up to `max_retry_seconds`,
     logged once per outage; `apply` keeps what it was given. An `apply` that raises is
     logged and counted and its change skipped: one bad value never stalls the bucket.
+
+    A bucket deleted and created anew (a lost JetStream store: NATS back empty, and a
+    service created the bucket again) is told by its creation time, looked at on every
+    start of the watch and every `STORE_CHECK_SECONDS`: the revisions delivered are forgotten
+    (the new bucket counts from 1 again) and the bucket is followed from its start, while
+    what `apply` was given stays until the new bucket says otherwise: `rebuilding` is true
+    until the first value of the new bucket arrives, and `on_loss` runs once per loss. A key
+    the new bucket still does not hold `stale_after_seconds` after that first value (a name
+    deleted while the store was away: nobody deletes it from a bucket that never had it) is
+    delivered as deleted then.
     """
 
     def __init__(
@@ -90,6 +112,10 @@ class BucketFollower:
         apply: Apply,
         keys: str = ">",
         max_retry_seconds: float = MAX_RETRY_SECONDS,
+        on_loss: Callable[[], None] | None = None,
+        store_check_seconds: float = STORE_CHECK_SECONDS,
+        stale_after_seconds: float = STALE_AFTER_SECONDS,
+        on_missing: Callable[[], None] | None = None,
     ) -> None:
         if max_retry_seconds < FIRST_RETRY_SECONDS:
             raise ValueError(
@@ -107,6 +133,23 @@ class BucketFollower:
         self._caught_up = asyncio.Event()
         self._failures = 0
         self._outage_started = 0.0
+        self._on_loss = on_loss
+        self.store_check_seconds = store_check_seconds
+        self._created: datetime | None = None
+        """Creation time of the bucket's stream when last opened."""
+        self._seen_missing = False
+        self.missing = False
+        """The bucket did not exist at the last attempt to follow it."""
+        self.rebuilding = False
+        """The bucket was lost while it held values: true until the new one delivers one."""
+        self.stale_after_seconds = stale_after_seconds
+        self._on_missing = on_missing
+        """Told when the bucket is not found (a `bus.StateKeeper.notice`: check at once)."""
+        self._present: set[str] = set()
+        """Keys whose last delivered change holds a value."""
+        self._stale: set[str] = set()
+        """Keys held before a loss that the new bucket has not delivered again."""
+        self._rebuilt_at: float | None = None
 
     @property
     def caught_up(self) -> bool:
@@ -135,14 +178,15 @@ class BucketFollower:
         watcher = await self._open()
         delivering = asyncio.create_task(self._deliver_all(watcher))
         reconnected = asyncio.create_task(self._reconnected_since(reconnects))
+        replaced = asyncio.create_task(self._replaced())
         try:
             done, _ = await asyncio.wait(
-                {delivering, reconnected}, return_when=asyncio.FIRST_COMPLETED
+                {delivering, reconnected, replaced}, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for task in (delivering, reconnected):
+            for task in (delivering, reconnected, replaced):
                 task.cancel()
-            await asyncio.gather(delivering, reconnected, return_exceptions=True)
+            await asyncio.gather(delivering, reconnected, replaced, return_exceptions=True)
             # Unsubscribing may fail or hang with NATS away; the consumer is ephemeral.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(STOP_WATCH_SECONDS):
@@ -153,9 +197,66 @@ class BucketFollower:
 
     async def _open(self) -> KeyValue.KeyWatcher:
         """The bucket is looked up anew at every start: after a NATS restart on an empty
-        store it is gone, and this is where `BucketNotFoundError` surfaces."""
-        kv = await self._js.key_value(self.bucket)
+        store it is gone, and this is where `BucketNotFoundError` surfaces; or it is there
+        but new, created again after the loss."""
+        try:
+            kv = await self._js.key_value(self.bucket)
+        except BucketNotFoundError:
+            self.missing = True
+            self._seen_missing = True
+            if self._on_missing is not None:
+                self._on_missing()
+            raise
+        created = await self._creation_time()
+        self.missing = False
+        if self._was_replaced(created):
+            self._store_lost()
+        self._created = created
+        self._seen_missing = False
         return await kv.watch(self.keys)
+
+    async def _creation_time(self) -> datetime | None:
+        info = await self._js.stream_info(f"KV_{self.bucket}")
+        return info.created
+
+    def _was_replaced(self, created: datetime | None) -> bool:
+        if self._created is not None and created is not None:
+            return created != self._created
+        return self._seen_missing and bool(self._revisions)
+
+    async def _replaced(self) -> None:
+        """Return once the bucket is gone or was created anew under the running watch."""
+        while True:
+            await asyncio.sleep(min(self.store_check_seconds, self.stale_after_seconds))
+            self._drop_stale()
+            try:
+                created = await self._creation_time()
+            except NotFoundError:
+                self.missing = True
+                self._seen_missing = True
+                return
+            except Exception:  # NATS away: the reconnect restarts the watch
+                continue
+            if self._was_replaced(created):
+                return
+
+    def _store_lost(self) -> None:
+        STORE_LOSSES.labels(self.bucket).inc()
+        self.rebuilding = bool(self._revisions)
+        log.warning(
+            "KV %s was created anew (its JetStream store was lost): following it from the "
+            "start; the %d keys delivered before stay until it says otherwise",
+            self.bucket, len(self._revisions),
+            extra={"bucket": self.bucket, "keys": len(self._revisions)},
+        )  # fmt: skip
+        self._revisions.clear()
+        self._stale |= self._present
+        self._rebuilt_at = None
+        if self._on_loss is not None:
+            try:
+                self._on_loss()
+            except Exception:
+                log.exception("handling the loss of KV %s failed", self.bucket)
 
     async def _reconnected_since(self, reconnects: int) -> None:
         while self._nc.stats["reconnects"] == reconnects:
@@ -177,20 +278,52 @@ class BucketFollower:
             return
         # Recorded before `apply` runs, so a change that fails is never met again.
         self._revisions[entry.key] = revision
+        if self.rebuilding:
+            self.rebuilding = False
+            log.info("KV %s holds values again after its loss", self.bucket)
+        if self._stale and self._rebuilt_at is None:
+            self._rebuilt_at = asyncio.get_running_loop().time()
+        self._stale.discard(entry.key)
         deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-        change = Change(self.bucket, entry.key, None if deleted else entry.value, revision)
+        self._apply_safely(
+            Change(self.bucket, entry.key, None if deleted else entry.value, revision)
+        )
+
+    def _apply_safely(self, change: Change) -> None:
+        if change.value is None:
+            self._present.discard(change.key)
+        else:
+            self._present.add(change.key)
         try:
             self._apply(change)
         except Exception as exc:
             SKIPPED_CHANGES.labels(self.bucket).inc()
             log.error(
                 "skipped %s in KV %s at revision %d: %s",
-                entry.key,
+                change.key,
                 self.bucket,
-                revision,
+                change.revision,
                 _reason(exc),
-                extra={"bucket": self.bucket, "key": entry.key, "revision": revision},
+                extra={"bucket": self.bucket, "key": change.key, "revision": change.revision},
             )
+
+    def _drop_stale(self) -> None:
+        """Keys the lost store held and the new bucket still lacks, a while after it began
+        to fill: deleted (revision 0: not a revision of the new bucket)."""
+        started = self._rebuilt_at
+        if not self._stale or started is None:
+            return
+        if asyncio.get_running_loop().time() - started < self.stale_after_seconds:
+            return
+        stale, self._stale = sorted(self._stale), set()
+        log.warning(
+            "KV %s: %d key(s) held before its loss were not written again in %g s: deleted",
+            self.bucket, len(stale), self.stale_after_seconds,
+            extra={"bucket": self.bucket, "keys": len(stale)},
+        )  # fmt: skip
+        for key in stale:
+            if key in self._present:
+                self._apply_safely(Change(self.bucket, key, None, 0))
 
     def _now_caught_up(self) -> None:
         if self._failures:

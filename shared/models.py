@@ -521,6 +521,17 @@ class ActiveHome(WireModel):
     home_clusters: list[str] = Field(description="the GSLBConfig's homeClusters, in order")
 
 
+class ResyncRequest(WireModel):
+    """The bus lost what the watchers published (JetStream state deleted and recreated empty):
+    every watcher publishes everything it holds again, policies included, forgetting what it
+    remembers having published. Core NATS on `kgslb.resync`, sent by the reconciler."""
+
+    KIND = "ResyncRequest"
+    requested_by: str = Field(description="the replica that asks")
+    reason: str = Field(description="what was lost, e.g. `stream KGSLB_EVENTS created anew`")
+    at: datetime
+
+
 # DNS query log (dns -> stream) --------------------------------------------------------------
 
 

@@ -40,6 +40,14 @@ class NatsSettings(BaseModel):
         description="JetStream replicas of kgslb's streams and buckets: created with this many, "
         "raised to it, never lowered (3 for the 3-node NATS cluster)",
     )
+    state_check_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="how often every service checks that kgslb's streams and KV buckets still "
+        "exist (also at once after a NATS reconnect), recreating the missing ones; a lost "
+        "JetStream store heals without a manual step",
+    )
 
 
 class ServiceSettings(NatsSettings):

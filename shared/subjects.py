@@ -27,6 +27,10 @@ STATUS_PREFIX = "kgslb.status"
 DNSLOG_PREFIX = "kgslb.dnslog"
 DEADLETTER_PREFIX = "kgslb.deadletter"
 
+RESYNC_SUBJECT = "kgslb.resync"
+"""Core NATS, not stored: the reconciler asks every watcher to publish everything again after
+the bus lost its state (`ResyncRequest`)."""
+
 EVENTS_STREAM_SUBJECTS = (f"{EVENTS_PREFIX}.>", f"{SYNC_PREFIX}.>", f"{POLICY_PREFIX}.>")
 
 # KV buckets ---------------------------------------------------------------------------------

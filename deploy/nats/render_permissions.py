@@ -110,6 +110,8 @@ GRANTS: dict[str, Grant] = {
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
         reads_buckets=(subjects.KV_LEASES,),
+        # The reconciler asks for everything again after JetStream lost its state.
+        subscribes=(subjects.RESYNC_SUBJECT,),
     ),
     "reconciler": Grant(
         summary="owns the streams and buckets, writes desired state and CR status",
@@ -118,6 +120,7 @@ GRANTS: dict[str, Grant] = {
             # Purging the status of a deleted CR, so a new CR of that name starts clean.
             f"$JS.API.STREAM.PURGE.{subjects.STREAM_STATUS}",
             dead_letter("reconciler"),
+            subjects.RESYNC_SUBJECT,
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
         writes_buckets=(subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_LEASES),

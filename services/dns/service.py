@@ -108,6 +108,7 @@ class DnsService:
             ),
         )
         REGISTRY.register(TcpCollector(self.tcp))
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
         self.udp_sock = udp_sock
         self.tcp_sock = tcp_sock
         self.health = HealthBook(Quorum.parse(settings.health_quorum))
@@ -119,7 +120,11 @@ class DnsService:
             self._follower(subjects.KV_ZONES, self._apply_zone),
             # Heartbeats before verdicts: a verdict is weighed knowing whether its replica lives.
             BucketFollower(
-                nc, subjects.KV_LEASES, self._apply_heartbeat, subjects.HEALTH_REPLICA_KEYS
+                nc,
+                subjects.KV_LEASES,
+                self._apply_heartbeat,
+                subjects.HEALTH_REPLICA_KEYS,
+                on_missing=self.keeper.notice,
             ),
             self._follower(subjects.KV_HEALTH, self._apply_health),
             self._follower(subjects.KV_SERVICES, self._apply_service),
@@ -127,7 +132,23 @@ class DnsService:
 
     @property
     def ready(self) -> bool:
-        return all(follower.caught_up for follower in self._followers)
+        """Loaded, and not answering from memory for a lost store that is not rebuilt yet
+        (answers go on meanwhile; readiness tells the operator and the load balancer)."""
+        followers = self._followers
+        loaded = all(f.caught_up and not f.missing and not f.rebuilding for f in followers)
+        return loaded and self.keeper.intact
+
+    def readiness_detail(self) -> str:
+        missing = [f.bucket for f in self._followers if f.missing]
+        rebuilding = [f.bucket for f in self._followers if f.rebuilding]
+        parts = [f"names {len(self.table.gslb)}, zones {len(self.table.zones)}"]
+        if missing:
+            parts.append("missing: " + ", ".join(missing))
+        if rebuilding:
+            parts.append("answering from memory, rebuilding: " + ", ".join(rebuilding))
+        if state := self.keeper.describe():
+            parts.append(state)
+        return "; ".join(parts)
 
     def _enqueue_log(self, record: DnsQueryLog) -> None:
         try:
@@ -136,12 +157,13 @@ class DnsService:
             LOGS_DROPPED.inc()
 
     async def run(self) -> None:
-        await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
+        await self.keeper.bootstrap()
         await self.nc.subscribe(f"{subjects.HEALTH_LIVE_PREFIX}.>", cb=self._on_live_health)
         mirrors = asyncio.gather(
             *(follower.run() for follower in self._followers),
             self._publish_logs(),
             self._expire_loop(),
+            self.keeper.run(),
         )
         try:
             # Queries wait in the socket buffers until the table holds the whole KV: an
@@ -173,7 +195,13 @@ class DnsService:
             TABLE_UPDATES.labels(bucket).inc()
             GSLB_NAMES.set(len(self.table.gslb))
 
-        return BucketFollower(self.nc, bucket, mirror)
+        return BucketFollower(
+            self.nc,
+            bucket,
+            mirror,
+            on_loss=self.table.forget_revisions,
+            on_missing=self.keeper.notice,
+        )
 
     def _decode(self, key: str, value: bytes, model: type[wire.M]) -> wire.M | None:
         try:

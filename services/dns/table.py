@@ -18,6 +18,7 @@ from services.dns.algorithms import Caching, Client, Pick
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
 from services.dns.zone import (
+    SERIAL_MODULO,
     RRSet,
     Section,
     Zone,
@@ -72,6 +73,9 @@ class AnswerTable:
     """The last KV revision seen for each GSLB name, deletions included (for serials)."""
     _zone_services_revisions: dict[bytes, int] = field(default_factory=dict)
     """Per zone, the highest of `_service_revisions` at or under it."""
+    _serials: dict[bytes, int] = field(default_factory=dict)
+    """The last serial answered per zone, kept when the zone goes: a serial never goes back,
+    not even after a lost JetStream store made every KV revision start from 1 again."""
     _retired_answers: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     """Per fqdn, answers counted on rotations that a change has since replaced, by (cluster,
     ip). Forgotten when the name is removed, so deleted names do not accumulate."""
@@ -83,7 +87,8 @@ class AnswerTable:
         services_revision = self._zone_services_revisions.get(key)
         if services_revision is None:
             services_revision = self._services_revision(key)
-        zone = build_zone(spec, zone_serial(spec, revision, services_revision))
+        serial = self._not_back(key, zone_serial(spec, revision, services_revision))
+        zone = build_zone(spec, serial)
         old = self.zones.get(zone.key)
         if old is not None:
             self._count_ancestors(old, -1)
@@ -199,8 +204,25 @@ class AnswerTable:
                 continue
             self._zone_services_revisions[suffix] = revision
             serial = zone_serial(zone.spec, self._zone_revisions.get(suffix, 0), revision)
-            self.zones[suffix] = with_serial(zone, serial)
+            self.zones[suffix] = with_serial(zone, self._not_back(suffix, serial))
         self.generation += 1
+
+    def _not_back(self, zone_key: bytes, serial: int) -> int:
+        """`serial`, or one more than the last one when it would not move forward: the
+        serial floor. Replicas that saw the same history agree; after a rebuild a running
+        replica stays above what it answered before."""
+        last = self._serials.get(zone_key)
+        if last is not None and serial <= last:
+            serial = (last + 1) % SERIAL_MODULO
+        self._serials[zone_key] = serial
+        return serial
+
+    def forget_revisions(self) -> None:
+        """The KV buckets were created anew (lost JetStream store) and count from 1 again:
+        serials go on from the floor until the new revisions pass it."""
+        self._zone_revisions.clear()
+        self._service_revisions.clear()
+        self._zone_services_revisions.clear()
 
     def serial(self, zone: str) -> int:
         return self.zones[wire.name_to_wire(normalize_fqdn(zone))].serial

@@ -95,17 +95,31 @@ class HealthService:
         self.elsewhere: dict[str, Sighting] = {}
         """Replicas of other sites: watched only to bury their heartbeat when they die."""
         self.live: frozenset[str] = frozenset({self.replica})
+        self._reannounce = asyncio.Event()
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
+        missing = self.keeper.notice
         self._followers = [
-            BucketFollower(nc, subjects.KV_LEASES, self._apply_lease, subjects.HEALTH_REPLICA_KEYS),
             BucketFollower(
-                nc, subjects.KV_HEALTH, self._apply_health, subjects.health_keys_of_site(self.site)
+                nc,
+                subjects.KV_LEASES,
+                self._apply_lease,
+                subjects.HEALTH_REPLICA_KEYS,
+                on_loss=self._reannounce.set,
+                on_missing=missing,
             ),
-            BucketFollower(nc, subjects.KV_SERVICES, self._apply_service),
+            BucketFollower(
+                nc,
+                subjects.KV_HEALTH,
+                self._apply_health,
+                subjects.health_keys_of_site(self.site),
+                on_loss=self._health_lost,
+                on_missing=missing,
+            ),
+            BucketFollower(nc, subjects.KV_SERVICES, self._apply_service, on_missing=missing),
         ]
         self._started = False
         self._pending_writes: dict[str, None] = {}
         self._write_wanted = asyncio.Event()
-        self._reannounce = asyncio.Event()
         self._orphans_seen: set[str] = set()
         self._health_kv: KeyValue | None = None
         self._leases_kv: KeyValue | None = None
@@ -113,14 +127,32 @@ class HealthService:
 
     @property
     def ready(self) -> bool:
-        return self._started
+        """Loaded and probing, with every bucket there (not rebuilding a lost store)."""
+        missing = any(f.missing for f in self._followers)
+        return self._started and not missing and self.keeper.intact
+
+    def readiness_detail(self) -> str:
+        parts = [f"owned {len(self.owned)} of {len(self.targets)} members"]
+        if missing := [f.bucket for f in self._followers if f.missing]:
+            parts.append("missing: " + ", ".join(missing))
+        if state := self.keeper.describe():
+            parts.append(state)
+        return "; ".join(parts)
+
+    def _health_lost(self) -> None:
+        """KV kgslb_health was created anew, empty: every verdict this replica owns is
+        written again (create, not update: the revisions known are gone)."""
+        self.known.clear()
+        for key in self.owned:
+            self._request_write(key)
+        log.warning("KV %s lost: rewriting %d verdicts", subjects.KV_HEALTH, len(self.owned))
 
     @property
     def _valid_for_seconds(self) -> float:
         return self.settings.heartbeat_seconds * self.settings.dead_after_heartbeats
 
     async def run(self) -> None:
-        buckets = await bus.bootstrap(self.nc.jetstream(), self.settings.stream_replicas)
+        buckets = await self.keeper.bootstrap()
         self._health_kv = buckets[subjects.KV_HEALTH]
         self._leases_kv = buckets[subjects.KV_LEASES]
         # Announce first: peers re-shard before this replica probes anything.
@@ -128,6 +160,7 @@ class HealthService:
         try:
             await asyncio.gather(
                 *(follower.run() for follower in self._followers),
+                self.keeper.run(),
                 self._start_when_loaded(),
                 self._heartbeat_loop(),
                 self._sweep_loop(),
@@ -348,6 +381,7 @@ class HealthService:
         except Exception as exc:
             # The next probe of this member tries again.
             log.warning("could not write health of %s: %s", key, exc, extra={"member": key})
+            self.keeper.notice()  # the bucket may be missing
             return
         current = self.known.get(key)
         if current is None or current.revision < revision:

@@ -17,14 +17,30 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from prometheus_client import Counter, Gauge, Histogram
 
 from services.reconciler.first_sync import FirstSync, Verdict
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
-from services.reconciler.lease import Leadership, Step
+from services.reconciler.lease import Leadership
+from services.reconciler.lease_io import lease_step, release_lease
+from services.reconciler.metrics import (
+    DRIFT_REPAIRS,
+    EVENTS_APPLIED,
+    FIRST_SYNC_MISSING,
+    FIRST_SYNC_WAIT,
+    LEADER,
+    LEADERSHIP,
+    PLAN_SECONDS,
+    PLANS,
+    REBUILDS,
+    REJECTED,
+    REJECTED_NAMES,
+    REPLANNED,
+    RESYNCS,
+    SERVICES,
+    UNPLANNED_NAMES,
+)
 from services.reconciler.names import RejectedName, newly_rejected
 from services.reconciler.plan import PlanDelta, Planner
 from services.reconciler.settings import ReconcilerSettings
@@ -39,13 +55,13 @@ from shared import bus, subjects, wire
 from shared.logs import set_level
 from shared.models import (
     GslbService,
-    Lease,
     ObservedObject,
     PolicyDeleted,
     PolicyObject,
     PolicyRef,
     PolicyState,
     PolicyStatus,
+    ResyncRequest,
     SyncMarker,
     Tombstone,
     utcnow,
@@ -61,39 +77,6 @@ EVENTS_HEARTBEAT_SECONDS = 1.0
 """The events consumer notices a restarted nats-server after two missed heartbeats and
 resumes; nats-py's default of 5 s left the reconciler deaf for up to 10 s after an outage."""
 
-EVENTS_APPLIED = Counter("kgslb_reconciler_events_total", "Events applied", ["kind"])
-PLANS = Counter(
-    "kgslb_reconciler_plans_total", "Plans computed (full: the policies changed)", ["kind"]
-)
-PLAN_SECONDS = Histogram("kgslb_reconciler_plan_seconds", "Time to compute one plan")
-REPLANNED = Counter("kgslb_reconciler_replanned_fqdns_total", "FQDNs re-planned")
-REJECTED = Gauge("kgslb_reconciler_rejected_objects", "Policy objects currently Rejected")
-SERVICES = Gauge("kgslb_reconciler_services", "Desired GSLB services")
-REJECTED_NAMES = Counter(
-    "kgslb_reconciler_rejected_names_total",
-    "Names of selected objects that cannot be GSLB services, each counted once, by reason",
-    ["reason"],
-)
-UNPLANNED_NAMES = Gauge(
-    "kgslb_reconciler_unplanned_names", "Names not planned now, by reason", ["reason"]
-)
-LEADER = Gauge("kgslb_reconciler_leader", "1 while this replica is the leader and writes")
-LEADERSHIP = Counter(
-    "kgslb_reconciler_leadership_changes_total", "Leadership acquired or lost", ["change"]
-)
-RESYNCS = Counter("kgslb_reconciler_resyncs_total", "Full resyncs (GSLBConfig refreshInterval)")
-FIRST_SYNC_WAIT = Gauge(
-    "kgslb_reconciler_first_sync_wait_seconds",
-    "From the start until names were first planned: the wait for the clusters' first lists",
-)
-FIRST_SYNC_MISSING = Gauge(
-    "kgslb_reconciler_first_sync_missing_clusters",
-    "Member clusters whose first list was not in when names were first planned (timeout)",
-)
-DRIFT_REPAIRS = Counter(
-    "kgslb_reconciler_drift_repairs_total", "KV keys a full resync found changed by hand"
-)
-
 EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     ObservedObject,
     Tombstone,
@@ -102,6 +85,15 @@ EVENT_KINDS: tuple[type[wire.WireModel], ...] = (
     PolicyDeleted,
 )
 DEFAULT_REFRESH_INTERVAL_SECONDS = 1800
+REBUILT_FROM_MEMORY = frozenset(
+    {
+        subjects.STREAM_EVENTS,
+        subjects.STREAM_STATUS,
+        bus.kv_stream(subjects.KV_SERVICES),
+        bus.kv_stream(subjects.KV_ZONES),
+    }
+)
+"""Streams whose loss makes the leader write the desired state and statuses again."""
 
 
 class Reconciler:
@@ -137,20 +129,30 @@ class Reconciler:
             started_at=time.monotonic(),
         )
         self._first_sync_verdict: Verdict | None = None
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
+        self._rebuild_due = False
+        """JetStream lost its state: write everything again as soon as leading."""
+        self._events: JetStreamContext.PushSubscription | None = None
 
     @property
     def ready(self) -> bool:
         """Caught up with the stream and planned: able to lead at once. Leadership is not
         readiness (a standby is a healthy replica); it shows in `readiness_detail`."""
-        return self.caught_up.is_set() and self._planned
+        intact = self.keeper.intact and not self._rebuild_due
+        return self.caught_up.is_set() and self._planned and intact
 
     def readiness_detail(self) -> str:
+        role = "leader" if self._leading else "standby"
         verdict = self._first_sync_verdict
-        waiting = f", {verdict.reason}" if verdict and not verdict.open else ""
-        return ("leader" if self._leading else "standby") + waiting
+        if verdict and not verdict.open:
+            role += f", {verdict.reason}"
+        if state := self.keeper.describe():
+            return f"{role}; {state}"
+        return f"{role}; rebuilding the desired state" if self._rebuild_due else role
 
     async def run(self) -> None:
-        await bus.bootstrap(self.js, self.settings.stream_replicas)
+        await self.keeper.bootstrap()
+        self.keeper.on_loss(self._state_lost)
         # The lease has a connection of its own: on the events connection its replies queue
         # behind a replay's flood of messages, and at 300,000 events the leader timed out
         # renewing, stood down and sat idle for 100 s (bench/e2e_scale.py --fqdns 100000).
@@ -165,7 +167,33 @@ class Reconciler:
         self._homes = HomeKeeper(
             self._leases, self.leadership, lambda: self.planner.policies.config, self.settings
         )
-        sub = await self.js.subscribe(
+        self._events = await self._subscribe_events()
+        events = self._events
+        info = await events.consumer_info()
+        if info.num_pending == 0 and events.delivered == 0:
+            self.caught_up.set()
+            self._dirty.set()
+        try:
+            await asyncio.gather(
+                self._plan_loop(),
+                self._lease_loop(),
+                self._resync_loop(),
+                self._homes.run(),
+                self.keeper.run(),
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                if self._events is not None:
+                    await self._events.unsubscribe()
+            await self._release()
+            if self._lease_nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._lease_nc.drain()
+
+    # Inputs ---------------------------------------------------------------------------------
+
+    async def _subscribe_events(self) -> JetStreamContext.PushSubscription:
+        return await self.js.subscribe(
             subjects.EVENTS_STREAM_SUBJECTS[0],
             stream=subjects.STREAM_EVENTS,
             cb=self._on_event,
@@ -174,23 +202,31 @@ class Reconciler:
             deliver_policy=DeliverPolicy.ALL,
             config=ConsumerConfig(filter_subjects=list(subjects.EVENTS_STREAM_SUBJECTS)),
         )
-        info = await sub.consumer_info()
-        if info.num_pending == 0 and sub.delivered == 0:
-            self.caught_up.set()
-            self._dirty.set()
-        try:
-            await asyncio.gather(
-                self._plan_loop(), self._lease_loop(), self._resync_loop(), self._homes.run()
-            )
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            await self._release()
-            if self._lease_nc is not None:
-                with contextlib.suppress(Exception):
-                    await self._lease_nc.drain()
 
-    # Inputs ---------------------------------------------------------------------------------
+    async def _state_lost(self, lost: frozenset[str]) -> None:
+        """JetStream lost streams or buckets (created anew, empty): follow the new events
+        stream from its start (an ordered consumer would resume after the old stream's last
+        sequence and miss everything up to it), write the whole desired state again from
+        memory, and ask the watchers to publish everything they hold again."""
+        if lost & REBUILT_FROM_MEMORY:
+            self._rebuild_due = True
+            self._dirty.set()
+        if subjects.STREAM_EVENTS not in lost:
+            return
+        old, self._events = self._events, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        self._events = await self._subscribe_events()
+        request = ResyncRequest(
+            requested_by=self.replica, reason="lost " + ", ".join(sorted(lost)), at=utcnow()
+        )
+        await self.nc.publish(subjects.RESYNC_SUBJECT, wire.encode(request))
+        await self.nc.flush(timeout=5)
+        log.warning(
+            "asked the watchers to publish everything again on %s", subjects.RESYNC_SUBJECT,
+            extra={"reason": request.reason},
+        )  # fmt: skip
 
     async def _load_statuses(self) -> None:
         """Statuses already published: not republished, and the versions they say are in
@@ -284,32 +320,7 @@ class Reconciler:
             await asyncio.sleep(period)
 
     async def _lease_step(self, leases: KeyValue) -> None:
-        lease: Lease | None = None
-        revision: int | None = None
-        try:
-            entry = await leases.get(subjects.RECONCILER_LEASE_KEY)
-        except KeyNotFoundError:
-            pass
-        else:
-            revision = entry.revision
-            with contextlib.suppress(wire.WireError):
-                lease = wire.decode(entry.value or b"", Lease)
-        step = self.leadership.next_step(time.monotonic(), lease, revision)
-        if step == Step.WAIT:
-            return
-        value = self.leadership.value(utcnow())
-        sent = time.monotonic()
-        try:
-            if step == Step.CREATE:
-                written = await leases.create(subjects.RECONCILER_LEASE_KEY, wire.encode(value))
-            else:
-                written = await leases.update(
-                    subjects.RECONCILER_LEASE_KEY, wire.encode(value), last=revision
-                )
-        except KeyWrongLastSequenceError:
-            self.leadership.lost()
-            return
-        self.leadership.written(sent, written, value)
+        await lease_step(leases, self.leadership)
 
     def _step_down(self) -> None:
         LEADER.set(0)
@@ -320,16 +331,8 @@ class Reconciler:
 
     async def _release(self) -> None:
         """On shutdown, hand the lease over at once instead of after a TTL."""
-        revision = self.leadership.revision
-        if self._leases is None or revision is None:
-            return
-        with contextlib.suppress(Exception):
-            released = self.leadership.released(utcnow())
-            await self._leases.update(
-                subjects.RECONCILER_LEASE_KEY, wire.encode(released), last=revision
-            )
-            log.info("released the leader lease")
-        self.leadership.lost()
+        if self._leases is not None:
+            await release_lease(self._leases, self.leadership)
 
     async def _resync_loop(self) -> None:
         """Ask for a full resync every GSLBConfig refreshInterval while leading."""
@@ -370,6 +373,7 @@ class Reconciler:
                 self._step_down()
             except Exception:
                 log.exception("reconcile failed; retrying")
+                self.keeper.notice()  # a bucket may be missing
                 # The plan moved on but some writes may not have landed: compare every key.
                 self._converge_all_due = True
                 await asyncio.sleep(1)
@@ -428,9 +432,13 @@ class Reconciler:
         if not self.leadership.is_leader(time.monotonic()):
             if self._leading:
                 self._step_down()
+            self._rebuild_due = False  # a takeover reads the buckets anyway
             return
         if not self._leading:
             await self._take_over()
+            self._rebuild_due = False
+        elif self._rebuild_due:
+            await self._rebuild()
         elif self._resync_due:
             await self._resync()
         elif self._converge_all_due:
@@ -514,6 +522,27 @@ class Reconciler:
         LEADERSHIP.labels("acquired").inc()
         log.info(
             "leading",
+            extra={"kv_writes": writes, "services": len(self.planner.services)},
+        )
+
+    async def _rebuild(self) -> None:
+        """After lost JetStream state: the buckets and the status stream hold nothing (or
+        what was written since); write the whole plan and every status again. The term's
+        fence markers went with them, so the term is fenced again first (its writes are
+        conditional on markers that no longer exist)."""
+        assert self._services is not None and self._zones is not None
+        assert self._statuses is not None
+        await self._services.fence()
+        await self._zones.fence()
+        await self._statuses.fence()
+        await self._services.load()
+        await self._zones.load()
+        self.published_status.clear()
+        writes = await self._converge_all()
+        self._rebuild_due = False
+        REBUILDS.inc()
+        log.warning(
+            "rebuilt the desired state after lost JetStream state",
             extra={"kv_writes": writes, "services": len(self.planner.services)},
         )
 

@@ -163,6 +163,7 @@ class Home:
         self._activation: asyncio.Task[None] | None = None
         self._js: JetStreamContext | None = None
         self._publish: Publish | None = None
+        self._subscription: JetStreamContext.PushSubscription | None = None
         self._failing: dict[PolicyRef, str] = {}
         self._show_role()
 
@@ -226,8 +227,24 @@ class Home:
         )  # fmt: skip
 
     async def run(self) -> None:
+        await self.resubscribe()
+        try:
+            await asyncio.gather(self._follow(), self._keep_copies())
+        finally:
+            if self._subscription is not None:
+                with contextlib.suppress(Exception):
+                    await self._subscription.unsubscribe()
+            if self._activation is not None:
+                self._activation.cancel()
+
+    async def resubscribe(self) -> None:
+        """Follow the policies of the events stream (again, from its start: after the stream
+        was created anew an ordered consumer would resume after its old last sequence)."""
         assert self._js is not None
-        subscription = await self._js.subscribe(
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+        self._subscription = await self._js.subscribe(
             f"{subjects.POLICY_PREFIX}.>",
             stream=subjects.STREAM_EVENTS,
             cb=self._on_policy,
@@ -235,13 +252,6 @@ class Home:
             idle_heartbeat=1.0,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
-        try:
-            await asyncio.gather(self._follow(), self._keep_copies())
-        finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
-            if self._activation is not None:
-                self._activation.cancel()
 
     # Inputs ---------------------------------------------------------------------------------
 

@@ -287,8 +287,17 @@ class ListWatch:
         """Monotonic time a request was sent whose response has not begun yet; None between
         requests. Written by the worker thread, read by the event loop."""
         self.stopping = threading.Event()
+        self._relist = threading.Event()
         self._response: urllib3.HTTPResponse | None = None
         self._thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
+
+    def relist(self) -> None:
+        """List again now (the bus lost what the last list published): the watch in
+        progress is closed, and the next list is published whole, with no backoff."""
+        self._relist.set()
+        response = self._response
+        if response is not None:
+            response.shutdown()
 
     def start(self) -> None:
         self._thread.start()
@@ -310,8 +319,10 @@ class ListWatch:
                 version = self._list()
                 self.backoff.reset()
                 watching = True
-                while not self.stopping.is_set():
+                while not self.stopping.is_set() and not self._relist.is_set():
                     version = self._watch(version)
+                if self._relist.is_set():
+                    continue
             except Expired as exc:
                 failure = ("expired", f"cluster {self.cluster}: {self.resource}: {exc}")
             except DeadWatch as exc:
@@ -329,6 +340,8 @@ class ListWatch:
                 return
             if self.stopping.is_set():
                 return
+            if self._relist.is_set() and watching:
+                continue  # the watch closed to list again: not a failure
             delay = self.backoff.next_delay()
             if not self._emit(Failed(self.resource, *failure, retry_in_seconds=delay)):
                 return
@@ -348,6 +361,7 @@ class ListWatch:
             self.pending_since = None
 
     def _list(self) -> str:
+        self._relist.clear()
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
@@ -404,7 +418,8 @@ class ListWatch:
             self._response = None
             # Closed, not returned to the pool: an unfinished chunked stream cannot be reused.
             response.close()
-        if events == 0 and time.monotonic() - started < QUICK_CLOSE_SECONDS:
+        quick = time.monotonic() - started < QUICK_CLOSE_SECONDS
+        if events == 0 and quick and not self._relist.is_set():
             # A server that closes every watch at once would otherwise be re-asked in a loop.
             self.stopping.wait(self.backoff.next_delay())
         return version

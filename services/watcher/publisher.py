@@ -48,12 +48,15 @@ class OrderedPublisher:
         max_payload: Callable[[], int],
         backoff: Backoff,
         on_published: Callable[[wire.WireModel, int], None],
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.js = js
         self.cluster = cluster
         self.max_payload = max_payload
         self.backoff = backoff
         self.on_published = on_published
+        self.on_failure = on_failure
+        """Told when a window is not acked (the stream may be missing: check at once)."""
         self.healthy = True
         """False while acks fail (NATS away or the stream missing)."""
 
@@ -90,6 +93,8 @@ class OrderedPublisher:
             if pending:
                 self.healthy = False
                 PUBLISH_RETRIES.labels(self.cluster).inc()
+                if self.on_failure is not None:
+                    self.on_failure()
                 await asyncio.sleep(self.backoff.next_delay())
         if not self.healthy:
             log.info("publishing to JetStream again", extra={"cluster": self.cluster})

@@ -41,6 +41,7 @@ from shared.models import (
     PolicyKind,
     PolicyObject,
     PolicyStatus,
+    ResyncRequest,
     SyncMarker,
     utcnow,
 )
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 SERVICE = "watcher"
 BATCH = 512
 STATUS_HEARTBEAT_SECONDS = 1.0
+RESYNC_DEBOUNCE_SECONDS = 0.5
 """Queue items decided and published together (a list result counts as one)."""
 
 PUBLISHED = Counter(
@@ -95,6 +97,12 @@ BAD_OBJECTS = Counter(
 )
 SYNC_MARKER_BYTES = Gauge(
     "kgslb_watcher_sync_marker_bytes", "Size on the wire of the last sync marker", ["cluster"]
+)
+RESYNCS = Counter(
+    "kgslb_watcher_resyncs_total",
+    "Times everything was published again: JetStream lost its state, or the reconciler asked "
+    "on kgslb.resync",
+    ["cluster"],
 )
 STATUS_WRITES = Counter(
     "kgslb_watcher_status_writes_total",
@@ -143,6 +151,10 @@ class Watcher:
         self._publisher: OrderedPublisher | None = None
         self._cluster_status: ClusterStatus | None = None
         self._cluster_changed = asyncio.Event()
+        self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
+        self._resync_wanted = asyncio.Event()
+        self._watches: list[kube.ListWatch] = []
+        self._status_subscription: JetStreamContext.PushSubscription | None = None
         REACHABLE.labels(cluster).set(0)
 
     def _backoff(self) -> Backoff:
@@ -156,7 +168,8 @@ class Watcher:
     def ready(self) -> bool:
         """Every resource listed and published, none failing, JetStream acking."""
         healthy = self._publisher is not None and self._publisher.healthy
-        return healthy and not self._problems() and self._listed == set(self.resources)
+        listed = self._listed == set(self.resources) and not self._resync_wanted.is_set()
+        return healthy and not self._problems() and listed and self.keeper.intact
 
     def readiness_detail(self) -> str:
         waiting = [r for r in self.resources if r not in self._listed]
@@ -167,6 +180,8 @@ class Watcher:
             parts.append("failing: " + "; ".join(problems.values()))
         if self._publisher is not None and not self._publisher.healthy:
             parts.append("JetStream does not ack")
+        if state := self.keeper.describe():
+            parts.append(state)
         if self.home is not None:
             parts.append(f"home role {self.home.role.value}")
             parts.extend(self.home.problems)
@@ -174,12 +189,20 @@ class Watcher:
 
     async def run(self) -> None:
         js = self.nc.jetstream()
-        buckets = await bus.bootstrap(js, self.settings.stream_replicas)
+        buckets = await self.keeper.bootstrap()
+        self.keeper.on_loss(self._state_lost)
         sink = kube.Sink(asyncio.get_running_loop(), self.settings.max_pending_changes)
         self._publisher = OrderedPublisher(
-            js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published
-        )
-        tasks = [self._consume(sink, self._publisher), self._report_cluster(js)]
+            js, self.cluster, lambda: self.nc.max_payload, self._backoff(), self._published,
+            self.keeper.notice,
+        )  # fmt: skip
+        tasks = [
+            self._consume(sink, self._publisher),
+            self._report_cluster(js),
+            self.keeper.run(),
+            self._resync_loop(),
+        ]
+        resync = await self.nc.subscribe(subjects.RESYNC_SUBJECT, cb=self._on_resync)
         heartbeat = Heartbeat(
             buckets[subjects.KV_LEASES],
             self.cluster,
@@ -187,7 +210,6 @@ class Watcher:
             lambda: self._cluster_status,
             replica_name(self.settings),
         )
-        subscription = None
         if self.settings.home:
             await self._seed_policies(js)
             self.home = Home(
@@ -202,16 +224,7 @@ class Watcher:
             # Before anything is listed: a home back after a failover publishes nothing.
             await self.home.start(js, self._publisher.publish)
             tasks.append(self.home.run())
-            subscription = await js.subscribe(
-                f"{subjects.STATUS_PREFIX}.>",
-                stream=subjects.STREAM_STATUS,
-                cb=self._on_status,
-                ordered_consumer=True,
-                # As the reconciler's events consumer: nats-py notices a restarted server only
-                # after two missed heartbeats, 5 s each by default.
-                idle_heartbeat=STATUS_HEARTBEAT_SECONDS,
-                deliver_policy=DeliverPolicy.ALL,
-            )
+            self._status_subscription = await self._subscribe_statuses(js)
             tasks.append(self._write_statuses())
         else:
             tasks.append(heartbeat.run())
@@ -229,6 +242,7 @@ class Watcher:
             for resource, call in self.calls.items()
         ]
         tasks.append(self._judge_liveness(watches))
+        self._watches = watches
         for watch in watches:
             watch.start()
         try:
@@ -236,9 +250,69 @@ class Watcher:
         finally:
             for watch in watches:
                 watch.stop()
-            if subscription is not None:
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
+            for subscription in (self._status_subscription, resync):
+                if subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.unsubscribe()
+
+    async def _subscribe_statuses(self, js: JetStreamContext) -> JetStreamContext.PushSubscription:
+        return await js.subscribe(
+            f"{subjects.STATUS_PREFIX}.>",
+            stream=subjects.STREAM_STATUS,
+            cb=self._on_status,
+            ordered_consumer=True,
+            # As the reconciler's events consumer: nats-py notices a restarted server only
+            # after two missed heartbeats, 5 s each by default.
+            idle_heartbeat=STATUS_HEARTBEAT_SECONDS,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+
+    # Lost JetStream state -> publish everything again ------------------------------------------
+
+    async def _state_lost(self, lost: frozenset[str]) -> None:
+        """Streams created anew, empty: consumers of them start over (an ordered consumer
+        would resume after the old stream's last sequence), and everything is published
+        again, whether or not the reconciler asks."""
+        js = self.nc.jetstream()
+        if subjects.STREAM_STATUS in lost and self._status_subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._status_subscription.unsubscribe()
+            self._status_subscription = await self._subscribe_statuses(js)
+        if subjects.STREAM_STATUS in lost:
+            self._cluster_changed.set()  # its state, published again
+        if subjects.STREAM_EVENTS in lost:
+            if self.home is not None:
+                await self.home.resubscribe()
+            self._resync_wanted.set()
+
+    async def _on_resync(self, msg: Msg) -> None:
+        try:
+            request = wire.decode(msg.data, ResyncRequest)
+        except wire.WireError as exc:
+            await bus.dead_letter(self.nc, SERVICE, msg.subject, msg.data, str(exc))
+            return
+        log.warning(
+            "%s asks for a resync (%s): publishing everything again",
+            request.requested_by, request.reason, extra={"cluster": self.cluster},
+        )  # fmt: skip
+        self._resync_wanted.set()
+
+    async def _resync_loop(self) -> None:
+        """Forget what was published and list every resource again: every object, tombstone,
+        sync marker and (home) policy goes out again; the cluster's state too."""
+        while True:
+            await self._resync_wanted.wait()
+            await asyncio.sleep(RESYNC_DEBOUNCE_SECONDS)  # a loss and a request come together
+            async with self._policy_lock:
+                self._resync_wanted.clear()
+                self.policies.forget_all()
+                self._listed.clear()
+            RESYNCS.labels(self.cluster).inc()
+            for watch in self._watches:
+                watch.relist()
+            self._cluster_status = None
+            self._update_cluster_status()
+            self._cluster_changed.set()
 
     # Kubernetes -> stream -------------------------------------------------------------------
 

@@ -195,6 +195,11 @@ class PolicyView:
                 # Generation 0 never matches a CR's: each is published again.
                 self._published[message.ref] = _PolicyState(0, message.spec)
 
+    def forget_all(self) -> None:
+        """The stream lost what was published: the next list publishes every CR again (and
+        deletes nothing, the stream holding nothing to delete)."""
+        self._published.clear()
+
     def forget(self, ref: PolicyRef) -> None:
         """The stream's last word on `ref` is no longer ours: publish it again."""
         self._published.pop(ref, None)

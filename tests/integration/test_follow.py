@@ -275,3 +275,52 @@ async def test_read_values_holds_each_key_present_and_leaves_deleted_keys_out(
 async def test_read_values_of_an_empty_bucket_is_empty(nats_client: Client) -> None:
     await create_bucket(nats_client)
     assert await read_values(nats_client.jetstream(), BUCKET) == {}
+
+
+async def test_a_bucket_deleted_and_created_anew_is_followed_from_its_start_keeping_values(
+    nats_client: Client,
+) -> None:
+    js = nats_client.jetstream()
+    kv = await create_bucket(nats_client)
+    await kv.put("a", b"old")
+    await kv.put("gone", b"old")
+    changes: list[Change] = []
+    losses: list[str] = []
+    follower = BucketFollower(
+        nats_client,
+        BUCKET,
+        changes.append,
+        max_retry_seconds=RETRY_SECONDS,
+        on_loss=lambda: losses.append("lost"),
+        store_check_seconds=0.2,
+        stale_after_seconds=1.0,
+    )
+    task = asyncio.create_task(follower.run())
+    try:
+        await asyncio.wait_for(follower.wait_caught_up(), 15)
+
+        await js.delete_key_value(BUCKET)
+        await eventually(lambda: follower.missing)
+        assert {c.key: c.value for c in changes} == {"a": b"old", "gone": b"old"}, "kept"
+
+        kv = await create_bucket(nats_client)
+        await eventually(lambda: follower.rebuilding)
+        assert not follower.missing
+        # Revision 1 again, as the lost "a" had: delivered, not taken for the one seen.
+        assert await kv.put("a", b"new") == 1
+        await eventually(lambda: not follower.rebuilding)
+        rebuilt = asyncio.get_running_loop().time()
+        assert {c.key: c.value for c in changes} == {"a": b"new", "gone": b"old"}
+
+        # "gone" was deleted while the store was away: the new bucket never had it.
+        await eventually(lambda: changes[-1].key == "gone", timeout_seconds=5)
+        waited = asyncio.get_running_loop().time() - rebuilt
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert changes[-2:] == [Change(BUCKET, "a", b"new", 1), Change(BUCKET, "gone", None, 0)]
+    assert waited >= 0.9, "kept for stale_after_seconds after the new bucket's first value"
+    assert losses == ["lost"]
+    assert counted("kgslb_kv_store_losses_total", bucket=BUCKET) >= 1

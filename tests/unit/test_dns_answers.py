@@ -542,6 +542,25 @@ def test_replicas_that_saw_the_same_updates_in_another_order_agree_on_the_serial
     assert first.serial(ZONE) == second.serial(ZONE) == 1 + 2 + 7
 
 
+def test_after_the_buckets_were_lost_the_serial_goes_on_from_its_floor() -> None:
+    table = AnswerTable()
+    table.set_zone(zone_spec(), revision=40)
+    table.set_service(service(), revision=90)
+    before = table.serial(ZONE)
+
+    # The buckets were created anew: revisions count from 1 again.
+    table.forget_revisions()
+    table.set_zone(zone_spec(), revision=1)
+    after_zone = table.serial(ZONE)
+    table.set_service(service(ttl=2), revision=2)
+    after_service = table.serial(ZONE)
+
+    assert before < after_zone < after_service
+    # Once the new revisions pass the floor, the serial is the derived one again.
+    table.set_service(service(ttl=3), revision=500)
+    assert table.serial(ZONE) == 1 + 1 + 500
+
+
 # Changes take effect on the next query ---------------------------------------------------------
 
 

@@ -237,6 +237,20 @@ def test_a_policy_unchanged_since_the_stream_saw_it_is_not_republished() -> None
     assert view.listed(GDP, [cr("g")]).messages == []
 
 
+def test_after_the_stream_lost_its_state_every_policy_is_published_again() -> None:
+    view = PolicyView("s1az1")
+    view.listed(GDP, [cr("g"), cr("h")])
+    assert view.listed(GDP, [cr("g"), cr("h")]).messages == [], "remembered as published"
+
+    view.forget_all()
+
+    decision = view.listed(GDP, [cr("g"), cr("h")])
+    assert kinds_and_names(decision) == [("PolicyObject", "g"), ("PolicyObject", "h")]
+    assert all(
+        m.home_cluster == "s1az1" for _, m in decision.messages if isinstance(m, PolicyObject)
+    )
+
+
 def test_a_policy_deleted_in_the_stream_is_published_again_when_it_exists() -> None:
     view = PolicyView()
     view.seed([PolicyObject(ref=pref("g"), spec=cr("g")["spec"]), PolicyDeleted(ref=pref("g"))])
