@@ -18,10 +18,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.asyncquery
 import dns.exception
@@ -40,6 +40,7 @@ from kgslb.embedded import free_port, port_in_use, wait_for_tcp
 from shared.policies import API_GROUP, API_VERSION, COPY_OF_ANNOTATION
 from tests.integration.test_up import SEED, wait_for_line
 
+T = TypeVar("T")
 HELLO = "hello.avi.iberia.local"
 ZONE = "avi.iberia.local"
 VIPS = {"s1az1": "127.10.25.46", "s1az2": "127.10.26.40", "s2": "127.10.23.40"}
@@ -474,14 +475,14 @@ def test_a_paused_leader_writes_nothing_after_the_standby_applied_an_edit(
     site keeps the new split."""
     nats_url = sites.state["sites"]["s2"]["nats_url"]
     wait_for(lambda: asyncio.run(decided(nats_url)), 30, "a reconciler leader and a home")
-    holder, _ = asyncio.run(leader_and_revisions(nats_url))
+    holder, _ = retrying(lambda: asyncio.run(leader_and_revisions(nats_url)))
     leader = next(
         name for name, child in sites.state["children"].items()
         if name.startswith("reconciler-") and holder.endswith(f"-{child['pid']}")
     )  # fmt: skip
     pid = sites.pid(leader)
     assert pid is not None
-    home = asyncio.run(active_home(nats_url))
+    home = retrying(lambda: asyncio.run(active_home(nats_url)))
     gdps = CustomObjectsApi(new_client_from_config(str(sites.kubeconfig), context=home))
 
     def edit_split(weights: dict[str, int]) -> None:
@@ -500,12 +501,12 @@ def test_a_paused_leader_writes_nothing_after_the_standby_applied_an_edit(
             40,
             "the edit applied by another reconciler replica",
         )
-        new_holder, before = asyncio.run(leader_and_revisions(nats_url))
+        new_holder, before = retrying(lambda: asyncio.run(leader_and_revisions(nats_url)))
     finally:
         os.kill(pid, signal.SIGCONT)
     try:
         time.sleep(6)  # more than a lease: the old leader has run and found itself fenced
-        _, after = asyncio.run(leader_and_revisions(nats_url))
+        _, after = retrying(lambda: asyncio.run(leader_and_revisions(nats_url)))
         kept = {c: split(c, sites.dns_port, 6) for c in DNS_HOSTS}
     finally:
         edit_split(SEED_SPLIT)
@@ -534,6 +535,19 @@ async def decided(nats_url: str) -> bool:
     finally:
         await nc.close()
     return True
+
+
+def retrying(read: Callable[[], T], attempts: int = 5) -> T:
+    """A JetStream read through one site's server, again after a timeout: a stream whose
+    leader was on a site restored just before may still be electing one."""
+    for attempt in range(attempts):
+        try:
+            return read()
+        except (TimeoutError, nats.errors.Error):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 async def active_home(nats_url: str) -> str:
