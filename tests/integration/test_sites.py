@@ -199,13 +199,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteStack]:
 
 @pytest.fixture
 def sites(stack: SiteStack) -> Iterator[SiteStack]:
-    """The stack with all three sites serving the seed's split, before and after the test."""
+    """The stack with all three sites serving the seed's split and every service ready (a
+    restored site's health replica counts as a vantage point once it heartbeats), before and
+    after the test."""
     wait_for(lambda: every_site_answers_the_seed_split(stack.dns_port), 60, "6:4:2 everywhere")
+    wait_for(lambda: every_service_ready(stack), 60, "every service ready")
     yield stack
     stopped = {c["site"] for c in stack.state["children"].values() if c["state"] == "stopped"}
     for cluster in stopped:
         stack.site("restore", cluster)
     wait_for(lambda: every_site_answers_the_seed_split(stack.dns_port), 60, "6:4:2 everywhere")
+    wait_for(lambda: every_service_ready(stack), 60, "every service ready")
+
+
+def every_service_ready(stack: SiteStack) -> bool:
+    for url in stack.state["ops"].values():
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code != 200:
+                return False
+        except httpx.HTTPError:
+            return False
+    return True
 
 
 KILLED = re.compile(r"^(\S+): killed (\S+) \(pid (\d+)\)$")
