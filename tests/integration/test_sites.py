@@ -321,7 +321,14 @@ def test_a_restored_site_starts_again_and_every_site_answers_it_again(
         lambda: every_site_answers_the_seed_split(sites.dns_port), 60, "6:4:2 on every site"
     )
     nats_url = sites.state["sites"][failed]["nats_url"]
-    kv, fresh = asyncio.run(kv_and_a_fresh_plan(nats_url))
+    # Read through the restored site's own server, which may still be catching up: a stale
+    # write would stay, so the buckets must come to equal a fresh plan and stay equal.
+    deadline = time.monotonic() + 20
+    while True:
+        kv, fresh = retrying(lambda: asyncio.run(kv_and_a_fresh_plan(nats_url)))
+        if kv == fresh or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith(f"{failed}: started nats-server-{failed} (pid ")
