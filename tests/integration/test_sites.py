@@ -322,7 +322,7 @@ def test_a_restored_site_starts_again_and_every_site_answers_it_again(
     )
     nats_url = sites.state["sites"][failed]["nats_url"]
     # Read through the restored site's own server, which may still be catching up: a stale
-    # write would stay, so the buckets must come to equal a fresh plan and stay equal.
+    # write would stay, so the buckets must come to equal a fresh plan.
     deadline = time.monotonic() + 20
     while True:
         kv, fresh = retrying(lambda: asyncio.run(kv_and_a_fresh_plan(nats_url)))
