@@ -361,10 +361,13 @@ class HealthService:
         data = wire.encode(record)
         kv_key = subjects.health_key(key, self.site)
         # First on core NATS: the DNS applies it at once, even while the KV stream elects a
-        # new leader after a site was lost (subjects.HEALTH_LIVE_PREFIX).
-        with contextlib.suppress(Exception):
-            await self.nc.publish(subjects.health_live_subject(kv_key), data)
-            self._live_sent[key] = state.state
+        # new leader after a site was lost (subjects.HEALTH_LIVE_PREFIX). Only a verdict that
+        # changes answers is urgent: to or from down (unknown is answered like up), so a
+        # cold start's thousands of first verdicts go through the KV alone.
+        if live_due or answers_change(previous, state.state):
+            with contextlib.suppress(Exception):
+                await self.nc.publish(subjects.health_live_subject(kv_key), data)
+                self._live_sent[key] = state.state
         if not kv_due:
             return
         try:
@@ -513,3 +516,10 @@ async def main(settings: HealthSettings) -> None:
         return HealthService(settings, nc)
 
     await run_service(SERVICE, settings, build)
+
+
+def answers_change(previous: MemberHealth | None, state: HealthState) -> bool:
+    """Whether the DNS answers differently after this verdict: down withdraws a member,
+    anything else (up, unknown) answers it."""
+    was_down = previous is not None and previous.state is HealthState.DOWN
+    return was_down != (state is HealthState.DOWN)
