@@ -361,23 +361,42 @@ class BucketFollower:
 async def read_values(
     js: JetStreamContext, bucket: str, idle_seconds: float = READ_IDLE_SECONDS
 ) -> dict[str, bytes]:
-    """What `bucket` holds now, deleted keys left out, read once."""
+    """What `bucket` holds now, deleted keys left out, read once.
+
+    Read up to the stream's last message as it was before the watch began, not up to
+    nats-py's end-of-initial-values marker: that marker is decided from the consumer's
+    pending count, which is 0 once the server has sent everything, so on a busy machine it
+    can come before entries already received (a loaded CI saw a health bucket read empty)."""
     kv = await js.key_value(bucket)
-    watcher = await kv.watch(">", ignore_deletes=True)
+    state = (await js.stream_info(f"KV_{bucket}")).state
+    if not state.messages:
+        return {}
+    watcher = await kv.watch(">")
     values: dict[str, bytes] = {}
+    seen = 0
+    marker = False
     try:
-        while True:
+        while seen < state.messages:
             try:
                 entry = await watcher.updates(timeout=idle_seconds)  # type: ignore[no-untyped-call]
             except NatsTimeoutError:
+                if marker:  # messages expired (a TTL'd bucket) since the count was taken
+                    return values
                 raise BucketReadTimeout(
                     f"reading KV {bucket}: nothing delivered for {idle_seconds} s after "
                     f"{len(values)} keys (is NATS up?)"
                 ) from None
             if entry is None:
-                return values
-            if entry.value and not subjects.is_fence_key(entry.key):
+                marker = True
+                continue
+            seen += 1
+            if entry.operation is None and entry.value and not subjects.is_fence_key(entry.key):
                 values[entry.key] = entry.value
+            else:
+                values.pop(entry.key, None)
+            if (entry.revision or 0) >= state.last_seq:
+                break
+        return values
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]
