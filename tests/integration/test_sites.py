@@ -546,12 +546,16 @@ async def decided(nats_url: str) -> bool:
 
     from shared import subjects
 
-    nc = await nats.connect(nats_url)
+    try:
+        nc = await nats.connect(nats_url, connect_timeout=2)
+    except (TimeoutError, OSError, nats.errors.Error):
+        return False
     try:
         kv = await nc.jetstream().key_value(subjects.KV_LEASES)
         for key in (subjects.RECONCILER_LEASE_KEY, subjects.HOME_KEY):
             await kv.get(key)
-    except KeyNotFoundError:
+    except (KeyNotFoundError, TimeoutError, nats.errors.Error):
+        # Not written yet, or the bucket's stream still electing a leader after a restore.
         return False
     finally:
         await nc.close()
