@@ -502,10 +502,9 @@ class Reconciler:
         await self._publish_statuses()
         return writes
 
-    async def _take_over(self) -> None:
-        """Become the writer: fence the buckets (no write of an older term lands after this),
-        learn what they and the statuses hold now (the previous leader wrote them), then
-        write only the differences."""
+    async def _fence_and_load(self) -> None:
+        """Start our term in both buckets and the status stream (no older term's write lands
+        after this), then read what the buckets hold."""
         assert self._services is not None and self._zones is not None
         assert self._statuses is not None
         await self._services.fence()
@@ -513,6 +512,12 @@ class Reconciler:
         await self._statuses.fence()
         await self._services.load()
         await self._zones.load()
+
+    async def _take_over(self) -> None:
+        """Become the writer: fence the buckets (no write of an older term lands after this),
+        learn what they and the statuses hold now (the previous leader wrote them), then
+        write only the differences."""
+        await self._fence_and_load()
         await self._load_statuses()
         self.gc_tuning.replan(self.planner)
         writes = await self._converge_all()
@@ -530,13 +535,7 @@ class Reconciler:
         what was written since); write the whole plan and every status again. The term's
         fence markers went with them, so the term is fenced again first (its writes are
         conditional on markers that no longer exist)."""
-        assert self._services is not None and self._zones is not None
-        assert self._statuses is not None
-        await self._services.fence()
-        await self._zones.fence()
-        await self._statuses.fence()
-        await self._services.load()
-        await self._zones.load()
+        await self._fence_and_load()
         self.published_status.clear()
         writes = await self._converge_all()
         self._rebuild_due = False
