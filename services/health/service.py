@@ -120,6 +120,8 @@ class HealthService:
         self._started = False
         self._pending_writes: dict[str, None] = {}
         self._write_wanted = asyncio.Event()
+        self._pending_live: dict[str, None] = {}
+        self._live_wanted = asyncio.Event()
         self._orphans_seen: set[str] = set()
         self._health_kv: KeyValue | None = None
         self._leases_kv: KeyValue | None = None
@@ -165,6 +167,7 @@ class HealthService:
                 self._heartbeat_loop(),
                 self._sweep_loop(),
                 self._write_loop(),
+                self._live_loop(),
                 self.scheduler.run(),
             )
         finally:
@@ -334,6 +337,51 @@ class HealthService:
     def _request_write(self, key: str) -> None:
         self._pending_writes[key] = None
         self._write_wanted.set()
+        if self._live_due(key):
+            self._pending_live[key] = None
+            self._live_wanted.set()
+
+    def _live_due(self, key: str) -> bool:
+        """Whether the member's verdict must go out on core NATS. Only a verdict that changes
+        answers is urgent: to or from down (unknown is answered like up), so a cold start's
+        thousands of first verdicts go through the KV alone. A verdict sent live whose KV
+        write has not landed (a stream electing its leader) is followed live by the next one,
+        even when that one equals what the KV still holds."""
+        state = self.owned.get(key)
+        if state is None:
+            return False
+        sent = self._live_sent.get(key)
+        if sent is not None:
+            return sent is not state.state
+        known = self.known.get(key)
+        return answers_change(known.health if known else None, state.state)
+
+    async def _live_loop(self) -> None:
+        """Verdicts on core NATS, apart from the KV writes: a KV write that waits for a
+        stream's election (its leader was on a lost site) must not hold back the verdict the
+        DNS of every surviving site applies at once (subjects.HEALTH_LIVE_PREFIX)."""
+        while True:
+            await self._live_wanted.wait()
+            self._live_wanted.clear()
+            while self._pending_live:
+                key = next(iter(self._pending_live))
+                del self._pending_live[key]
+                if self._live_due(key):
+                    await self._publish_live(key)
+
+    async def _publish_live(self, key: str) -> None:
+        state, target = self.owned.get(key), self.targets.get(key)
+        if state is None or target is None:
+            return
+        known = self.known.get(key)
+        record = health_record(target, state, self.replica, known.health if known else None,
+                               self.site)  # fmt: skip
+        with contextlib.suppress(Exception):
+            await self.nc.publish(
+                subjects.health_live_subject(subjects.health_key(key, self.site)),
+                wire.encode(record),
+            )
+            self._live_sent[key] = state.state
 
     async def _write_loop(self) -> None:
         while True:
@@ -351,25 +399,11 @@ class HealthService:
             return
         known = self.known.get(key)
         previous = known.health if known else None
-        kv_due = needs_write(previous, state, self.live)
-        # A verdict sent live whose KV write failed (a stream electing its leader) must be
-        # followed live by the next one, even when that one equals what the KV still holds.
-        live_due = self._live_sent.get(key, state.state) != state.state
-        if not kv_due and not live_due:
+        if not needs_write(previous, state, self.live):
             return
         record = health_record(target, state, self.replica, previous, self.site)
         data = wire.encode(record)
         kv_key = subjects.health_key(key, self.site)
-        # First on core NATS: the DNS applies it at once, even while the KV stream elects a
-        # new leader after a site was lost (subjects.HEALTH_LIVE_PREFIX). Only a verdict that
-        # changes answers is urgent: to or from down (unknown is answered like up), so a
-        # cold start's thousands of first verdicts go through the KV alone.
-        if live_due or answers_change(previous, state.state):
-            with contextlib.suppress(Exception):
-                await self.nc.publish(subjects.health_live_subject(kv_key), data)
-                self._live_sent[key] = state.state
-        if not kv_due:
-            return
         try:
             if known is None:
                 revision = await self._health_kv.create(kv_key, data)
@@ -389,7 +423,8 @@ class HealthService:
         current = self.known.get(key)
         if current is None or current.revision < revision:
             self.known[key] = Known(record, revision)
-        self._live_sent.pop(key, None)  # the KV holds it: the live copy needs no follow-up
+        if self._live_sent.get(key) == state.state:
+            del self._live_sent[key]  # the KV holds it: the live copy needs no follow-up
 
     async def _reload(self, key: str) -> None:
         """Another replica wrote first: take its value as the truth and go on from it."""

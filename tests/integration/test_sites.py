@@ -139,14 +139,34 @@ def split_or_none(cluster: str, port: int, queries: int = 12) -> Counter[str] | 
         return None
 
 
-def wait_for(check: Any, timeout_seconds: float, what: str) -> float:
-    """Seconds until `check()` held; fails naming `what` after `timeout_seconds`."""
+def wait_for(
+    check: Any, timeout_seconds: float, what: str, explain: Callable[[], str] | None = None
+) -> float:
+    """Seconds until `check()` held; fails naming `what` after `timeout_seconds`, with what
+    `explain()` says about the state then."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_seconds:
         if check():
             return time.monotonic() - started
         time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_seconds:g} s")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"{what}: not within {timeout_seconds:g} s{detail}")
+
+
+def health_views(stack: SiteStack) -> str:
+    """Every running DNS's view of the vantage points and their verdicts (its metrics)."""
+    lines = []
+    for name, url in sorted(stack.state["ops"].items()):
+        if not name.startswith("dns-"):
+            continue
+        try:
+            text = httpx.get(f"{url}/metrics", timeout=2).text
+        except httpx.HTTPError as exc:
+            lines.append(f"{name}: {exc!r}")
+            continue
+        lines += [f"{name}: {line}" for line in text.splitlines()
+                  if line.startswith("kgslb_dns_health_")]  # fmt: skip
+    return "\n".join(lines)
 
 
 def every_site_answers_the_seed_split(port: int) -> bool:
@@ -293,6 +313,7 @@ def test_a_failed_site_goes_dark_and_the_others_answer_from_the_surviving_sites(
         ),
         WITHDRAW_BOUND_SECONDS,
         f"{failed} withdrawn by the surviving sites",
+        lambda: health_views(sites),
     )
     print(f"\n{failed} withdrawn by {' and '.join(survivors)} "
           f"{time.monotonic() - started:.1f} s after `kgslb site fail` began "
@@ -449,6 +470,7 @@ def test_a_cut_site_keeps_answering_its_last_state_and_its_services_keep_running
             lambda: split_or_none("s1az2", sites.dns_port) == {"s1az2": 8, "s2": 4},
             WITHDRAW_BOUND_SECONDS,
             "s1az1 withdrawn by s1az2",
+            lambda: health_views(sites),
         )
         cut_off = split("s2", sites.dns_port)
         running = {name: sites.pid(name) for name in before}

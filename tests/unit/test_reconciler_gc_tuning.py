@@ -80,8 +80,9 @@ def test_no_collection_runs_while_the_shell_plans() -> None:
         gc.callbacks.remove(record)
 
     assert delta.replanned == 300
-    # At most one, of the youngest generation, due the moment the pause ends.
-    assert collections in ([], [0])
+    # At most one, due the moment the pause ends (which generation depends on the counts the
+    # collector had before the test); never the nine the same plan triggers unpaused.
+    assert len(collections) <= 1, collections
     assert gc.isenabled()
 
 
