@@ -187,7 +187,18 @@ def _traffic_split(value: Any, path: str, report: Report) -> list[dict[str, Any]
             continue
         for key in sorted(set(entry) - {"cluster", "weight", "priority"}):
             report.drop(f"{path}[{index}].{key}", "unknown AMKO field")
-        split.append({k: v for k, v in entry.items() if k in ("cluster", "weight", "priority")})
+        kept = {k: v for k, v in entry.items() if k in ("cluster", "weight", "priority")}
+        if kept.get("priority") == 0:
+            # AMKO disables a pool of priority 0; in kgslb priority 0 is the lowest standby
+            # group, so that would keep serving when every other cluster is down.
+            del kept["priority"]
+            kept["disabled"] = True
+            report.warn(
+                f"{path}[{index}].priority",
+                f"0 disables {entry['cluster']!r} in AMKO: mapped to disabled: true (kept, "
+                "neither probed nor answered)",
+            )
+        split.append(kept)
     return split
 
 

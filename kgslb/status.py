@@ -191,7 +191,9 @@ async def show_status(settings: StatusSettings) -> None:
                     str(group.priority),
                     member.ip,
                     member.cluster,
-                    str(member.weight),
+                    "disabled"
+                    if member.disabled
+                    else f"{member.weight}" + (" (drained)" if member.weight == 0 else ""),
                     f"[{colour}]{shown}[/]",
                     *([shown_verdicts(book.verdicts_of(key))] if sited else []),
                     ", ".join(member.sources),

@@ -101,6 +101,11 @@ class ObservedObject(WireModel):
         default_factory=list, description="IPs from status.loadBalancer.ingress"
     )
     ports: list[int] = Field(default_factory=list)
+    disabled: bool = Field(
+        default=False,
+        description='annotation kgslb.io/disabled: "true": its members are neither probed nor '
+        "answered",
+    )
     observed_at: datetime = Field(default_factory=utcnow)
 
 
@@ -284,7 +289,9 @@ class Member(Value):
 
     ip: IPAddress = Field(description="the address answered (public IP when NATed)")
     cluster: str = Field(description="member cluster context, or the site of a third-party")
-    weight: int = Field(ge=1, le=20)
+    weight: int = Field(
+        ge=0, le=20, description="share in its group; 0: drained (probed, not answered)"
+    )
     monitor_ip: IPAddress | None = Field(
         default=None, description="address to probe when it differs from the answered one"
     )
@@ -294,10 +301,20 @@ class Member(Value):
         description="not probed: up while it exists and has a VIP (GDP matchClusters "
         "syncVipOnly: the cluster syncs only its VIP, so it gets no active monitor)",
     )
+    disabled: bool = Field(
+        default=False,
+        description="neither probed nor answered (trafficSplit disabled, or the "
+        "kgslb.io/disabled annotation on an object that yields it)",
+    )
 
     @property
     def probe_ip(self) -> str:
         return self.monitor_ip or self.ip
+
+    @property
+    def answered(self) -> bool:
+        """Not drained (weight 0) and not disabled: the DNS may answer it."""
+        return self.weight > 0 and not self.disabled
 
 
 class TopologyEntry(Value):

@@ -29,6 +29,9 @@ API_GROUP = "kgslb.io"
 API_VERSION = "v1alpha1"
 COPY_OF_ANNOTATION = f"{API_GROUP}/copy-of"
 """On a kgslb CR in a standby home cluster: the active home cluster it is a copy from."""
+DISABLED_ANNOTATION = f"{API_GROUP}/disabled"
+"""On an Ingress or LoadBalancer Service: `"true"` disables the members it yields (kept in the
+GSLB service and its status, neither probed nor answered); any other value, or none, does not."""
 
 
 class Spec(BaseModel):
@@ -137,12 +140,23 @@ class TrafficSplit(Spec):
     cluster: ClusterName = Field(
         description="a member cluster, or (in a GSLBHostRule) the site of a third-party member"
     )
-    weight: int = Field(default=1, ge=1, le=20, description="share inside its priority group")
+    weight: int = Field(
+        default=1,
+        ge=0,
+        le=20,
+        description="share inside its priority group; 0 drains the cluster: its members stay, "
+        "are probed, and are not answered",
+    )
     priority: int = Field(
         default=10,
         ge=0,
         le=100,
         description="the highest priority with a healthy member answers; the others stand by",
+    )
+    disabled: bool = Field(
+        default=False,
+        description="the cluster's members stay in the GSLB service and its status, and are "
+        "neither probed nor answered",
     )
 
 

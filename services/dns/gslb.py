@@ -25,9 +25,13 @@ class NameSpec:
     down: DownResponseType
     fallback_ip: str | None
     groups: tuple[tuple[Target, ...], ...]
-    """Member groups, highest priority first."""
+    """Answered member groups, highest priority first (drained and disabled members left
+    out, and groups left with none)."""
     algorithm: GslbAlgorithm
     """Chosen here, once per name; a query never asks which algorithm it is."""
+    idle: tuple[Target, ...] = ()
+    """Drained (weight 0) and disabled members: never answered, but the name still has their
+    address family, so the down response applies when no other member is left."""
 
     @classmethod
     def of(cls, service: GslbService, interned: dict[str, str]) -> NameSpec:
@@ -38,14 +42,16 @@ class NameSpec:
             return Target(member.ip, cluster, member.weight, member_key(fqdn, member.probe_ip))
 
         groups = sorted(service.groups, key=lambda g: -g.priority)
+        answered = (tuple(target(m) for m in g.members if m.answered) for g in groups)
         return cls(
             fqdn=fqdn,
             ttl=service.ttl_seconds,
             answers=service.answers,
             down=service.down_response.type,
             fallback_ip=service.down_response.fallback_ip,
-            groups=tuple(tuple(target(m) for m in g.members) for g in groups),
+            groups=tuple(group for group in answered if group),
             algorithm=algorithm_for(service, interned),
+            idle=tuple(target(m) for g in groups for m in g.members if not m.answered),
         )
 
     def targets(self) -> list[Target]:
@@ -61,7 +67,7 @@ class GslbName:
 
     def __init__(self, spec: NameSpec, health: Mapping[str, HealthState]) -> None:
         self.spec = spec
-        targets = spec.targets()
+        targets = [*spec.targets(), *spec.idle]
         self.has_a = any(family_matches(t.ip, wire.A) for t in targets)
         self.has_aaaa = any(family_matches(t.ip, wire.AAAA) for t in targets)
         self.a = self._build(wire.A, health) if self.has_a else None
@@ -105,7 +111,8 @@ class GslbName:
                 return Rotation(alive, qtype, spec.ttl, spec.answers)
         if spec.down == DownResponseType.ALL_RECORDS:
             everyone = [t for t in spec.targets() if family_matches(t.ip, qtype)]
-            return Rotation(everyone, qtype, spec.ttl, len(everyone))
+            if everyone:
+                return Rotation(everyone, qtype, spec.ttl, len(everyone))
         fallback_ip = spec.fallback_ip
         if spec.down == DownResponseType.FALLBACK_IP and fallback_ip:
             if not family_matches(fallback_ip, qtype):

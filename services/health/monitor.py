@@ -36,11 +36,14 @@ def probe_port(monitor: HealthMonitorSpec) -> int:
 
 
 def targets_of(service: GslbService) -> dict[str, ProbeTarget]:
-    """Every member of a service, once per probe address (the first group that lists it wins)."""
+    """Every member of a service, once per probe address (the first group that lists it wins).
+    Disabled members are not probed; drained ones (weight 0) are."""
     fqdn = subjects.normalize_fqdn(service.fqdn)
     port = probe_port(service.health_monitor)
     targets: dict[str, ProbeTarget] = {}
     for member in service.all_members():
+        if member.disabled:
+            continue
         key = subjects.member_key(fqdn, member.probe_ip)
         if key not in targets:
             targets[key] = ProbeTarget(

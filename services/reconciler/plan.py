@@ -137,16 +137,21 @@ def build_members(
     host_rule: GSLBHostRuleSpec | None,
     vip_only: frozenset[str] = frozenset(),
 ) -> list[PriorityGroup]:
-    """Members of one FQDN, deduplicated by answered IP, grouped by priority (highest first)."""
+    """Members of one FQDN, deduplicated by answered IP, grouped by priority (highest first).
+    A member is disabled when its cluster's trafficSplit entry says so or any object that
+    yields it carries the `kgslb.io/disabled: "true"` annotation; weight 0 drains it."""
     by_cluster = {entry.cluster: entry for entry in split}
     public_ip = {p.cluster: p.ip for p in host_rule.public_ip} if host_rule else {}
     merged: dict[str, tuple[Member, int]] = {}
 
-    def add(ip: str, cluster: str, source: str, monitor_ip: str | None) -> None:
+    def add(ip: str, cluster: str, source: str, monitor_ip: str | None, off: bool) -> None:
         if ip in merged:
             member, priority = merged[ip]
             sources = sorted({*member.sources, source})
-            merged[ip] = (member.model_copy(update={"sources": sources}), priority)
+            update: dict[str, object] = {"sources": sources}
+            if off:
+                update["disabled"] = True
+            merged[ip] = (member.model_copy(update=update), priority)
             return
         entry = by_cluster.get(cluster)
         # Every input is already a validated value (VIPs, weights, host-rule IPs): skipping
@@ -161,6 +166,7 @@ def build_members(
                 "monitor_ip": monitor_ip,
                 "sources": [source],
                 "control_plane_only": cluster in vip_only,
+                "disabled": off or (entry is not None and entry.disabled),
             },
         )
         merged[ip] = (member, entry.priority if entry else DEFAULT_PRIORITY)
@@ -168,10 +174,11 @@ def build_members(
     for obj in objects:
         for vip in obj.vips:
             answered = public_ip.get(obj.ref.cluster, vip)
-            add(answered, obj.ref.cluster, str(obj.ref), vip if answered != vip else None)
+            monitor_ip = vip if answered != vip else None
+            add(answered, obj.ref.cluster, str(obj.ref), monitor_ip, obj.disabled)
     if host_rule is not None:
         for third in host_rule.third_party_members:
-            add(third.vip, third.site, f"THIRDPARTY/{third.site}/{third.vip}", None)
+            add(third.vip, third.site, f"THIRDPARTY/{third.site}/{third.vip}", None, False)
 
     groups: dict[int, list[Member]] = defaultdict(list)
     for member, priority in merged.values():
@@ -315,7 +322,7 @@ def construct(model: type[M], fields_set: set[str], values: dict[str, Any]) -> M
 
 _REF_FIELDS = set(ObjectRef.model_fields)
 _OBSERVED_FIELDS = set(ObservedObject.model_fields)
-_MEMBER_FIELDS = {"ip", "cluster", "weight", "monitor_ip", "sources", "control_plane_only"}
+_MEMBER_FIELDS = set(Member.model_fields)
 """Shared `model_fields_set`s (pydantic uses a given set as is): a set per object is ~0.5 KB,
 a quarter of what an observed object costs to keep. Nothing serializes with exclude_unset."""
 

@@ -30,6 +30,7 @@ from shared.models import (
     normalize_ip,
 )
 from shared.names import BadName, hostname_problem
+from shared.policies import DISABLED_ANNOTATION
 
 Obj = Mapping[str, Any]
 
@@ -86,6 +87,7 @@ def fingerprint(message: ObservedObject) -> Fingerprint:
         tuple(message.tls_hosts),
         tuple(message.vips),
         tuple(message.ports),
+        message.disabled,
     )
 
 
@@ -106,6 +108,13 @@ def _strings(value: Any) -> dict[str, str]:
 
 def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
+
+
+def disabled(obj: Obj) -> bool:
+    """The `kgslb.io/disabled` annotation says "true" (any case): the operator took the object's
+    members out of service without deleting anything."""
+    annotations = _mapping(_mapping(obj.get("metadata")).get("annotations"))
+    return str(annotations.get(DISABLED_ANNOTATION, "")).strip().lower() == "true"
 
 
 def object_ref(cluster: str, kind: ObjectKind, obj: Obj) -> ObjectRef:
@@ -199,6 +208,7 @@ def observe_ingress(cluster: str, obj: Obj) -> Observation:
         vips=addresses.ips,
         # The ingress controller serves HTTP, and HTTPS for the TLS hosts.
         ports=[HTTP_PORT, HTTPS_PORT] if tls_hosts else [HTTP_PORT],
+        disabled=disabled(obj),
     )
     return Observation(ref, message, bad_hosts=bad_hosts(message.hosts))
 
@@ -231,6 +241,7 @@ def observe_service(cluster: str, obj: Obj) -> Observation:
         hosts=service_hostnames(obj),
         vips=addresses.ips,
         ports=list(dict.fromkeys(ports)),
+        disabled=disabled(obj),
     )
     return Observation(ref, message, bad_hosts=bad_hosts(message.hosts))
 

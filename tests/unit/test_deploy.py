@@ -155,12 +155,19 @@ def test_the_seed_gdp_is_valid_against_the_deployed_crd_schema() -> None:
     openapi_validator("GlobalDeploymentPolicy").validate(seed_gdp())
 
 
-def test_a_gdp_with_traffic_split_weight_0_fails_the_deployed_crd_schema() -> None:
+def test_a_gdp_with_a_negative_traffic_split_weight_fails_the_deployed_crd_schema() -> None:
+    gdp = seed_gdp()
+    gdp["spec"]["trafficSplit"][0]["weight"] = -5
+
+    with pytest.raises(jsonschema.ValidationError, match="-5 is less than the minimum of 0"):
+        openapi_validator("GlobalDeploymentPolicy").validate(gdp)
+
+
+def test_weight_0_drains_and_disabled_are_valid_against_the_deployed_crd_schema() -> None:
     gdp = seed_gdp()
     gdp["spec"]["trafficSplit"][0]["weight"] = 0
-
-    with pytest.raises(jsonschema.ValidationError, match="0 is less than the minimum of 1"):
-        openapi_validator("GlobalDeploymentPolicy").validate(gdp)
+    gdp["spec"]["trafficSplit"][1]["disabled"] = True
+    openapi_validator("GlobalDeploymentPolicy").validate(gdp)
 
 
 # RBAC ------------------------------------------------------------------------------------------

@@ -216,8 +216,12 @@ def test_deleting_the_gdp_removes_its_services() -> None:
             "spec.trafficSplit[0].cluster = 's3': not a member cluster (allowed: s1az1, s1az2, s2)",
         ),
         (
-            gdp_spec(trafficSplit=[{"cluster": "s1az1", "weight": 0}]),
-            "spec.trafficSplit[0].weight = 0: Input should be greater than or equal to 1",
+            gdp_spec(trafficSplit=[{"cluster": "s1az1", "weight": -5}]),
+            "spec.trafficSplit[0].weight = -5: Input should be greater than or equal to 0",
+        ),
+        (
+            gdp_spec(trafficSplit=[{"cluster": "s1az1", "disabled": "maybe"}]),
+            "spec.trafficSplit[0].disabled = 'maybe': Input should be a valid boolean",
         ),
         (
             gdp_spec(trafficSplit=[{"cluster": "s1az1", "weight": 21}]),
@@ -696,7 +700,7 @@ def test_zones_carry_soa_nameservers_glue_static_records_and_unhandled_policy() 
 def test_a_rejected_edit_keeps_the_old_split_after_a_restart_from_published_status() -> None:
     good = plan(SEED_WORLD, policies(policy(CONFIG, CONFIG_SPEC), policy(GDP, gdp_spec())))
     published = good.statuses[GDP]
-    bad = policy(GDP, gdp_spec(trafficSplit=[{"cluster": "s1az1", "weight": 0}]), generation=2)
+    bad = policy(GDP, gdp_spec(trafficSplit=[{"cluster": "s1az1", "weight": -5}]), generation=2)
     # A fresh reconciler knows generation 1 only from the status the old one published.
     remembered = PolicyObject(
         ref=GDP, generation=published.accepted_generation or 0, spec=published.accepted_spec or {}
@@ -784,6 +788,7 @@ def test_construct_builds_the_model_that_validation_builds() -> None:
         "monitor_ip": None,
         "sources": ["s1az1/Ingress/default/hello"],
         "control_plane_only": False,
+        "disabled": False,
     }
 
     built = construct(Member, set(values), dict(values))

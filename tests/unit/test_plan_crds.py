@@ -94,7 +94,10 @@ def test_the_seed_resources_are_valid(kind: PolicyKind) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"trafficSplit": [{"cluster": "s1az1", "weight": 0}]}, "0 is less than the minimum of 1"),
+        (
+            {"trafficSplit": [{"cluster": "s1az1", "weight": -5}]},
+            "-5 is less than the minimum of 0",
+        ),
         (
             {"trafficSplit": [{"cluster": "s1az1", "weight": 21}]},
             "21 is greater than the maximum of 20",

@@ -175,7 +175,7 @@ GDP_VARIANTS: list[dict[str, Any]] = [
         "matchRules": {"appSelector": {"label": {"app": "gslb"}}},
         "trafficSplit": [{"cluster": "s3", "weight": 9}],
     },
-    {**GDP_SPEC, "trafficSplit": [{"cluster": "s1", "weight": 0}]},  # invalid
+    {**GDP_SPEC, "trafficSplit": [{"cluster": "s1", "weight": -5}]},  # invalid
     {"matchRules": {"appSelector": {"label": {"app": "other"}}}, "defaultDomain": "alt.z.local"},
 ]
 RULE_VARIANTS: list[dict[str, Any]] = [

@@ -206,13 +206,13 @@ def test_500_traffic_split_entries_for_unknown_clusters_get_a_bounded_status() -
 
 
 def test_500_invalid_traffic_split_entries_get_a_bounded_status() -> None:
-    gdp = policy(GDP, gdp_spec(trafficSplit=split_of(500, weight=0)))
+    gdp = policy(GDP, gdp_spec(trafficSplit=split_of(500, weight=-5)))
 
     status = plan(SEED_WORLD, {**SEED_POLICIES, GDP: gdp}).statuses[GDP]
 
     assert len(status.message.encode()) <= MAX_STATUS_MESSAGE_BYTES
     assert status.message.startswith(
-        "GlobalDeploymentPolicy avi-system/global-gdp: spec.trafficSplit[0].weight = 0"
+        "GlobalDeploymentPolicy avi-system/global-gdp: spec.trafficSplit[0].weight = -5"
     )
     assert status.message.endswith("; ... and 490 more")
 

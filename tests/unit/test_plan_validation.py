@@ -101,12 +101,12 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
 GDP_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("split cluster not a member", gdp(trafficSplit=[{"cluster": "s3", "weight": 1}]), f"spec.trafficSplit[0].cluster = 's3': not a member cluster {MEMBERS}"),
     ("split cluster twice", gdp(trafficSplit=[{"cluster": "s2"}, {"cluster": "s2"}]), "spec.trafficSplit[1].cluster = 's2': listed twice"),
-    ("weight 0", gdp(trafficSplit=[{"cluster": "s2", "weight": 0}]), "spec.trafficSplit[0].weight = 0: Input should be greater than or equal to 1"),
+    ("weight -5", gdp(trafficSplit=[{"cluster": "s2", "weight": -5}]), "spec.trafficSplit[0].weight = -5: Input should be greater than or equal to 0"),
     ("weight 21", gdp(trafficSplit=[{"cluster": "s2", "weight": 21}]), "spec.trafficSplit[0].weight = 21: Input should be less than or equal to 20"),
     ("weight not a number", gdp(trafficSplit=[{"cluster": "s2", "weight": "six"}]), "spec.trafficSplit[0].weight = 'six': Input should be a valid integer"),
     ("priority 101", gdp(trafficSplit=[{"cluster": "s2", "priority": 101}]), "spec.trafficSplit[0].priority = 101: Input should be less than or equal to 100"),
     ("priority -1", gdp(trafficSplit=[{"cluster": "s2", "priority": -1}]), "spec.trafficSplit[0].priority = -1: Input should be greater than or equal to 0"),
-    ("misspelled split field", gdp(trafficSplit=[{"cluster": "s2", "wieght": 3}]), "spec.trafficSplit[0].wieght = 3: unknown field (allowed: cluster, priority, weight)"),
+    ("misspelled split field", gdp(trafficSplit=[{"cluster": "s2", "wieght": 3}]), "spec.trafficSplit[0].wieght = 3: unknown field (allowed: cluster, disabled, priority, weight)"),
     ("match cluster not a member", gdp(matchClusters=[{"cluster": "s9"}]), f"spec.matchClusters[0].cluster = 's9': not a member cluster {MEMBERS}"),
     ("match cluster twice", gdp(matchClusters=[{"cluster": "s1az1"}, {"cluster": "s1az1"}]), "spec.matchClusters[1].cluster = 's1az1': listed twice"),
     ("syncVipOnly not a bool", gdp(matchClusters=[{"cluster": "s2", "syncVipOnly": "maybe"}]), "spec.matchClusters[0].syncVipOnly = 'maybe': Input should be a valid boolean"),
@@ -206,12 +206,12 @@ def test_invalid_host_rule_is_rejected_with_field_value_and_rule(
 def test_every_problem_of_an_object_is_reported_at_once() -> None:
     spec = gdp(
         ttl=-1,
-        trafficSplit=[{"cluster": "s1az1", "weight": 0}],
+        trafficSplit=[{"cluster": "s1az1", "weight": -5}],
         downResponse={"type": "FALLBACK_IP"},
     )
     message = _status(GDP, spec).message
     assert "spec.ttl = -1" in message
-    assert "spec.trafficSplit[0].weight = 0" in message
+    assert "spec.trafficSplit[0].weight = -5" in message
 
 
 def test_every_valid_kind_and_field_is_accepted() -> None:
