@@ -153,7 +153,18 @@ CRDS = ResourceType(
     merge_keys={**_META_KEYS, ("spec", "versions"): "name"},
     printer_columns=(PrinterColumn("Created At", "date", ".metadata.creationTimestamp"),),
 )
-BUILTINS = (NAMESPACES, SERVICES, INGRESSES, DEPLOYMENTS, CRDS)
+EVENTS = ResourceType(
+    group="",
+    version="v1",
+    plural="events",
+    kind="Event",
+    singular="event",
+    namespaced=True,
+    short_names=("ev",),
+    has_status=False,
+    return_deleted_object=False,
+)
+BUILTINS = (NAMESPACES, SERVICES, INGRESSES, DEPLOYMENTS, CRDS, EVENTS)
 
 
 def types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:

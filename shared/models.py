@@ -199,6 +199,16 @@ class PolicyStatus(WireModel):
     )
 
 
+class MemberState(StrEnum):
+    """A member in a policy's `status.serving` (written by the home watcher)."""
+
+    SERVING = "Serving"
+    STANDBY = "Standby"
+    DOWN = "Down"
+    DRAINED = "Drained"
+    DISABLED = "Disabled"
+
+
 class CopyState(StrEnum):
     """The state a standby home watcher writes into the status of its kgslb CRs (the active
     home's CRs get the reconciler's Accepted or Rejected)."""

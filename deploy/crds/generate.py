@@ -13,7 +13,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from shared.models import ClusterState, CopyState, PolicyKind, PolicyState
+from shared.models import (
+    ClusterState,
+    CopyState,
+    HealthState,
+    MemberState,
+    PolicyKind,
+    PolicyState,
+)
 from shared.policies import (
     API_GROUP,
     API_VERSION,
@@ -127,6 +134,49 @@ STATUS_SCHEMA: dict[str, Any] = {
                     "lastTransitionTime": {"type": "string", "format": "date-time"},
                 },
             },
+        },
+        "serving": {
+            "type": "array",
+            "description": "GlobalDeploymentPolicy and GSLBHostRule: per FQDN it governs, the "
+            "members and which serve now (written by the home watcher from KV kgslb_services "
+            "and kgslb_health)",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "fqdn": {"type": "string"},
+                    "addresses": {
+                        "type": "array",
+                        "description": "the addresses answered now",
+                        "items": {"type": "string"},
+                    },
+                    "members": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "cluster": {"type": "string"},
+                                "address": {"type": "string"},
+                                "health": {
+                                    "type": "string",
+                                    "enum": [h.value for h in HealthState],
+                                },
+                                "state": {
+                                    "type": "string",
+                                    "enum": [s.value for s in MemberState],
+                                    "description": "Serving (answered now), Standby (a higher "
+                                    "priority group serves), Down, Drained (weight 0: probed, "
+                                    "not answered), Disabled (neither probed nor answered)",
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "servingOmitted": {
+            "type": "integer",
+            "nullable": True,
+            "description": "FQDNs left out of serving (the watcher's --serving-status-max-fqdns)",
         },
     },
 }

@@ -99,7 +99,8 @@ def watcher_heartbeats() -> str:
 GRANTS: dict[str, Grant] = {
     "watcher": Grant(
         summary="publishes what its cluster holds and whether it reaches it, and its heartbeat; "
-        "the home watcher reads CR and cluster status back and the active home cluster",
+        "the home watcher reads CR and cluster status back and the active home cluster, and "
+        "the services and their health for the serving members in policy status",
         publishes=(
             f"{subjects.EVENTS_PREFIX}.>",
             f"{subjects.SYNC_PREFIX}.>",
@@ -109,7 +110,7 @@ GRANTS: dict[str, Grant] = {
             watcher_heartbeats(),
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
-        reads_buckets=(subjects.KV_LEASES,),
+        reads_buckets=(subjects.KV_LEASES, subjects.KV_SERVICES, subjects.KV_HEALTH),
         # The reconciler asks for everything again after JetStream lost its state.
         subscribes=(subjects.RESYNC_SUBJECT,),
     ),

@@ -18,7 +18,6 @@ import logging
 import time
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -29,7 +28,9 @@ from services.watcher import kube
 from services.watcher.backoff import Backoff
 from services.watcher.home import Heartbeat, Home
 from services.watcher.publisher import OrderedPublisher
+from services.watcher.serving_follow import ServingTracker
 from services.watcher.settings import WatcherSettings
+from services.watcher.status_writer import StatusWriter
 from services.watcher.translate import Skip
 from services.watcher.view import ClusterView, Decision, PolicyView
 from shared import bus, subjects, wire
@@ -103,11 +104,6 @@ RESYNCS = Counter(
     "Times everything was published again: JetStream lost its state, or the reconciler asked "
     "on kgslb.resync",
     ["cluster"],
-)
-STATUS_WRITES = Counter(
-    "kgslb_watcher_status_writes_total",
-    "CR status writes through the status subresource, by result (ok, gone, error)",
-    ["result"],
 )
 
 KINDS: dict[str, ObjectKind | PolicyKind] = {
@@ -225,7 +221,16 @@ class Watcher:
             await self.home.start(js, self._publisher.publish)
             tasks.append(self.home.run())
             self._status_subscription = await self._subscribe_statuses(js)
-            tasks.append(self._write_statuses())
+            writer = StatusWriter(
+                self.api, self.cluster, replica_name(self.settings), self.home,
+                self._status_dirty, self._backoff,
+            )  # fmt: skip
+            tasks.append(writer.run())
+            if self.settings.serving_status:
+                tracker = ServingTracker(
+                    self.nc, self.settings, self.policies, self._status_dirty, self.keeper.notice
+                )
+                tasks.append(tracker.run())
         else:
             tasks.append(heartbeat.run())
         watches = [
@@ -540,42 +545,6 @@ class Watcher:
         if self.home is not None:
             self.home.on_status(status)
         self._status_dirty.set()
-
-    async def _write_statuses(self) -> None:
-        backoff = self._backoff()
-        while True:
-            await self._status_dirty.wait()
-            self._status_dirty.clear()
-            assert self.home is not None
-            for ref, patch in self.home.status_patches():
-                try:
-                    status = await asyncio.to_thread(kube.patch_status, self.api, ref, patch)
-                except ApiException as exc:
-                    if exc.status == 404:
-                        STATUS_WRITES.labels("gone").inc()
-                        continue  # deleted meanwhile; its DELETED event is on its way
-                    failure: BaseException = exc
-                except Exception as exc:
-                    failure = exc
-                else:
-                    STATUS_WRITES.labels("ok").inc()
-                    self.home.record_status(ref, status)
-                    backoff.reset()
-                    written = patch["status"]
-                    log.info(
-                        "wrote status of %s: %s", ref, written.get("state") or "cluster states",
-                        extra={"policy": str(ref)},
-                    )  # fmt: skip
-                    continue
-                STATUS_WRITES.labels("error").inc()
-                delay = backoff.next_delay()
-                log.warning(
-                    "status of %s not written: %s; retrying in %.1f s",
-                    ref, kube.describe_error(failure, self.cluster, ref.kind), delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                self._status_dirty.set()
-                break
 
 
 async def main(settings: WatcherSettings) -> None:

@@ -3,8 +3,9 @@ the service so the CLI can describe them without loading the service."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from shared.quorum import QUORUM_HELP, Quorum
 from shared.settings import ServiceSettings
 
 
@@ -53,3 +54,26 @@ class WatcherSettings(ServiceSettings):
         description="how often the watcher rewrites its heartbeat in KV kgslb_leases and a "
         "home watcher reads the active home cluster",
     )
+    serving_status: bool = Field(
+        default=True,
+        description="a home watcher follows KV kgslb_services and kgslb_health and writes, per "
+        "FQDN a GDP or GSLBHostRule governs, the members serving now into its status "
+        "(status.serving), with Kubernetes Events for failovers and recoveries",
+    )
+    serving_status_max_fqdns: int = Field(
+        default=100,
+        ge=0,
+        le=1000,
+        description="FQDNs listed in one policy's status.serving (the rest are counted in "
+        "status.servingOmitted, so a GDP of 10,000 names stays a small object)",
+    )
+    health_quorum: str = Field(
+        default="majority",
+        description="as the DNS's --health-quorum (the same KGSLB_HEALTH_QUORUM): how many "
+        "vantage points must say down for status.serving to show a member down: " + QUORUM_HELP,
+    )
+
+    @field_validator("health_quorum")
+    @classmethod
+    def _quorum(cls, value: str) -> str:
+        return Quorum.parse(value).rule

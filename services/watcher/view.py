@@ -171,6 +171,8 @@ class PolicyView:
         """Current `status` of every CR that exists, from list, watch and our own writes."""
         self._desired: dict[PolicyRef, dict[str, Any]] = {}
         self._clusters: dict[str, ClusterStatus] = {}
+        self._serving: dict[PolicyRef, dict[str, Any]] = {}
+        """`status.serving` and `servingOmitted` of the GDPs and host rules (serving.py)."""
 
     def seed(self, messages: Iterable[WireModel]) -> None:
         """What this home published before (another home's messages are not ours to delete)."""
@@ -264,8 +266,18 @@ class PolicyView:
         """A member cluster's reachability, for `status.clusters` of every GSLBConfig."""
         self._clusters[status.cluster] = status
 
+    def want_serving(self, ref: PolicyRef, fields: dict[str, Any]) -> None:
+        """The members serving each name the policy governs, for its status."""
+        self._serving[ref] = fields
+
+    def status_of(self, ref: PolicyRef) -> dict[str, Any]:
+        """The CR's status as the API server holds it (list, watch and our own writes)."""
+        return self._status.get(ref, {})
+
     def _wanted(self, ref: PolicyRef) -> dict[str, Any]:
         wanted = dict(self._desired.get(ref, {}))
+        if wanted and ref in self._serving:
+            wanted.update(self._serving[ref])
         if wanted and self.active_home is not None:
             wanted["activeHome"] = self.active_home
         if ref.kind == PolicyKind.GSLB_CONFIG and self._clusters:

@@ -1,0 +1,188 @@
+"""The shell of `status.serving`: a home watcher follows KV `kgslb_services`, `kgslb_health` and
+the health replicas' heartbeats (`kgslb_leases`, `health.*`), combines the verdicts with the
+DNS's quorum rule, and hands each policy's serving members to the `PolicyView`, which writes
+them with the reconciler's verdict. What to write is decided in `serving.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client
+from prometheus_client import Gauge
+
+from services.watcher.serving import (
+    NameView,
+    name_entry,
+    policy_ref_of,
+    serving_counts,
+    serving_fields,
+)
+from services.watcher.settings import WatcherSettings
+from services.watcher.view import PolicyView
+from shared import subjects, wire
+from shared.follow import BucketFollower, Change
+from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth
+from shared.quorum import HealthBook, Quorum, State, Written
+
+log = logging.getLogger(__name__)
+
+EXPIRE_SECONDS = 0.5
+"""How often silent health replicas are looked for, as the DNS does."""
+DEBOUNCE_SECONDS = 0.05
+"""Changes that arrive together (a verdict per site) make one status write."""
+
+SERVING = Gauge(
+    "kgslb_watcher_serving_members",
+    "Members answered now (state Serving in the policy's status.serving), per FQDN and "
+    "cluster; written by the active home watcher",
+    ["fqdn", "cluster"],
+)
+
+
+class ServingTracker:
+    def __init__(
+        self,
+        nc: Client,
+        settings: WatcherSettings,
+        policies: PolicyView,
+        status_dirty: asyncio.Event,
+        on_missing: Callable[[], None] | None = None,
+    ) -> None:
+        self.policies = policies
+        self.status_dirty = status_dirty
+        self.limit = settings.serving_status_max_fqdns
+        self.book = HealthBook(Quorum.parse(settings.health_quorum))
+        self.names: dict[str, NameView] = {}
+        self.entries: dict[str, dict[str, Any]] = {}
+        """FQDN -> its `status.serving` item."""
+        self._by_policy: dict[str, set[str]] = defaultdict(set)
+        self._by_member: dict[str, str] = {}
+        """Health member key -> FQDN."""
+        self._dirty_names: set[str] = set()
+        self._dirty_policies: set[str] = set()
+        self._changed = asyncio.Event()
+        self.followers = [
+            BucketFollower(
+                nc,
+                subjects.KV_LEASES,
+                self._heartbeat,
+                subjects.HEALTH_REPLICA_KEYS,
+                on_missing=on_missing,
+            ),
+            BucketFollower(nc, subjects.KV_HEALTH, self._health, on_missing=on_missing),
+            BucketFollower(nc, subjects.KV_SERVICES, self._service, on_missing=on_missing),
+        ]
+
+    async def run(self) -> None:
+        await asyncio.gather(
+            *(follower.run() for follower in self.followers), self._expire(), self._publish()
+        )
+
+    # Following ----------------------------------------------------------------------------
+
+    def _service(self, change: Change) -> None:
+        if subjects.is_fence_key(change.key):
+            return
+        fqdn = subjects.normalize_fqdn(subjects.fqdn_from_key(change.key))
+        old = self.names.pop(fqdn, None)
+        if old is not None:
+            for member in old.members:
+                self._by_member.pop(member.health_key, None)
+            for policy in old.policies:
+                self._by_policy[policy].discard(fqdn)
+                self._dirty_policies.add(policy)
+        if change.value is not None:
+            with contextlib.suppress(wire.WireError):
+                name = NameView.of(wire.decode(change.value, GslbService))
+                self.names[fqdn] = name
+                for member in name.members:
+                    self._by_member[member.health_key] = fqdn
+                for policy in name.policies:
+                    self._by_policy[policy].add(fqdn)
+        self._dirty_names.add(fqdn)
+        self._changed.set()
+
+    def _health(self, change: Change) -> None:
+        try:
+            member, vantage = subjects.split_health_key(change.key)
+        except ValueError:
+            return
+        written = None
+        if change.value is not None:
+            try:
+                health = wire.decode(change.value, MemberHealth)
+            except wire.WireError:
+                return
+            written = Written(HealthState(health.state), health.replica)
+        self._combined(self.book.set_verdict(member, vantage, written))
+
+    def _heartbeat(self, change: Change) -> None:
+        now = asyncio.get_running_loop().time()
+        try:
+            replica = subjects.decode_token(change.key.split(".", 1)[1])
+        except (ValueError, IndexError):
+            return
+        if change.value is None:
+            self._combined(self.book.replica_gone(replica, now))
+            return
+        try:
+            beat = wire.decode(change.value, HealthHeartbeat)
+        except wire.WireError:
+            return
+        valid_for = (beat.expires_at - beat.heartbeat_at).total_seconds()
+        self._combined(self.book.heartbeat(replica, beat.site, valid_for, now))
+
+    async def _expire(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_SECONDS)
+            self._combined(self.book.expire(asyncio.get_running_loop().time()))
+
+    def _combined(self, changes: dict[str, State]) -> None:
+        for member in changes:
+            if (fqdn := self._by_member.get(member)) is not None:
+                self._dirty_names.add(fqdn)
+                self._changed.set()
+
+    # Publishing -----------------------------------------------------------------------------
+
+    async def _publish(self) -> None:
+        while True:
+            await self._changed.wait()
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            self._changed.clear()
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the names that changed, and hand their policies' lists to the view."""
+        names, self._dirty_names = self._dirty_names, set()
+        for fqdn in names:
+            before = self.entries.pop(fqdn, None)
+            name = self.names.get(fqdn)
+            counts: dict[str, int] = {}
+            if name is not None:
+                entry = name_entry(name, self.book.combined)
+                self.entries[fqdn] = entry
+                self._dirty_policies.update(name.policies)
+                counts = serving_counts(entry)
+            for cluster, count in counts.items():
+                SERVING.labels(fqdn, cluster).set(count)
+            for cluster in serving_counts(before).keys() - counts.keys() if before else ():
+                with contextlib.suppress(KeyError):
+                    SERVING.remove(fqdn, cluster)
+        policies, self._dirty_policies = self._dirty_policies, set()
+        for policy in policies:
+            ref = policy_ref_of(policy)
+            if ref is None:
+                continue
+            fqdns = self._by_policy.get(policy, set())
+            entries = [self.entries[f] for f in fqdns if f in self.entries]
+            self.policies.want_serving(ref, serving_fields(entries, self.limit))
+            if not fqdns:
+                self._by_policy.pop(policy, None)
+        if policies:
+            self.status_dirty.set()
