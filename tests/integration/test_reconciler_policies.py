@@ -177,7 +177,7 @@ async def test_invalid_gdp_edit_is_rejected_with_a_message_and_the_old_split_sta
     kv = await nats_client.jetstream().key_value(subjects.KV_SERVICES)
     before = await kv.get(subjects.fqdn_key(HELLO))
 
-    await publish_policy(nats_client, GDP, split(6, 0, 2), generation=2)
+    await publish_policy(nats_client, GDP, split(6, -5, 2), generation=2)
 
     async def rejected() -> PolicyStatus | None:
         status = await status_of(nats_client, GDP)
@@ -185,7 +185,7 @@ async def test_invalid_gdp_edit_is_rejected_with_a_message_and_the_old_split_sta
 
     status = await eventually(rejected)
     assert status.state == "Rejected"
-    assert "spec.trafficSplit[1].weight = 0: Input should be greater than or equal to 1" in (
+    assert "spec.trafficSplit[1].weight = -5: Input should be greater than or equal to 0" in (
         status.message
     )
     assert "(keeping generation 1)" in status.message
@@ -197,7 +197,7 @@ async def test_a_rejected_edit_keeps_the_old_split_across_a_reconciler_restart(
     nats_client: Client, services: Services
 ) -> None:
     port = await start_seed(nats_client, services)
-    await publish_policy(nats_client, GDP, split(6, 0, 2), generation=2)
+    await publish_policy(nats_client, GDP, split(6, -5, 2), generation=2)
     await eventually(lambda: _observed_generation(nats_client, 2))
     kv = await nats_client.jetstream().key_value(subjects.KV_SERVICES)
     before = await kv.get(subjects.fqdn_key(HELLO))
