@@ -25,6 +25,7 @@ from shared.models import (
     HealthHeartbeat,
     Lease,
     MemberHealth,
+    MemberHold,
     ObservedObject,
     PolicyDeleted,
     PolicyObject,
@@ -231,6 +232,16 @@ CHANNELS = (
         f"policies, the other home watchers keep copies.",
         senders=("reconciler",),
         receivers=("watcher", "reconciler"),
+    ),
+    Channel(
+        "holds",
+        _kv(subjects.KV_LEASES, subjects.HOLD_KEYS.replace("*.*", "{fqdn}.{ip}")),
+        (MemberHold,),
+        f"KV bucket {subjects.KV_LEASES}: a member of a name with manualResume that went down; "
+        f"not answered until `kgslb member resume` deletes the key. Created by the home "
+        f"watcher, followed by every DNS replica.",
+        senders=("watcher",),
+        receivers=("dns", "watcher"),
     ),
     Channel(
         "resync",

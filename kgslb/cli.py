@@ -151,6 +151,47 @@ def home(ctx: typer.Context) -> None:
     raise typer.Exit(code[0] if code else 1)
 
 
+member_app = typer.Typer(help="Act on one member of a GSLB name.", no_args_is_help=True)
+app.add_typer(member_app, name="member")
+
+
+@member_app.command("resume", context_settings=SETTINGS_CONTEXT)
+def member_resume(
+    ctx: typer.Context,
+    fqdn: str = typer.Argument(..., help="the GSLB name, e.g. hello.avi.iberia.local"),
+    cluster: str = typer.Argument(..., help="the member cluster (or third-party site)"),
+) -> None:
+    """Answer again the members of CLUSTER held under manualResume (they went down). NATS
+    settings as for every command (--nats-url ...)."""
+    from kgslb.member import MemberError, resume
+    from shared.runtime import run
+    from shared.settings import NatsSettings
+
+    try:
+        settings = load_settings(NatsSettings, parse_flags(ctx.args, NatsSettings))
+    except SettingsError as exc:
+        print(f"kgslb member resume: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    code: list[int] = []
+
+    async def main() -> None:
+        try:
+            resumed = await resume(settings, fqdn, cluster)
+        except MemberError as exc:
+            print(f"kgslb member resume: {exc}", file=sys.stderr)
+            code.append(1)
+            return
+        for hold in resumed:
+            print(
+                f"resumed {hold.fqdn} {hold.cluster} {hold.ip} (held since "
+                f"{hold.since:%Y-%m-%d %H:%M:%S}Z); if it is still down it is held again"
+            )
+        code.append(0)
+
+    run(main())
+    raise typer.Exit(code[0] if code else 1)
+
+
 @app.command()
 def check(
     fqdn: str = typer.Argument(..., help="the GSLB name, e.g. hello.avi.iberia.local"),

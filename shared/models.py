@@ -207,6 +207,7 @@ class MemberState(StrEnum):
     DOWN = "Down"
     DRAINED = "Drained"
     DISABLED = "Disabled"
+    HELD = "Held"
 
 
 class CopyState(StrEnum):
@@ -366,6 +367,11 @@ class GslbService(WireModel):
     health_monitor: HealthMonitorSpec = Field(default_factory=HealthMonitorSpec)
     down_response: DownResponse = Field(default_factory=DownResponse)
     policies: list[str] = Field(default_factory=list, description="policies that shaped it")
+    manual_resume: bool = Field(
+        default=False,
+        description="a member that went down is held (KV kgslb_leases hold.<fqdn>.<ip>) and "
+        "answered again only when an operator resumes it",
+    )
 
     def all_members(self) -> list[Member]:
         return [member for group in self.groups for member in group.members]
@@ -546,6 +552,20 @@ class ActiveHome(WireModel):
     since: datetime
     reason: str
     home_clusters: list[str] = Field(description="the GSLBConfig's homeClusters, in order")
+
+
+class MemberHold(WireModel):
+    """A member of a name with manualResume that went down: not answered, even once healthy,
+    until an operator resumes it (`kgslb member resume FQDN CLUSTER` deletes the key). KV
+    `kgslb_leases`, key `hold.<fqdn>.<ip>`; written by the home watcher, followed by every DNS
+    replica, so all of them agree."""
+
+    KIND = "MemberHold"
+    fqdn: str
+    ip: IPAddress = Field(description="the member's answered address (the key has the probed one)")
+    cluster: str
+    since: datetime
+    reason: str = Field(description="why, e.g. `down under manualResume`")
 
 
 class ResyncRequest(WireModel):

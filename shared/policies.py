@@ -247,6 +247,11 @@ class GlobalDeploymentPolicySpec(Spec):
         description="LoadBalancer Services without a hostname get <name>.<namespace>.<this>",
     )
     answers: int = Field(default=1, ge=1, le=16, description="distinct members per answer")
+    manual_resume: bool = Field(
+        default=False,
+        description="a member that goes down is held: not answered, even once healthy, until "
+        "an operator resumes it (kgslb member resume FQDN CLUSTER)",
+    )
 
 
 # GSLBHostRule -------------------------------------------------------------------------------
@@ -282,6 +287,9 @@ class GSLBHostRuleSpec(Spec):
     down_response: DownResponseSpec | None = None
     third_party_members: list[ThirdPartyMember] = Field(default_factory=list)
     public_ip: list[PublicIP] = Field(default_factory=list, alias="publicIP")
+    manual_resume: bool | None = Field(
+        default=None, description="overrides the GDP's manualResume for this FQDN"
+    )
 
 
 # GSLBConfig ---------------------------------------------------------------------------------

@@ -246,6 +246,23 @@ def health_replica_key(replica: str) -> str:
     return f"health.{encode_token(replica)}"
 
 
+HOLD_KEYS = "hold.*.*"
+"""KV `kgslb_leases` filter matching every held member (`MemberHold`, GDP manualResume)."""
+_HOLD = "hold."
+
+
+def hold_key(member: str) -> str:
+    """The hold of a member (`member_key(fqdn, ip)`): it went down under manualResume and is
+    not answered until an operator resumes it (`kgslb member resume`)."""
+    return f"{_HOLD}{member}"
+
+
+def member_of_hold_key(key: str) -> str:
+    if not key.startswith(_HOLD) or key.count(".") != 2:
+        raise ValueError(f"KV {KV_LEASES} key {key!r} is not hold.<fqdn>.<ip>")
+    return key[len(_HOLD) :]
+
+
 WATCHER_KEYS = "watcher.*"
 """KV `kgslb_leases` filter matching the heartbeat of every watcher."""
 

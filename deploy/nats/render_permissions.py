@@ -108,6 +108,8 @@ GRANTS: dict[str, Grant] = {
             every_cluster_status(),
             dead_letter("watcher"),
             watcher_heartbeats(),
+            # manualResume: the home watcher holds a member that went down.
+            f"$KV.{subjects.KV_LEASES}.{subjects.HOLD_KEYS}",
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
         reads_buckets=(subjects.KV_LEASES, subjects.KV_SERVICES, subjects.KV_HEALTH),

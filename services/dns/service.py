@@ -127,8 +127,17 @@ class DnsService:
                 on_missing=self.keeper.notice,
             ),
             self._follower(subjects.KV_HEALTH, self._apply_health),
+            BucketFollower(
+                nc,
+                subjects.KV_LEASES,
+                self._apply_hold,
+                subjects.HOLD_KEYS,
+                on_missing=self.keeper.notice,
+            ),
             self._follower(subjects.KV_SERVICES, self._apply_service),
         ]
+        self._holds: set[str] = set()
+        """Members held under manualResume: answered as down whatever their health."""
 
     @property
     def ready(self) -> bool:
@@ -282,7 +291,18 @@ class DnsService:
 
     def _set_health(self, changes: dict[str, State]) -> None:
         for member, state in changes.items():
-            self.table.set_health(member, state)
+            self.table.set_health(member, HealthState.DOWN if member in self._holds else state)
+
+    def _apply_hold(self, change: Change) -> None:
+        try:
+            member = subjects.member_of_hold_key(change.key)
+        except ValueError:
+            return
+        if change.value is None:
+            self._holds.discard(member)
+        else:
+            self._holds.add(member)
+        self._set_health({member: self.health.combined.get(member)})
 
     async def _on_live_health(self, msg: Msg) -> None:
         """A verdict on core NATS, ahead of its KV write (subjects.HEALTH_LIVE_PREFIX)."""

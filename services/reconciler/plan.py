@@ -266,6 +266,7 @@ def plan_fqdn(
     split = rule.traffic_split if rule and rule.traffic_split is not None else spec.traffic_split
     groups = build_members(chosen, split, rule, owner.vip_only)
     ttl = rule.ttl if rule and rule.ttl is not None else spec.ttl
+    resume = rule.manual_resume if rule and rule.manual_resume is not None else spec.manual_resume
     monitor = (
         rule.health_monitor_template
         if rule and rule.health_monitor_template
@@ -281,6 +282,7 @@ def plan_fqdn(
             rule.down_response if rule and rule.down_response else spec.down_response
         ),
         policies=sorted(str(r) for r in (owner.ref, rule_ref) if r is not None),
+        manual_resume=resume,
         **_algorithm_fields(
             rule.pool_algorithm_settings
             if rule and rule.pool_algorithm_settings

@@ -228,8 +228,9 @@ class Watcher:
             tasks.append(writer.run())
             if self.settings.serving_status:
                 tracker = ServingTracker(
-                    self.nc, self.settings, self.policies, self._status_dirty, self.keeper.notice
-                )
+                    self.nc, self.settings, self.policies, self._status_dirty,
+                    buckets[subjects.KV_LEASES], self.keeper.notice,
+                )  # fmt: skip
                 tasks.append(tracker.run())
         else:
             tasks.append(heartbeat.run())

@@ -6,13 +6,14 @@ A member's state mirrors the DNS's decision (`services/dns/gslb.py`): per addres
 highest priority group with an answered member that is not down serves; its members that are
 not down are `Serving`, answered members of lower groups that are not down are `Standby`, and
 answered members that are down are `Down`. A member of weight 0 is `Drained` (probed, not
-answered), a disabled one `Disabled` (neither). Health is combined over the vantage points with
+answered), a disabled one `Disabled` (neither), and one held under manualResume `Held` (probed,
+not answered until an operator resumes it; `holds_due` says which members to hold). Health is combined over the vantage points with
 the DNS's quorum rule (`shared.quorum`), so the status and the answers agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any, Literal
@@ -62,6 +63,7 @@ class NameView:
     """`str(PolicyRef)` of the GDP and host rule that shaped it."""
     members: tuple[MemberView, ...]
     """Highest priority first, as the service lists them."""
+    manual_resume: bool = False
 
     @classmethod
     def of(cls, service: GslbService) -> NameView:
@@ -78,17 +80,20 @@ class NameView:
             for group in sorted(service.groups, key=lambda g: -g.priority)
             for member in group.members
         )
-        return cls(fqdn, tuple(service.policies), members)
+        return cls(fqdn, tuple(service.policies), members, service.manual_resume)
 
 
 def member_states(
-    name: NameView, health: Mapping[str, HealthState]
+    name: NameView, health: Mapping[str, HealthState], held: Collection[str] = ()
 ) -> list[tuple[MemberView, HealthState, MemberState]]:
-    """Every member of the name with its combined health and its state."""
+    """Every member of the name with its combined health and its state; `held`: the health
+    keys of the members held under manualResume."""
     alive = {
         member.health_key
         for member in name.members
-        if member.answered and health.get(member.health_key) != HealthState.DOWN
+        if member.answered
+        and health.get(member.health_key) != HealthState.DOWN
+        and member.health_key not in held
     }
     best: dict[bool, int] = {}
     """Per family (v6?), the priority of the group that serves."""
@@ -102,6 +107,8 @@ def member_states(
             state = MemberState.DISABLED
         elif member.weight == 0:
             state = MemberState.DRAINED
+        elif member.health_key in held:
+            state = MemberState.HELD
         elif member.health_key not in alive:
             state = MemberState.DOWN
         elif best.get(member.v6) == member.priority:
@@ -112,10 +119,29 @@ def member_states(
     return out
 
 
-def name_entry(name: NameView, health: Mapping[str, HealthState]) -> dict[str, Any]:
+def holds_due(
+    name: NameView, health: Mapping[str, HealthState], held: Collection[str]
+) -> list[MemberView]:
+    """Members to hold now: under manualResume, answered (not drained or disabled), down by
+    the combined health, and not held yet. A member resumed while still down is held again:
+    resume it once its health is up."""
+    if not name.manual_resume:
+        return []
+    return [
+        member
+        for member in name.members
+        if member.answered
+        and health.get(member.health_key) == HealthState.DOWN
+        and member.health_key not in held
+    ]
+
+
+def name_entry(
+    name: NameView, health: Mapping[str, HealthState], held: Collection[str] = ()
+) -> dict[str, Any]:
     """One item of `status.serving`: the FQDN, the addresses answered now (k8gb's
     healthyRecords) and every member with its cluster, address, health and state."""
-    states = member_states(name, health)
+    states = member_states(name, health, held)
     return {
         "fqdn": name.fqdn,
         "addresses": [m.ip for m, _, state in states if state == MemberState.SERVING],
@@ -185,8 +211,17 @@ def _serving_now(entry: Mapping[str, Any]) -> str:
 def _member_event(
     fqdn: str, where: str, before: str, after: str, entry: Mapping[str, Any]
 ) -> EventSpec | None:
+    resume = f"held until `kgslb member resume {fqdn} {where.split()[0]}`"
     if before in _AVAILABLE and after == MemberState.DOWN:
         return EventSpec("Warning", "Failover", f"{fqdn}: {where} is down; {_serving_now(entry)}")
+    if before in _AVAILABLE and after == MemberState.HELD:
+        return EventSpec(
+            "Warning", "Failover", f"{fqdn}: {where} is down, {resume}; {_serving_now(entry)}"
+        )
+    if after == MemberState.HELD:
+        return EventSpec("Normal", "Held", f"{fqdn}: {where} {resume} (manualResume)")
+    if before == MemberState.HELD and after in _AVAILABLE:
+        return EventSpec("Normal", "Resumed", f"{fqdn}: {where} resumed ({after.lower()})")
     if before == MemberState.DOWN and after in _AVAILABLE:
         return EventSpec(
             "Normal",

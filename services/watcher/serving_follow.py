@@ -1,7 +1,12 @@
 """The shell of `status.serving`: a home watcher follows KV `kgslb_services`, `kgslb_health` and
 the health replicas' heartbeats (`kgslb_leases`, `health.*`), combines the verdicts with the
 DNS's quorum rule, and hands each policy's serving members to the `PolicyView`, which writes
-them with the reconciler's verdict. What to write is decided in `serving.py`."""
+them with the reconciler's verdict. What to write is decided in `serving.py`.
+
+Under manualResume it also holds members that go down: it creates `hold.<fqdn>.<ip>` in KV
+`kgslb_leases` (`MemberHold`), which every DNS replica follows, so all agree the member stays
+out until `kgslb member resume` deletes the key. A create of a key that exists changes nothing,
+so several home watchers may race for it."""
 
 from __future__ import annotations
 
@@ -13,10 +18,14 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
 from services.watcher.serving import (
+    MemberView,
     NameView,
+    holds_due,
     name_entry,
     policy_ref_of,
     serving_counts,
@@ -26,7 +35,14 @@ from services.watcher.settings import WatcherSettings
 from services.watcher.view import PolicyView
 from shared import subjects, wire
 from shared.follow import BucketFollower, Change
-from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth
+from shared.models import (
+    GslbService,
+    HealthHeartbeat,
+    HealthState,
+    MemberHealth,
+    MemberHold,
+    utcnow,
+)
 from shared.quorum import HealthBook, Quorum, State, Written
 
 log = logging.getLogger(__name__)
@@ -51,8 +67,12 @@ class ServingTracker:
         settings: WatcherSettings,
         policies: PolicyView,
         status_dirty: asyncio.Event,
+        leases: KeyValue,
         on_missing: Callable[[], None] | None = None,
     ) -> None:
+        self.leases = leases
+        self.held: set[str] = set()
+        """Health keys of the members held under manualResume."""
         self.policies = policies
         self.status_dirty = status_dirty
         self.limit = settings.serving_status_max_fqdns
@@ -73,6 +93,9 @@ class ServingTracker:
                 self._heartbeat,
                 subjects.HEALTH_REPLICA_KEYS,
                 on_missing=on_missing,
+            ),
+            BucketFollower(
+                nc, subjects.KV_LEASES, self._hold, subjects.HOLD_KEYS, on_missing=on_missing
             ),
             BucketFollower(nc, subjects.KV_HEALTH, self._health, on_missing=on_missing),
             BucketFollower(nc, subjects.KV_SERVICES, self._service, on_missing=on_missing),
@@ -137,6 +160,17 @@ class ServingTracker:
         valid_for = (beat.expires_at - beat.heartbeat_at).total_seconds()
         self._combined(self.book.heartbeat(replica, beat.site, valid_for, now))
 
+    def _hold(self, change: Change) -> None:
+        try:
+            member = subjects.member_of_hold_key(change.key)
+        except ValueError:
+            return
+        if change.value is None:
+            self.held.discard(member)
+        else:
+            self.held.add(member)
+        self._combined({member: None})
+
     async def _expire(self) -> None:
         while True:
             await asyncio.sleep(EXPIRE_SECONDS)
@@ -155,18 +189,46 @@ class ServingTracker:
             await self._changed.wait()
             await asyncio.sleep(DEBOUNCE_SECONDS)
             self._changed.clear()
-            self.refresh()
+            for fqdn, member in self.refresh():
+                await self._write_hold(fqdn, member)
 
-    def refresh(self) -> None:
-        """Recompute the names that changed, and hand their policies' lists to the view."""
+    async def _write_hold(self, fqdn: str, member: MemberView) -> None:
+        hold = MemberHold(
+            fqdn=fqdn,
+            ip=member.ip,
+            cluster=member.cluster,
+            since=utcnow(),
+            reason="down under manualResume",
+        )
+        try:
+            await self.leases.create(subjects.hold_key(member.health_key), wire.encode(hold))
+        except KeyWrongLastSequenceError:
+            return  # held already (another home watcher, or a restart of this one)
+        except Exception as exc:
+            log.warning(
+                "hold of %s %s %s not written: %s; retried on its next change",
+                fqdn, member.cluster, member.ip, exc or type(exc).__name__,
+            )  # fmt: skip
+            return
+        log.warning(
+            "%s: %s %s went down under manualResume: held until `kgslb member resume %s %s`",
+            fqdn, member.cluster, member.ip, fqdn, member.cluster,
+            extra={"fqdn": fqdn, "cluster": member.cluster},
+        )  # fmt: skip
+
+    def refresh(self) -> list[tuple[str, MemberView]]:
+        """Recompute the names that changed, hand their policies' lists to the view, and say
+        which members to hold."""
+        holds: list[tuple[str, MemberView]] = []
         names, self._dirty_names = self._dirty_names, set()
         for fqdn in names:
             before = self.entries.pop(fqdn, None)
             name = self.names.get(fqdn)
             counts: dict[str, int] = {}
             if name is not None:
-                entry = name_entry(name, self.book.combined)
+                entry = name_entry(name, self.book.combined, self.held)
                 self.entries[fqdn] = entry
+                holds += [(fqdn, m) for m in holds_due(name, self.book.combined, self.held)]
                 self._dirty_policies.update(name.policies)
                 counts = serving_counts(entry)
             for cluster, count in counts.items():
@@ -186,3 +248,4 @@ class ServingTracker:
                 self._by_policy.pop(policy, None)
         if policies:
             self.status_dirty.set()
+        return holds

@@ -155,3 +155,34 @@ def test_status_shows_serving_members_and_events_tell_the_failover_and_recovery(
     up_in = timed(lambda: stack.member_states().get("s2") == ("up", "Serving"), 20)
     print(f"s2 Serving again {up_in:.2f} s after its backend started")
     wait_until(lambda: any(S2 in m for m in stack.events("Recovered")), 10)
+
+
+def test_manual_resume_keeps_a_recovered_member_out_until_an_operator_resumes_it(
+    stack: Stack,
+) -> None:
+    resume = [sys.executable, "-m", "kgslb", "member", "resume", HELLO, "s2",
+              "--nats-url", f"nats://127.0.0.1:{stack.nats_port}"]  # fmt: skip
+    patch = stack.custom.patch_namespaced_custom_object
+    patch(GROUP, VERSION, "avi-system", PLURAL, "global-gdp", {"spec": {"manualResume": True}})
+    try:
+        wait_until(lambda: stack.member_states().get("s2") == ("up", "Serving"), 15)
+        nothing = subprocess.run(resume, capture_output=True, text=True, timeout=30)
+        assert nothing.returncode == 1
+        assert f"nothing is held for {HELLO} in cluster s2" in nothing.stderr
+
+        stack.backend("stop", "s2")
+        wait_until(lambda: stack.member_states().get("s2") == ("down", "Held"), 20)
+        stack.backend("start", "s2")
+        wait_until(lambda: stack.member_states().get("s2") == ("up", "Held"), 20)
+        assert S2 not in answers(stack.dns_port, 24), "healthy, but held"
+        told = stack.events("Failover") + stack.events("Held")
+        assert any(f"held until `kgslb member resume {HELLO} s2`" in m for m in told)
+
+        done = subprocess.run(resume, capture_output=True, text=True, timeout=30, check=True)
+        assert done.stdout.startswith(f"resumed {HELLO} s2 {S2} (held since ")
+        back_in = timed(lambda: S2 in answers(stack.dns_port, 12), 10)
+        print(f"manualResume: s2 answered {back_in:.2f} s after kgslb member resume")
+        wait_until(lambda: stack.member_states().get("s2") == ("up", "Serving"), 10)
+        wait_until(lambda: any(S2 in m for m in stack.events("Resumed")), 10)
+    finally:
+        patch(GROUP, VERSION, "avi-system", PLURAL, "global-gdp", {"spec": {"manualResume": None}})

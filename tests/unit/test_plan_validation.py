@@ -143,7 +143,7 @@ GDP_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("label value not a string", gdp(matchRules={"appSelector": {"label": {"app": 7}}}), "spec.matchRules.appSelector.label.app = 7: Input should be a valid string"),
     ("malformed default domain", gdp(defaultDomain="avi iberia"), "spec.defaultDomain = 'avi iberia': String should match pattern"),
     ("answers 0", gdp(answers=0), "spec.answers = 0: Input should be greater than or equal to 1"),
-    ("unknown field", gdp(trafficsplit=[]), "spec.trafficsplit = []: unknown field (allowed: answers, defaultDomain, downResponse, healthMonitorRefs, healthMonitorTemplate, matchClusters, matchRules, poolAlgorithmSettings, trafficSplit, ttl)"),
+    ("unknown field", gdp(trafficsplit=[]), "spec.trafficsplit = []: unknown field (allowed: answers, defaultDomain, downResponse, healthMonitorRefs, healthMonitorTemplate, manualResume, matchClusters, matchRules, poolAlgorithmSettings, trafficSplit, ttl)"),
 ]
 
 RULE_CASES: list[tuple[str, dict[str, Any], str]] = [

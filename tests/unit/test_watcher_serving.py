@@ -9,6 +9,7 @@ import pytest
 
 from services.watcher.serving import (
     NameView,
+    holds_due,
     name_entry,
     policy_ref_of,
     serving_counts,
@@ -205,3 +206,44 @@ def test_draining_a_member_is_told() -> None:
 
     assert (event.type, event.reason) == ("Normal", "Drained")
     assert event.message.startswith(f"{HELLO}: s2 {S2} drained (probed, not answered)")
+
+
+# manualResume ---------------------------------------------------------------------------------
+
+
+def resumable(**overrides: Any) -> NameView:
+    return NameView.of(service().model_copy(update={"manual_resume": True, **overrides}))
+
+
+def test_a_member_down_under_manual_resume_is_due_a_hold_once() -> None:
+    name = resumable()
+    down = {member_key(HELLO, S2): DOWN}
+
+    assert [m.ip for m in holds_due(name, down, held=())] == [S2]
+    assert holds_due(name, down, held={member_key(HELLO, S2)}) == []
+    assert holds_due(NameView.of(service()), down, held=()) == [], "no manualResume"
+    assert holds_due(name, {member_key(HELLO, S2): UP}, held=()) == []
+
+
+def test_a_held_member_is_not_serving_even_when_healthy() -> None:
+    held = {member_key(HELLO, S2)}
+    entry = name_entry(resumable(), {member_key(HELLO, S2): UP}, held)
+
+    assert entry["addresses"] == [S1AZ1, S1AZ2]
+    assert entry["members"][-1] == {"cluster": "s2", "address": S2, "health": "up", "state": "Held"}
+
+
+def test_held_and_resumed_are_told() -> None:
+    def at(health: HealthState, held: bool) -> dict[str, Any]:
+        keyed = {member_key(HELLO, S2): health}
+        holds = {member_key(HELLO, S2)} if held else set()
+        return {"state": "Accepted", "observedGeneration": 1,
+                **serving_fields([name_entry(resumable(), keyed, holds)], 100)}  # fmt: skip
+
+    (failover,) = status_events(at(UP, False), at(DOWN, True))
+    assert (failover.reason, failover.type) == ("Failover", "Warning")
+    assert f"held until `kgslb member resume {HELLO} s2`" in failover.message
+    (held,) = status_events(at(DOWN, False), at(DOWN, True))
+    assert held.reason == "Held"
+    (resumed,) = status_events(at(UP, True), at(UP, False))
+    assert (resumed.reason, resumed.message) == ("Resumed", f"{HELLO}: s2 {S2} resumed (serving)")
