@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kubesim.patch import MergeKeys
 
@@ -70,6 +73,8 @@ class ResourceType:
     # Strategic merge patch schema; None when the kind does not support that patch type.
     merge_keys: MergeKeys | None = field(default_factory=lambda: dict(_META_KEYS))
     printer_columns: tuple[PrinterColumn, ...] = ()
+    # A CRD version's openAPIV3Schema: objects are defaulted, pruned and validated against it.
+    schema: Obj | None = field(default=None, compare=False, hash=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -201,6 +206,7 @@ def types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
                 return_deleted_object=True,
                 merge_keys=None,
                 printer_columns=columns,
+                schema=(version.get("schema") or {}).get("openAPIV3Schema"),
             )
         )
     return served
@@ -242,8 +248,17 @@ def crd_manifest(
     }
 
 
+CRD_DIR = Path(__file__).resolve().parents[1] / "deploy" / "crds"
+"""The kgslb CRDs as deployed: the simulator installs these, schemas and columns included."""
+
+
 def kgslb_crds() -> list[Obj]:
-    """The three kgslb.io/v1alpha1 CRDs a kgslb cluster has installed."""
+    """The three kgslb.io/v1alpha1 CRDs a kgslb cluster has installed: `deploy/crds/` of the
+    repository, so that objects are validated as a real API server validates them; schema-less
+    copies only where that folder is not there (an installed package without the repository)."""
+    files = sorted(CRD_DIR.glob("*.kgslb.io.yaml"))
+    if files:
+        return [yaml.safe_load(path.read_text()) for path in files]
     return [
         crd_manifest("kgslb.io", "GSLBConfig", "gslbconfigs", ["gc"]),
         crd_manifest("kgslb.io", "GlobalDeploymentPolicy", "globaldeploymentpolicies", ["gdp"]),

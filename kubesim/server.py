@@ -343,6 +343,7 @@ class ClusterServer:
         rtype, namespace, name = target.rtype, target.namespace, target.name
         query = request.query
         dry_run = query.get("dryRun") == "All"
+        validation = query.get("fieldValidation", "")
         method = request.method
         if name is None:
             if method == "GET":
@@ -352,8 +353,9 @@ class ClusterServer:
                 return self._list(request, target, labels, fields)
             if method == "POST" and (namespace is not None or not rtype.namespaced):
                 created = self.store.create(
-                    rtype, namespace, await _read_body(request), dry_run=dry_run
-                )
+                    rtype, namespace, await _read_body(request), dry_run=dry_run,
+                    field_validation=validation,
+                )  # fmt: skip
                 return _json(_present(rtype, created), 201)
             if method == "DELETE" and (namespace is not None or not rtype.namespaced):
                 labels, fields = _selectors(query)
@@ -376,6 +378,7 @@ class ClusterServer:
                 await _read_body(request),
                 subresource=target.subresource,
                 dry_run=dry_run,
+                field_validation=validation,
             )
             return _json(_present(rtype, updated))
         if method == "PATCH":
@@ -394,6 +397,7 @@ class ClusterServer:
                 await _read_body(request),
                 subresource=target.subresource,
                 dry_run=dry_run,
+                field_validation=validation,
             )
             return _json(_present(rtype, patched))
         if method == "DELETE" and target.subresource is None:

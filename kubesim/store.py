@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kubesim import schema
 from kubesim.patch import PatchError, json_merge_patch, json_patch, strategic_merge_patch
 from kubesim.resources import (
     CRDS,
@@ -91,6 +92,16 @@ def invalid(rtype: ResourceType, name: str, field: str, message: str) -> ApiErro
     cause = {"reason": "FieldValueInvalid", "message": message, "field": field}
     details = {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": [cause]}
     return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {message}', details)
+
+
+def schema_invalid(rtype: ResourceType, name: str, errors: list[tuple[str, str]]) -> ApiError:
+    """422 naming every field the CRD's schema refuses, as kube-apiserver words it."""
+    kind = f"{rtype.kind}.{rtype.group}" if rtype.group else rtype.kind
+    causes = [{"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in errors]
+    details = {"name": name, "group": rtype.group, "kind": rtype.kind, "causes": causes}
+    messages = [message for _, message in errors]
+    text = messages[0] if len(messages) == 1 else "[" + ", ".join(messages) + "]"
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}', details)
 
 
 def forbidden(rtype: ResourceType, name: str, why: str) -> ApiError:
@@ -326,7 +337,13 @@ class ClusterStore:
     # ----- writes ------------------------------------------------------------------------
 
     def create(
-        self, rtype: ResourceType, namespace: str | None, body: Any, *, dry_run: bool = False
+        self,
+        rtype: ResourceType,
+        namespace: str | None,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        field_validation: str = "",
     ) -> Obj:
         obj = self._typed_body(rtype, body)
         meta = obj["metadata"]
@@ -370,6 +387,7 @@ class ClusterStore:
             else:
                 obj["status"] = copy.deepcopy(rtype.initial_status)
         self._default(rtype, obj, None)
+        obj = self._check_schema(rtype, obj, field_validation)
         self._validate(rtype, obj)
         if dry_run:
             return obj
@@ -384,6 +402,7 @@ class ClusterStore:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "",
     ) -> Obj:
         """PUT: optimistic concurrency on metadata.resourceVersion when the body carries one."""
         old = self._require(rtype, namespace, name)
@@ -395,7 +414,7 @@ class ClusterStore:
                 "metadata.resourceVersion",
                 "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
             )
-        return self._update(rtype, old, new, subresource, dry_run)
+        return self._update(rtype, old, new, subresource, dry_run, field_validation)
 
     def patch(
         self,
@@ -407,6 +426,7 @@ class ClusterStore:
         *,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "",
     ) -> Obj:
         old = self._require(rtype, namespace, name)
         try:
@@ -432,7 +452,8 @@ class ClusterStore:
             if error.invalid:
                 raise invalid(rtype, name, "patch", str(error)) from error
             raise bad_request(str(error)) from error
-        return self._update(rtype, old, self._typed_body(rtype, patched), subresource, dry_run)
+        patched = self._typed_body(rtype, patched)
+        return self._update(rtype, old, patched, subresource, dry_run, field_validation)
 
     def delete(
         self,
@@ -525,6 +546,7 @@ class ClusterStore:
         new: Obj,
         subresource: str | None,
         dry_run: bool,
+        field_validation: str = "",
     ) -> Obj:
         old_meta, new_meta = old["metadata"], new["metadata"]
         name = old_meta["name"]
@@ -580,6 +602,7 @@ class ClusterStore:
                     result.pop("status", None)
             self._default(rtype, result, old)
         result["metadata"]["resourceVersion"] = old_meta["resourceVersion"]
+        result = self._check_schema(rtype, result, field_validation)
         self._validate(rtype, result)
         if result == old:
             return copy.deepcopy(old)  # a no-op write changes nothing, not even resourceVersion
@@ -718,6 +741,20 @@ class ClusterStore:
                 port.setdefault("targetPort", port.get("port"))
         elif rtype is DEPLOYMENTS:
             obj.setdefault("spec", {}).setdefault("replicas", 1)
+
+    def _check_schema(self, rtype: ResourceType, obj: Obj, field_validation: str) -> Obj:
+        """A custom resource defaulted, pruned and validated against its CRD version's schema;
+        unknown fields are refused with `fieldValidation=Strict` (kubectl's default)."""
+        if not rtype.custom or not rtype.schema:
+            return obj
+        outcome = schema.check(rtype.schema, obj)
+        if outcome.unknown and field_validation == "Strict":
+            unknown = ", ".join(f'unknown field "{path}"' for path in outcome.unknown)
+            raise bad_request(f"strict decoding error: {unknown}")
+        if outcome.errors:
+            raise schema_invalid(rtype, obj["metadata"].get("name", ""), outcome.errors)
+        checked: Obj = outcome.value
+        return checked
 
     def _validate(self, rtype: ResourceType, obj: Obj) -> None:
         meta = obj["metadata"]

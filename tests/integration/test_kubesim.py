@@ -853,7 +853,9 @@ def test_gdp_create_and_merge_patch_of_traffic_split(sim: Sim) -> None:
     assert created["metadata"]["generation"] == 1
     split = [{"cluster": "s1az1", "weight": 8}, {"cluster": "s2", "weight": 2}]
     patched = gdps.patch("global-gdp", {"spec": {"trafficSplit": split}})
-    assert patched["spec"]["trafficSplit"] == split
+    # The defaults of deploy/crds' schema are applied, as kube-apiserver applies them.
+    defaulted = [{**entry, "priority": 10, "disabled": False} for entry in split]
+    assert patched["spec"]["trafficSplit"] == defaulted
     assert patched["spec"]["matchClusters"] == created["spec"]["matchClusters"]
     assert patched["metadata"]["generation"] == 2
     assert [i["metadata"]["name"] for i in gdps.list()["items"]] == ["global-gdp"]
@@ -863,12 +865,44 @@ def test_crd_status_patch_leaves_spec_and_generation_alone(sim: Sim) -> None:
     gdps = sim.gdps()
     created = gdps.create(gdp())
     status = gdps.patch_status(
-        "global-gdp", {"status": {"ready": True}, "spec": {"trafficSplit": []}}
+        "global-gdp",
+        {"status": {"state": "Accepted", "ready": True}, "spec": {"trafficSplit": []}},
     )
-    assert status["status"] == {"ready": True}
+    assert status["status"] == {"state": "Accepted"}, "a field the schema lacks is pruned"
     assert status["spec"] == created["spec"]
     assert status["metadata"]["generation"] == 1
     assert int(status["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+
+
+def test_the_installed_crd_schema_refuses_a_negative_weight_naming_the_field(sim: Sim) -> None:
+    body = gdp()
+    body["spec"]["trafficSplit"][1]["weight"] = -5
+    with pytest.raises(ApiException) as error:
+        sim.gdps().create(body)
+
+    assert (error.value.status, reason(error.value)) == (422, "Invalid")
+    assert json.loads(error.value.body)["message"] == (
+        'GlobalDeploymentPolicy.kgslb.io "global-gdp" is invalid: spec.trafficSplit[1].weight: '
+        "Invalid value: -5: spec.trafficSplit[1].weight in body should be greater than or "
+        "equal to 0"
+    )
+
+
+def test_the_installed_crd_schema_names_every_bad_field_and_prunes_unknown_ones(
+    sim: Sim,
+) -> None:
+    body = gdp()
+    body["spec"].update(ttl="long", answers=99, bogus=1)
+    body["spec"]["poolAlgorithmSettings"] = {"lbAlgorithm": "Random"}
+    with pytest.raises(ApiException) as error:
+        sim.gdps().create(body)
+    causes = {c["field"] for c in json.loads(error.value.body)["details"]["causes"]}
+    assert causes == {"spec.ttl", "spec.answers", "spec.poolAlgorithmSettings.lbAlgorithm"}
+
+    body = gdp()
+    body["spec"]["bogus"] = 1
+    created = sim.gdps().create(body)
+    assert "bogus" not in created["spec"], "pruned, as without fieldValidation=Strict"
 
 
 def test_crd_main_resource_ignores_status(sim: Sim) -> None:
@@ -892,9 +926,11 @@ def test_crd_put_requires_a_resource_version(sim: Sim) -> None:
 def test_other_kgslb_kinds_are_served(sim: Sim) -> None:
     for plural, kind in (("gslbconfigs", "GSLBConfig"), ("gslbhostrules", "GSLBHostRule")):
         objects = sim.custom(plural, context="s2")
+        spec = {"fqdn": "x.avi.iberia.local"} if kind == "GSLBHostRule" else {}
         objects.create(
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": "x"}}
-        )
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": "x"},
+             "spec": spec}
+        )  # fmt: skip
         assert objects.get("x")["kind"] == kind
 
 
@@ -968,11 +1004,40 @@ def test_kubectl_apply_get_label_patch_delete(sim: Sim, tmp_path: Path) -> None:
     split = kubectl(
         sim, tmp_path, "get", "gdp", "global-gdp", "-o", "jsonpath={.spec.trafficSplit}"
     )
-    assert json.loads(split) == [{"cluster": "s1az1", "weight": 8}, {"cluster": "s2", "weight": 2}]
-    assert kubectl(sim, tmp_path, "get", "gdp").split()[:3] == ["NAME", "AGE", "global-gdp"]
+    assert [(e["cluster"], e["weight"]) for e in json.loads(split)] == [("s1az1", 8), ("s2", 2)]
+    header, row = kubectl(sim, tmp_path, "get", "gdp").splitlines()[:2]
+    assert header.split()[:3] == ["NAME", "TTL", "ALGORITHM"], "deploy/crds' printer columns"
+    assert row.split()[0] == "global-gdp"
 
     kubectl(sim, tmp_path, "delete", "-f", str(hello))
     assert kubectl(sim, tmp_path, "get", "ingress,deploy,svc", "-o", "name") == ""
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("weight: 5\n", "weight: -5\n"),
+            "spec.trafficSplit[0].weight: Invalid value: -5: spec.trafficSplit[0].weight in body "
+            "should be greater than or equal to 0",
+        ),
+        (("  matchRules:", "  bogus: 1\n  matchRules:"), 'unknown field "spec.bogus"'),
+    ],
+    ids=["weight -5", "unknown field"],
+)
+def test_kubectl_apply_of_a_bad_gdp_is_refused_naming_the_field(
+    sim: Sim, tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    bad = tmp_path / "gdp.yaml"
+    bad.write_text(GDP_YAML.replace(*edit, 1))
+    command = [KUBECTL, "--kubeconfig", sim.kubeconfig, "--context", "s2",
+               "--cache-dir", str(tmp_path / "kube-cache"), "apply", "-f", str(bad)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=20)
+
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "global-gdp" not in kubectl(sim, tmp_path, "get", "gdp", "-o", "name")
 
 
 @needs_kubectl
