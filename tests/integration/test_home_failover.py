@@ -61,10 +61,11 @@ def gslb_config() -> dict[str, Any]:
 
 
 def split(s1az1: int, s1az2: int, s2: int) -> list[dict[str, Any]]:
+    """With the defaults the CRD schema applies written out, so a CR holds it as sent."""
+    weights = {"s1az1": s1az1, "s1az2": s1az2, "s2": s2}
     return [
-        {"cluster": "s1az1", "weight": s1az1},
-        {"cluster": "s1az2", "weight": s1az2},
-        {"cluster": "s2", "weight": s2},
+        {"cluster": cluster, "weight": weight, "priority": 10, "disabled": False}
+        for cluster, weight in weights.items()
     ]
 
 
@@ -167,7 +168,7 @@ async def test_a_gdp_of_the_active_home_appears_as_a_marked_copy_in_the_standby_
 ) -> None:
     copy = await eventually(lambda: federation.copy_in("s1az2", "s1az1"), timeout_seconds=20)
 
-    assert copy["spec"] == global_gdp()["spec"]
+    assert copy["spec"] == (await get_gdp(federation.kube, "s1az1"))["spec"]
     assert copy["status"]["activeHome"] == "s1az1"
     assert "edit the policy there" in copy["status"]["message"]
     original = await get_gdp(federation.kube, "s1az1")
