@@ -1041,6 +1041,14 @@ def test_kubectl_apply_of_a_bad_gdp_is_refused_naming_the_field(
 
 
 @needs_kubectl
+def test_kubectl_explain_shows_the_kgslb_crd_schema(sim: Sim, tmp_path: Path) -> None:
+    explained = kubectl(sim, tmp_path, "explain", "gdp.spec.trafficSplit.weight")
+
+    assert "GlobalDeploymentPolicy" in explained
+    assert "0 drains the cluster" in explained
+
+
+@needs_kubectl
 def test_kubectl_create_namespace_and_get_one_object(sim: Sim, tmp_path: Path) -> None:
     # Typed `kubectl create namespace` sends protobuf, unlike apply.
     assert (
