@@ -165,6 +165,10 @@ async def show_status(settings: StatusSettings) -> None:
     finally:
         await nc.drain()
     book = health_book(health_raw, leases_raw, Quorum.parse(settings.health_quorum))
+    held = set()
+    for key in leases_raw:
+        with contextlib.suppress(ValueError):
+            held.add(subjects.member_of_hold_key(key))
 
     # One vantage point without a site has nothing to add to the health column.
     sited = book.vantages() - {""}
@@ -184,6 +188,8 @@ async def show_status(settings: StatusSettings) -> None:
                 key = subjects.member_key(service.fqdn, member.probe_ip)
                 shown = book.combined.get(key, HealthState.UNKNOWN)
                 colour = COLOURS.get(shown, "yellow")
+                # Held under manualResume: not answered until `kgslb member resume`.
+                suffix = ", held" if key in held else ""
                 table.add_row(
                     service.fqdn if first else "",
                     str(service.ttl_seconds) if first else "",
@@ -194,7 +200,7 @@ async def show_status(settings: StatusSettings) -> None:
                     "disabled"
                     if member.disabled
                     else f"{member.weight}" + (" (drained)" if member.weight == 0 else ""),
-                    f"[{colour}]{shown}[/]",
+                    f"[{colour}]{shown}{suffix}[/]",
                     *([shown_verdicts(book.verdicts_of(key))] if sited else []),
                     ", ".join(member.sources),
                 )
