@@ -160,13 +160,16 @@ class SplitReport:
 
 
 def _expected(service: GslbService | None, qtype: str) -> dict[str, tuple[str, int]]:
-    """IP -> (cluster, weight) of the group answered while every member is healthy."""
+    """IP -> (cluster, weight) of the group answered while every member is healthy (drained
+    and disabled members are never answered, so they are left out)."""
     if service is None:
         return {}
     family = 6 if qtype == "AAAA" else 4
     for group in sorted(service.groups, key=lambda g: -g.priority):
         members = {
-            m.ip: (m.cluster, m.weight) for m in group.members if (":" in m.ip) == (family == 6)
+            m.ip: (m.cluster, m.weight)
+            for m in group.members
+            if (":" in m.ip) == (family == 6) and m.answered
         }
         if members:
             return members
