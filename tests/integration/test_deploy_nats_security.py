@@ -7,9 +7,11 @@ services' rendered environment (CA, nkey seed) then connects with nats-py."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,11 +123,19 @@ class LocalPod:
         pattern = re.compile(rf"(?<![\w./-])({mounts})(?=/|[^\w.-]|$)")
         return pattern.sub(lambda m: str(self.mounts[m.group(1)]), text)
 
+    def secret(self, name: str) -> dict[str, str]:
+        """A Secret the overlay generates (dev's passwords), else one the test created."""
+        rendered = [d for d in of_kind_in(self.docs, "Secret") if d["metadata"]["name"] == name]
+        if rendered:
+            data = rendered[0].get("data", {})
+            return {k: base64.b64decode(v).decode() for k, v in data.items()}
+        return self.secrets[name]
+
     def volume_files(self, volume: Manifest) -> dict[str, str]:
         if "configMap" in volume:
             return dict(named_in(self.docs, "ConfigMap", volume["configMap"]["name"])["data"])
         if "secret" in volume:
-            data = self.secrets[volume["secret"]["secretName"]]
+            data = self.secret(volume["secret"]["secretName"])
             items = volume["secret"].get("items")
             if items is None:
                 return dict(data)
@@ -155,7 +165,11 @@ class LocalPod:
             source = entry["valueFrom"]
             if "secretKeyRef" in source:
                 ref = source["secretKeyRef"]
-                resolved[entry["name"]] = self.secrets[ref["name"]][ref["key"]]
+                resolved[entry["name"]] = self.secret(ref["name"])[ref["key"]]
+            elif "configMapKeyRef" in source:
+                ref = source["configMapKeyRef"]
+                data = named_in(self.docs, "ConfigMap", ref["name"])["data"]
+                resolved[entry["name"]] = data[ref["key"]]
             elif "fieldRef" in source:
                 assert source["fieldRef"]["fieldPath"] == "metadata.name"
                 resolved[entry["name"]] = self.pod_name
@@ -250,6 +264,35 @@ def servers() -> Iterator[list[ManagedProcess]]:
 
 
 # The tests -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "combination",
+    [
+        (overlay, components)
+        for overlay in ("dev", "home-cluster", "sites/s1az1", "sites/s2")
+        for components in ((), ("nats-tls", "nats-nkeys"))
+        + ((("nats-tls", "nats-route-tls", "nats-nkeys"),) if overlay != "dev" else ())
+    ],
+    ids=lambda c: "+".join((c[0], *c[1])),
+)
+def test_nats_server_accepts_the_rendered_configuration(
+    combination: tuple[str, tuple[str, ...]], tmp_path: Path
+) -> None:
+    """`nats-server -t`: the configuration parses, every file it includes is in the ConfigMap,
+    every $VARIABLE is in the container's environment, the certificates load."""
+    overlay, components = combination
+    docs = render_with(overlay, *components)
+    secrets = secrets_for(Ca("kgslb test CA"), Ca("kgslb routes CA"))
+    secrets["kgslb-nats-auth"] = {u: f"{u}-pw" for u in generate_nkeys.USERS}
+    pod = LocalPod(docs, workload(docs, "nats"), "nats", secrets, tmp_path, "nats-0").materialize()
+    result = subprocess.run(
+        [nats_server_binary(), "-t", "--config", str(pod.mounts["/etc/nats"] / "nats.conf")],
+        capture_output=True, text=True, timeout=60, env=pod.env(),
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is valid" in result.stdout + result.stderr
 
 
 async def test_the_dev_overlay_with_tls_and_nkeys_serves_the_services_rendered_settings(

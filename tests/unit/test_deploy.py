@@ -393,15 +393,15 @@ def test_every_replicated_workload_spreads_over_nodes(overlay: str) -> None:
     assert unspread == []
 
 
-def test_the_home_cluster_runs_one_watcher_per_member_context_from_gslb_config_secret() -> None:
+def test_the_home_cluster_runs_one_watcher_per_member_context_with_only_its_credentials() -> None:
     watchers = [d for d in kgslb_deployments("home-cluster") if component(d) == "watcher"]
     contexts = {}
     for watcher in watchers:
         pod = watcher["spec"]["template"]["spec"]
         env = env_of(pod["containers"][0])
         secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-        assert secrets == {"gslb-config-secret"}, label(watcher)
-        assert env["KGSLB_KUBECONFIG"].startswith("/etc/kgslb/members/")
+        assert secrets == {f"kgslb-kubeconfig-{env['KGSLB_CLUSTER']}"}, label(watcher)
+        assert env["KGSLB_KUBECONFIG"].startswith("/etc/kgslb/kubeconfig/")
         assert env["KGSLB_CLUSTER"] == env["KGSLB_CONTEXT"]
         contexts[env["KGSLB_CONTEXT"]] = env.get("KGSLB_HOME") == "true"
 
