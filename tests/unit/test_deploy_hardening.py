@@ -318,3 +318,87 @@ def test_no_two_watchers_share_a_kubeconfig_secret(overlay: str) -> None:
     assert watchers
     assert len(mounted) == len(set(mounted))
     assert all(name.startswith("kgslb-kubeconfig-") for name in mounted)
+
+
+# RBAC: reads cluster-wide, writes per namespace ---------------------------------------------------
+
+READS = {"get", "list", "watch"}
+# The CustomObjectsApi calls of services/watcher that write, and the verb each one needs.
+WRITE_CALLS = {
+    "create_namespaced_custom_object": ("", "create"),
+    "replace_namespaced_custom_object": ("", "update"),
+    "delete_namespaced_custom_object": ("", "delete"),
+    "patch_namespaced_custom_object_status": ("/status", "patch"),
+}
+
+
+def policy_namespace() -> tuple[Manifest, ...]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(DEPLOY / "policy-namespace")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def watcher_write_calls() -> set[str]:
+    source = "\n".join(p.read_text() for p in (DEPLOY.parent / "services" / "watcher").glob("*.py"))
+    return {call for call in WRITE_CALLS if f".{call}(" in source}
+
+
+@pytest.mark.parametrize("overlay", ("home-cluster", "dev", *ROUTED, "member-cluster"))
+def test_cluster_roles_only_read(overlay: str) -> None:
+    writes = [
+        (label(role), sorted(set(rule["verbs"]) - READS))
+        for role in of_kind_in(render_with(overlay), "ClusterRole")
+        for rule in role["rules"]
+        if set(rule["verbs"]) - READS
+    ]
+    assert writes == []
+
+
+def test_the_policy_namespace_role_grants_exactly_the_writes_the_watcher_makes() -> None:
+    docs = policy_namespace()
+    role = named_in(docs, "Role", "kgslb-policy-writer")
+    plurals = {
+        crd["spec"]["names"]["plural"]
+        for crd in of_kind_in(render_with("home-cluster"), "CustomResourceDefinition")
+        if crd["spec"]["scope"] == "Namespaced"
+    }
+    granted = {
+        (resource, verb)
+        for rule in role["rules"]
+        if rule["apiGroups"] == ["kgslb.io"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    needed = {
+        (plural + suffix, verb)
+        for call in watcher_write_calls()
+        for suffix, verb in [WRITE_CALLS[call]]
+        for plural in plurals
+    }
+
+    assert watcher_write_calls() == set(WRITE_CALLS)
+    assert len(plurals) == 3
+    assert granted == needed
+
+
+def test_the_policy_namespace_binds_the_watchers_service_account_in_its_own_namespace() -> None:
+    docs = policy_namespace()
+    namespace = named_in(docs, "Namespace", "avi-system")["metadata"]["name"]
+    binding = named_in(docs, "RoleBinding", "kgslb-watcher-policies")
+    accounts = {
+        (d["metadata"]["namespace"], d["spec"]["template"]["spec"]["serviceAccountName"])
+        for overlay in ("home-cluster", "dev", *ROUTED)
+        for d in of_kind_in(render_with(overlay), "Deployment")
+        if component(d) == "watcher"
+    }
+
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] != "Namespace"} == {namespace}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kgslb-policy-writer",
+    }  # fmt: skip
+    assert {(s["namespace"], s["name"]) for s in binding["subjects"]} == accounts
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
