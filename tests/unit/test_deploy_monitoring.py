@@ -6,6 +6,7 @@ export; a rule naming a metric nobody exports never fires, so an unknown name fa
 from __future__ import annotations
 
 import ast
+import functools
 from typing import Any
 
 import promql_parser
@@ -47,14 +48,100 @@ NATS_EXPORTER = frozenset({
     "jetstream_stream_total_messages", "jetstream_stream_total_bytes",
     "jetstream_stream_first_seq", "jetstream_stream_last_seq", "jetstream_stream_consumer_count",
 })  # fmt: skip
+# Their labels: -healthz and -varz/-routez label by server_id (the server name with
+# -use_internal_server_name); -jsz's server and stream labels (collector/jsz.go).
+JSZ_SERVER = frozenset(
+    {"server_id", "server_name", "cluster", "domain", "meta_leader", "is_meta_leader"}
+)
+JSZ_STREAM = JSZ_SERVER | {
+    "account",
+    "account_id",
+    "stream_name",
+    "stream_leader",
+    "is_stream_leader",
+}
+
+
+def nats_labels(name: str) -> frozenset[str]:
+    if name.startswith("jetstream_stream_"):
+        return JSZ_STREAM
+    if name.startswith("jetstream_server_"):
+        return JSZ_SERVER
+    return frozenset({"server_id"})
+
+
 # Series Prometheus itself writes for every target.
 PROMETHEUS = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})
+# Labels every scraped series carries: Prometheus's, the Prometheus Operator's for a
+# PodMonitor, and the relabelings of deploy/components/monitoring/podmonitors.yaml.
+TARGET_LABELS = frozenset(
+    {"job", "instance", "namespace", "pod", "container", "endpoint", "component", "kgslb_cluster"}
+)
 
 
-def kgslb_metric_names() -> set[str]:
-    """Every series name the prometheus_client definitions in services/ and shared/ expose: the
-    first argument of each metric constructor or metric family, with its type's suffixes."""
-    names: set[str] = set()
+def labels_of(name: str) -> frozenset[str] | None:
+    """The labels a series has; None when they are not known in advance."""
+    if name in NATS_EXPORTER:
+        return nats_labels(name) | TARGET_LABELS
+    if name in PROMETHEUS:
+        return TARGET_LABELS
+    own = kgslb_metrics().get(name, frozenset())
+    return None if own is None else own | TARGET_LABELS
+
+
+def unknown_labels(expression: str) -> set[str]:
+    """Labels an expression matches on or groups by that its metrics do not carry: a typo
+    there makes a selector match nothing or a grouping lump every series together."""
+    unknown: set[str] = set()
+
+    def visit(node: promql_parser.Expr) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            labels = labels_of(node.name)
+            for matcher in node.matchers.matchers:
+                if labels is not None and matcher.name not in labels:
+                    unknown.add(f"{node.name}{{{matcher.name}}}")
+        if isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+            inner = [labels_of(m) for m in metrics_in(str(node.expr))]
+            if all(labels is not None for labels in inner):
+                available = frozenset().union(*(labels or frozenset() for labels in inner))
+                unknown.update(
+                    f"by ({label})" for label in node.modifier.labels if label not in available
+                )
+        return True
+
+    promql_parser.walk(promql_parser.parse(expression), visit)
+    return unknown
+
+
+def literal_strings(node: ast.expr | None) -> frozenset[str] | None:
+    """The label names of a list or tuple of string constants; None when not literal."""
+    if not isinstance(node, ast.List | ast.Tuple):
+        return None
+    values = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+    if len(values) != len(node.elts) or not all(isinstance(v, str) for v in values):
+        return None
+    return frozenset(str(v) for v in values)
+
+
+def label_names(kind: str, call: ast.Call) -> frozenset[str] | None:
+    """The labels a metric definition declares: `labelnames` (third positional argument) of
+    the metric classes, `labels=` of the metric families; None: not known (an Info's keys)."""
+    keywords = {k.arg: k.value for k in call.keywords}
+    if kind in ("Info", "InfoMetricFamily"):
+        return None
+    if kind.endswith("MetricFamily"):
+        return literal_strings(keywords["labels"]) if "labels" in keywords else frozenset()
+    if "labelnames" in keywords:
+        return literal_strings(keywords["labelnames"])
+    return literal_strings(call.args[2]) if len(call.args) > 2 else frozenset()
+
+
+@functools.cache
+def kgslb_metrics() -> dict[str, frozenset[str] | None]:
+    """Every series the prometheus_client definitions in services/ and shared/ expose, with
+    its labels: the first argument of each metric constructor or metric family, with its
+    type's suffixes (a histogram's buckets add `le`)."""
+    metrics: dict[str, frozenset[str] | None] = {}
     for path in (*(ROOT / "services").rglob("*.py"), *(ROOT / "shared").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call) or not node.args:
@@ -67,12 +154,22 @@ def kgslb_metric_names() -> set[str]:
             if not isinstance(first.value, str) or not first.value.startswith("kgslb_"):
                 continue
             base = first.value
+            labels = label_names(kind, node)
             for suffix in SUFFIXES[kind]:
                 if suffix in ("_total", "_info") and base.endswith(suffix):
-                    names.add(base)
+                    name = base
                 else:
-                    names.add(base.removesuffix("_total") + suffix if suffix else base)
-    return names
+                    name = base.removesuffix("_total") + suffix if suffix else base
+                known = metrics.get(name, frozenset())
+                if labels is None or known is None:
+                    metrics[name] = None
+                else:
+                    metrics[name] = known | labels | ({"le"} if suffix == "_bucket" else set())
+    return metrics
+
+
+def kgslb_metric_names() -> set[str]:
+    return set(kgslb_metrics())
 
 
 def exported_names() -> frozenset[str]:
@@ -120,6 +217,24 @@ def test_an_expression_naming_an_unknown_metric_is_caught() -> None:
     assert used - exported_names() == {"kgslb_dns_querys_total"}
 
 
+def test_the_collected_labels_are_those_the_definitions_declare() -> None:
+    metrics = kgslb_metrics()
+
+    assert metrics["kgslb_dns_health_verdicts"] == {"vantage", "state", "fresh"}
+    assert metrics["kgslb_bad_messages_total"] == {"service", "subject_prefix"}
+    assert metrics["kgslb_reconciler_kv_writes_total"] == {"bucket", "op"}
+    assert metrics["kgslb_dns_response_seconds_bucket"] == {"transport", "le"}
+    assert metrics["kgslb_ready"] == frozenset()
+
+
+def test_a_label_the_metric_does_not_carry_is_caught() -> None:
+    expression = (
+        'max by (site) (kgslb_dns_health_verdicts{fresh="true", sate="down"}) > 0'
+        " or sum by (cluster) (kgslb_watcher_cluster_reachable) == 0"
+    )
+    assert unknown_labels(expression) == {"kgslb_dns_health_verdicts{sate}", "by (site)"}
+
+
 def test_an_expression_that_is_not_promql_does_not_parse() -> None:
     with pytest.raises(ValueError):
         promql_parser.parse("sum by (vantage (kgslb_ready)")
@@ -135,6 +250,13 @@ def test_every_rule_expression_parses_and_names_only_exported_metrics() -> None:
         if metrics_in(r["expr"]) - exported_names()
     }
     assert rules()
+    assert unknown == {}
+
+
+def test_every_rule_matches_and_groups_only_on_labels_its_metrics_carry() -> None:
+    unknown = {
+        r["alert"]: sorted(unknown_labels(r["expr"])) for r in rules() if unknown_labels(r["expr"])
+    }
     assert unknown == {}
 
 
