@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from shared.models import (
     Algorithm,
     DownResponseType,
+    GeoLocation,
     HealthMonitorSpec,
     IPAddress,
     NameServer,
@@ -55,6 +56,7 @@ _AMKO_ALGORITHMS = {
     "GSLB_ALGORITHM_ROUND_ROBIN": "RoundRobin",
     "GSLB_ALGORITHM_CONSISTENT_HASH": "ConsistentHash",
     "GSLB_ALGORITHM_TOPOLOGY": "Topology",
+    "GSLB_ALGORITHM_GEO": "Geo",
 }
 _AMKO_DOWN = {
     f"GSLB_SERVICE_DOWN_RESPONSE_{name}": name
@@ -174,7 +176,8 @@ class PoolAlgorithmSettings(Spec):
 
     lb_algorithm: Annotated[Algorithm, _amko_name(_AMKO_ALGORITHMS)] = Field(
         default=Algorithm.ROUND_ROBIN,
-        description="RoundRobin (weighted), ConsistentHash (client subnet) or Topology",
+        description="RoundRobin (weighted), ConsistentHash (client subnet), Topology, or Geo "
+        "(the nearest member cluster by GeoIP; locations in the GSLBConfig's memberClusters)",
     )
     hash_mask: int | None = Field(
         default=None,
@@ -188,7 +191,9 @@ class PoolAlgorithmSettings(Spec):
     fallback_algorithm: FallbackAlgorithm | None = Field(
         default=None,
         description="Topology: for clients no rule maps, or whose site has no healthy member "
-        "(default RoundRobin); ConsistentHash: for queries without a client address",
+        "(default RoundRobin); Geo: for clients the GeoIP database does not place near a "
+        "located site with a healthy member (default RoundRobin); ConsistentHash: for queries "
+        "without a client address",
     )
 
 
@@ -275,6 +280,11 @@ class GSLBHostRuleSpec(Spec):
 
 class MemberCluster(Spec):
     cluster_context: ClusterName = Field(description="kubeconfig context of a member cluster")
+    location: GeoLocation | None = Field(
+        default=None,
+        description="where the cluster serves from, for lbAlgorithm Geo: latitude and "
+        "longitude, a country (ISO 3166-1 alpha-2) and/or a continent code",
+    )
 
 
 class ZoneConfig(Spec):
