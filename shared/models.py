@@ -193,6 +193,36 @@ class PolicyStatus(WireModel):
         default=None,
         description="the spec in force, so a restarted or new leader reconciler keeps it",
     )
+    delegation: list[DelegationStatus] = Field(
+        default_factory=list,
+        description="GSLBConfig: per zone with automatic delegation, the last result in the "
+        "parent zone; left out when empty, so other statuses encode as before",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_delegation(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.delegation and isinstance(data, dict):
+            data.pop("delegation", None)
+        return data
+
+
+class DelegationState(StrEnum):
+    DELEGATED = "Delegated"
+    """The parent holds the zone's NS, glue (and DS) as configured."""
+    FAILED = "Failed"
+    """The parent could not be read or refused the update; `message` says why."""
+
+
+class DelegationStatus(Value):
+    """The result of keeping one zone's delegation in its parent (automatic delegation)."""
+
+    zone: str
+    parent: str
+    server: str = Field(description="the parent's primary, host:port")
+    state: DelegationState
+    message: str = Field(description="what the parent holds, or the error (BADKEY, REFUSED...)")
+    since: datetime = Field(description="when the state or message last changed")
 
 
 class CopyState(StrEnum):

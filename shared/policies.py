@@ -287,6 +287,71 @@ class MemberCluster(Spec):
     )
 
 
+def _host_port(value: str) -> str:
+    """`host`, `host:port` or `[v6]:port`, normalised to `host:port` (port 53 by default)."""
+    host, port = split_host_port(value)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if ":" in host:
+        ipaddress.IPv6Address(host)  # ValueError names the problem
+    elif not host or not all(part for part in host.split(".")):
+        raise ValueError(f"{value!r} is not host, host:port or [IPv6]:port")
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ValueError(f"port {port_text!r} is not 1-65535")
+    return host, int(port_text or 53)
+
+
+class SecretKeyRef(Spec):
+    """A key of a Kubernetes Secret in kgslb's namespace. The reconciler reads it from the
+    Secret's volume: the file `<--tsig-secrets-dir>/<name>/<key>` (mount the Secret there)."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="the Secret's name",
+    )  # fmt: skip
+    key: str = Field(
+        default="secret", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+        description="the key that holds the base64 TSIG secret, as in BIND's key statement",
+    )  # fmt: skip
+
+
+class TsigKeySpec(Spec):
+    """The TSIG key the parent's primary server allows dynamic updates with."""
+
+    name: DnsName = Field(description="the key's name, as the parent's server knows it")
+    algorithm: Literal[
+        "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5"
+    ] = "hmac-sha256"
+    secret_ref: SecretKeyRef = Field(description="where its secret is")
+
+
+class DelegationSpec(Spec):
+    """Keep the zone's NS records, their glue (and, when the zone is signed, its DS) in the
+    parent zone up to date with RFC 2136 dynamic updates."""
+
+    parent_zone: DnsName | None = Field(
+        default=None, description="the parent zone (default: the zone without its first label)"
+    )
+    primary: Annotated[str, AfterValidator(_host_port)] = Field(
+        description="the parent zone's primary server that takes updates: host, host:port or "
+        "[IPv6]:port (port 53 by default)"
+    )
+    tsig_key: TsigKeySpec
+    ttl_seconds: int = Field(
+        default=3600, ge=0, le=604800, description="TTL of the NS, glue and DS in the parent"
+    )
+
+
 class ZoneConfig(Spec):
     """A zone the DNS service is authoritative for (delegated to it by the company DNS)."""
 
@@ -300,6 +365,11 @@ class ZoneConfig(Spec):
     unhandled: UnhandledPolicy = Field(
         default=UnhandledPolicy.RESPOND,
         description="respond: NXDOMAIN/NODATA with SOA; drop: no reply (clients wait)",
+    )
+    delegation: DelegationSpec | None = Field(
+        default=None,
+        description="automatic delegation: kgslb writes the zone's NS, glue (and DS) into the "
+        "parent zone with TSIG-signed RFC 2136 updates, and reports the result in status",
     )
 
 
