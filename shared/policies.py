@@ -303,7 +303,10 @@ def split_host_port(value: str) -> tuple[str, int]:
     else:
         host, port_text = text, ""
     if ":" in host:
-        ipaddress.IPv6Address(host)  # ValueError names the problem
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
     elif not host or not all(part for part in host.split(".")):
         raise ValueError(f"{value!r} is not host, host:port or [IPv6]:port")
     if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.reconciler.delegation import delegation_problem
 from services.reconciler.geo import check_geo, located_clusters
 from services.reconciler.messages import (
     allowed_values,
@@ -292,6 +293,12 @@ def _check_config(spec: GSLBConfigSpec) -> list[str]:
         if name in zones:
             out.append(problem(f"spec.zones[{index}].name", zone.name, "listed twice"))
         zones.add(name)
+        if zone.delegation is not None:
+            where = f"spec.zones[{index}].delegation"
+            if wrong := delegation_problem(name, zone.delegation):
+                out.append(problem(f"{where}.parentZone", zone.delegation.parent_zone, wrong))
+            if not zone.nameservers:
+                out.append(f"{where}: the zone lists no nameservers to delegate to")
         for r_index, record in enumerate(zone.records):
             where = f"spec.zones[{index}].records[{r_index}]"
             if not _is_name(record.name):

@@ -101,6 +101,9 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("country not ISO alpha-2", config(memberClusters=[{"clusterContext": "s2", "location": {"country": "Spain"}}]), "spec.memberClusters[0].location.country = 'Spain': String should match pattern '^[A-Z]{2}$'"),
     ("unknown continent", config(memberClusters=[{"clusterContext": "s2", "location": {"continent": "EUROPE"}}]), "spec.memberClusters[0].location.continent = 'EUROPE': Input should be 'AF', 'AN', 'AS', 'EU', 'NA', 'OC' or 'SA'"),
     ("empty location", config(memberClusters=[{"clusterContext": "s2", "location": {}}]), "spec.memberClusters[0].location: a location needs latitude and longitude, a country or a continent"),
+    ("delegation parent not a parent", zone(delegation={"parentZone": "example.com", "primary": "127.0.0.1", "tsigKey": {"name": "k", "secretRef": {"name": "s"}}}), "spec.zones[0].delegation.parentZone = 'example.com': parentZone 'example.com' is not a parent of avi.iberia.local"),
+    ("delegation without nameservers", zone(delegation={"primary": "127.0.0.1", "tsigKey": {"name": "k", "secretRef": {"name": "s"}}}), "spec.zones[0].delegation: the zone lists no nameservers to delegate to"),
+    ("delegation primary malformed", zone(delegation={"primary": "127.0.0.1:99999", "tsigKey": {"name": "k", "secretRef": {"name": "s"}}}), "spec.zones[0].delegation.primary = '127.0.0.1:99999': port '99999' is not 1-65535"),
     ("unknown field", config(leader="10.10.20.42"), "spec.leader = '10.10.20.42': unknown field (allowed: automaticHomeFailover, homeClusters, homeFailoverSeconds, logLevel, memberClusters, refreshInterval, zones)"),
 ]
 
