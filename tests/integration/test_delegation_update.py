@@ -27,6 +27,7 @@ from nats.aio.client import Client
 
 from kgslb.embedded import free_port, wait_for_tcp
 from shared.models import DelegationState, PolicyStatus
+from shared.policies import API_GROUP, API_VERSION
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_reconciler_policies import (
     CONFIG,
@@ -36,6 +37,9 @@ from tests.integration.test_reconciler_policies import (
     publish_policy,
     status_of,
 )
+from tests.integration.test_watcher import Kube, call, get_cr, kube, start_watcher
+
+__all__ = ["kube"]  # the fixture, shared with test_watcher
 
 NAMED = shutil.which("named") or ("/usr/sbin/named" if Path("/usr/sbin/named").exists() else None)
 pytestmark = pytest.mark.skipif(
@@ -252,34 +256,55 @@ async def test_starting_kgslb_delegates_the_zone_and_follows_a_changed_ns_set(
 
 
 async def test_a_wrong_key_shows_up_in_the_gslbconfig_status(
-    nats_client: Client, services: Services, parent: Parent, tmp_path: Path
+    nats_client: Client, services: Services, parent: Parent, kube: Kube, tmp_path: Path
 ) -> None:
+    """Through the real home watcher: the GSLBConfig custom resource in the home cluster (the
+    Kubernetes simulator) carries the result in `status.delegation`."""
     tsig = secrets_dir(tmp_path, OTHER_SECRET)
     start_reconciler(services, tsig)
+    start_watcher(services, kube, "s1az1", "--home", "true")
     servers = nameservers(("ns-s1", "127.0.0.11"))
-    await publish_policy(nats_client, CONFIG, config(parent, servers), generation=1)
+    custom = kube.custom("s1az1")
+    body = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "GSLBConfig",
+        "metadata": {"name": "gc-1", "namespace": "default"},
+        "spec": config(parent, servers),
+    }
+    await call(
+        custom.create_namespaced_custom_object,
+        API_GROUP, API_VERSION, "default", "gslbconfigs", body,
+    )  # fmt: skip
 
-    async def failed_with(reason: str) -> PolicyStatus | None:
-        status = await delegation_of(nats_client)
-        if status is None or status.delegation[0].state != DelegationState.FAILED:
+    async def shown(state: str, reason: str = "") -> dict[str, Any] | None:
+        obj = await get_cr(kube, "gslbconfigs", "gc-1")
+        entries = (obj.get("status") or {}).get("delegation") or []
+        if not entries or entries[0]["state"] != state:
             return None
-        return status if status.delegation[0].message.startswith(reason) else None
+        return entries[0] if entries[0]["message"].startswith(reason) else None
 
     # The parent knows the key's name, not this secret: BADSIG.
-    status = await eventually(lambda: failed_with("BADSIG"), timeout_seconds=40)
-    assert "rejected the signature" in status.delegation[0].message
+    entry = await eventually(lambda: shown("Failed", "BADSIG"), timeout_seconds=60)
+    assert "rejected the signature" in entry["message"], entry
+    assert entry["zone"] == ZONE and entry["parent"] == PARENT
+    assert entry["server"] == parent.primary
     assert (ZONE, "NS") not in parent.records()
     assert await metric(services, "reconciler", "kgslb_reconciler_delegation_delegated") == 0
 
-    # A key name the parent does not know: BADKEY.
-    await publish_policy(
-        nats_client, CONFIG, config(parent, servers, key_name="unknown-key"), generation=2
-    )
-    await eventually(lambda: failed_with("BADKEY"), timeout_seconds=40)
+    async def edit(spec: dict[str, Any]) -> None:
+        await call(
+            custom.patch_namespaced_custom_object,
+            API_GROUP, API_VERSION, "default", "gslbconfigs", "gc-1", {"spec": spec},
+        )  # fmt: skip
 
-    # The right secret in the mounted Secret and the right key: delegated, no config change
-    # needed for the secret (the failure is retried every check period).
+    # A key name the parent does not know: BADKEY.
+    await edit(config(parent, servers, key_name="unknown-key"))
+    await eventually(lambda: shown("Failed", "BADKEY"), timeout_seconds=60)
+
+    # The right key, and the right secret in the mounted Secret: delegated.
     (tsig / "parent-tsig" / "secret").write_text(SECRET)
-    await publish_policy(nats_client, CONFIG, config(parent, servers), generation=3)
-    await eventually(lambda: delegated(nats_client, 3), timeout_seconds=40)
+    await edit(config(parent, servers))
+    entry = await eventually(lambda: shown("Delegated"), timeout_seconds=60)
+    assert entry["message"] == f"{PARENT} holds {ZONE} NS ns-s1.{ZONE}.; ns-s1.{ZONE} A 127.0.0.11"
     assert parent_ns(parent) == {f"ns-s1.{ZONE}."}
+    assert await metric(services, "reconciler", "kgslb_reconciler_delegation_delegated") == 1
