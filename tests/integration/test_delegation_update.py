@@ -26,6 +26,7 @@ import pytest
 from nats.aio.client import Client
 
 from kgslb.embedded import free_port, wait_for_tcp
+from kgslb.status import StatusSettings, show_status
 from shared.models import DelegationState, PolicyStatus
 from shared.policies import API_GROUP, API_VERSION
 from tests.integration.conftest import Services, eventually
@@ -210,7 +211,12 @@ def parent_ns(parent: Parent) -> set[str]:
 
 
 async def test_starting_kgslb_delegates_the_zone_and_follows_a_changed_ns_set(
-    nats_client: Client, services: Services, parent: Parent, tmp_path: Path
+    nats_client: Client,
+    services: Services,
+    parent: Parent,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     before = parent.records()
     start_reconciler(services, secrets_dir(tmp_path, SECRET))
@@ -253,6 +259,12 @@ async def test_starting_kgslb_delegates_the_zone_and_follows_a_changed_ns_set(
     assert all(held[key] == before[key] for key in before)
     answer = parent.dig(ZONE, "NS")
     assert f"ns-s3.{ZONE}." in answer and f"ns-s2.{ZONE}." not in answer, answer
+
+    # `kgslb status` shows it too.
+    monkeypatch.setenv("COLUMNS", "250")
+    await show_status(StatusSettings(nats_url=services.nats.url))
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.strip().startswith(f"│ {ZONE}"))
+    assert PARENT in row and parent.primary in row and "Delegated" in row, row
 
 
 async def test_a_wrong_key_shows_up_in_the_gslbconfig_status(
