@@ -42,8 +42,12 @@ BLOCKS: dict[str, dict[str, Any]] = {
 }
 
 
-def write_database(path: Path, blocks: dict[str, dict[str, Any]] | None = None) -> Path:
-    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoIP2-City")
+def write_database(
+    path: Path, blocks: dict[str, dict[str, Any]] | None = None, ip_version: int = 6
+) -> Path:
+    writer = MMDBWriter(
+        ip_version=ip_version, ipv4_compatible=ip_version == 6, database_type="GeoIP2-City"
+    )
     for network, record in (BLOCKS if blocks is None else blocks).items():
         writer.insert_network(IPSet([network]), record)
     writer.to_db_file(str(path))

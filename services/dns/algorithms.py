@@ -261,8 +261,12 @@ class Geo:
         if client.subnet_prefix is None:
             return pick._replace(ecs_scope=0, caching=Caching.NEVER)
         # With a database the answer holds for the client's whole network in it (and, for a
-        # fallback that hashes, for the hashed prefix); without one, for the subnet asked.
-        scope = client.subnet_prefix if found is None else max(found.prefix, pick.ecs_scope)
+        # fallback that hashes, for the hashed prefix); without one, or for an address the
+        # database cannot look up (IPv6 in an IPv4 database), for the subnet asked.
+        if found is None or found.prefix == 0:
+            scope = client.subnet_prefix
+        else:
+            scope = max(found.prefix, pick.ecs_scope)
         return pick._replace(ecs_scope=scope)
 
 

@@ -270,3 +270,13 @@ def test_a_missing_file_at_start_means_no_database_until_it_appears(tmp_path: Pa
         assert answered_clusters(geo_name(table.geoip), client_in(ES_V4)) == {"es"}
 
     asyncio.run(scenario())
+
+
+def test_an_address_the_database_cannot_look_up_echoes_the_subnet_asked(tmp_path: Path) -> None:
+    path = write_database(tmp_path / "v4.mmdb", {ES_V4: city("ES", "EU", MADRID)}, ip_version=4)
+    reader = maxminddb.open_database(str(path), maxminddb.MODE_MEMORY)
+    name = geo_name(GeoIp(reader.get_with_prefix_len))
+    pick = decide(name, wire.A, Client("2001:db8:e5::", 48))
+    assert pick is not None
+    assert {m.cluster for m in pick.rotation.members} == set(MEMBERS)  # the fallback
+    assert pick.ecs_scope == 48  # not 0, which would let every client share the answer
