@@ -80,16 +80,33 @@ class DelegationKeeper:
         self._checked: dict[str, object] = {}
         """Per zone, what it wanted at its last check: a change is checked at once."""
         self._due: dict[str, float] = {}
+        self._inherited: dict[str, DelegationStatus] = {}
+        """Results published by an earlier term for zones not checked in this one yet."""
 
     def with_results(
-        self, statuses: Mapping[PolicyRef, PolicyStatus]
+        self,
+        statuses: Mapping[PolicyRef, PolicyStatus],
+        published: Mapping[PolicyRef, PolicyStatus],
     ) -> Mapping[PolicyRef, PolicyStatus]:
-        """The statuses to publish: the active GSLBConfig's carries the delegation results."""
-        ref = self.planner.policies.config_ref
-        if not self.results or ref is None or ref not in statuses:
+        """The statuses to publish: the active GSLBConfig's carries the delegation results. A
+        zone this leader has not checked yet keeps the result last published (by the previous
+        leader), so a takeover does not blank it for the moment of the first check."""
+        policies = self.planner.policies
+        ref, config = policies.config_ref, policies.config
+        if ref is None or ref not in statuses or config is None:
             return statuses
-        results = [self.results[zone] for zone in sorted(self.results)]
-        return {**statuses, ref: statuses[ref].model_copy(update={"delegation": results})}
+        delegated = {normalize_fqdn(z.name) for z in config.zones if z.delegation is not None}
+        old = published.get(ref)
+        self._inherited = {
+            entry.zone: entry
+            for entry in (old.delegation if old is not None else [])
+            if entry.zone in delegated and entry.zone not in self.results
+        }
+        results = {**self._inherited, **self.results}
+        if not results:
+            return statuses
+        entries = [results[zone] for zone in sorted(results)]
+        return {**statuses, ref: statuses[ref].model_copy(update={"delegation": entries})}
 
     async def run(self) -> None:
         while True:
@@ -175,11 +192,14 @@ class DelegationKeeper:
         spec = zone_config.delegation
         assert spec is not None
         DELEGATION_DELEGATED.labels(zone).set(1 if state == DelegationState.DELEGATED else 0)
-        previous = self.results.get(zone)
+        previous = self.results.get(zone) or self._inherited.pop(zone, None)
         parent = parent_of(zone, spec)
         if previous is not None and (previous.state, previous.message, previous.server) == (
             state, message, spec.primary,
         ):  # fmt: skip
+            if zone not in self.results:  # the previous term's result, confirmed: kept as is
+                self.results[zone] = previous
+                self.changed()
             return
         self.results[zone] = DelegationStatus(
             zone=zone, parent=parent, server=spec.primary, state=state, message=message,

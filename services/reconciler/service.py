@@ -565,7 +565,7 @@ class Reconciler:
             log.warning("resync repaired drift", extra={"kv_writes": writes})
 
     async def _publish_statuses(self) -> None:
-        statuses = self.delegation.with_results(self.planner.statuses)
+        statuses = self.delegation.with_results(self.planner.statuses, self.published_status)
         for ref, status in statuses.items():
             if self.published_status.get(ref) == status:
                 continue

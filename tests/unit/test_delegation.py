@@ -5,6 +5,8 @@ zone's cut."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import dns.message
@@ -21,7 +23,21 @@ from services.reconciler.delegation import (
     update_for,
     wanted,
 )
-from shared.models import NameServer, SoaSpec
+from services.reconciler.delegation_keeper import DelegationKeeper
+from services.reconciler.lease import Leadership
+from services.reconciler.settings import ReconcilerSettings
+from services.reconciler.validation import validate
+from shared.models import (
+    DelegationState,
+    DelegationStatus,
+    NameServer,
+    PolicyKind,
+    PolicyObject,
+    PolicyRef,
+    PolicyState,
+    PolicyStatus,
+    SoaSpec,
+)
 from shared.policies import DelegationSpec, ZoneConfig
 
 ZONE = "avi.iberia.local"
@@ -203,3 +219,37 @@ def test_a_bad_delegation_setting_is_refused_naming_the_problem(
 ) -> None:
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("(", r"\(")):
         DelegationSpec.model_validate({**SPEC, field: value})
+
+
+def test_a_new_leader_keeps_the_last_published_result_until_its_own_first_check() -> None:
+    ref = PolicyRef(kind=PolicyKind.GSLB_CONFIG, namespace="avi-system", name="gc-1")
+    spec = {
+        "zones": [
+            TWO.model_dump(mode="json", by_alias=True, exclude_none=True),
+            {"name": "old.iberia.local", "soa": {"mname": "a.", "rname": "b."}},
+        ]
+    }
+    planner = SimpleNamespace(policies=validate({ref: PolicyObject(ref=ref, spec=spec)}, {}))
+    keeper = DelegationKeeper(
+        Leadership("r1", 5.0), planner, ReconcilerSettings(), changed=lambda: None
+    )
+    fresh = PolicyStatus(
+        ref=ref, state=PolicyState.ACCEPTED, message="active GSLBConfig", observed_generation=1
+    )
+    since = datetime(2026, 12, 7, tzinfo=UTC)
+    entries = [
+        DelegationStatus(
+            zone=zone,
+            parent=PARENT,
+            server="127.0.0.1:5353",
+            state=DelegationState.DELEGATED,
+            message="held",
+            since=since,
+        )
+        for zone in (ZONE, "old.iberia.local")
+    ]
+    published = {ref: fresh.model_copy(update={"delegation": entries})}
+    shown = keeper.with_results({ref: fresh}, published)[ref].delegation
+    # The zone still delegated keeps its entry; one whose delegation is gone loses it.
+    assert [entry.zone for entry in shown] == [ZONE]
+    assert keeper.with_results({ref: fresh}, {})[ref].delegation == []
