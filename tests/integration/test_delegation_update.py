@@ -43,9 +43,12 @@ from tests.integration.test_watcher import Kube, call, get_cr, kube, start_watch
 __all__ = ["kube"]  # the fixture, shared with test_watcher
 
 NAMED = shutil.which("named") or ("/usr/sbin/named" if Path("/usr/sbin/named").exists() else None)
-pytestmark = pytest.mark.skipif(
-    NAMED is None, reason="named not installed (Debian package `bind9`)"
-)
+pytestmark = [
+    pytest.mark.skipif(NAMED is None, reason="named not installed (Debian package `bind9`)"),
+    pytest.mark.skipif(
+        shutil.which("dig") is None, reason="dig not installed (Debian package `bind9-dnsutils`)"
+    ),
+]
 
 PARENT = "iberia.local"
 ZONE = "avi.iberia.local"
