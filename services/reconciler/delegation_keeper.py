@@ -112,7 +112,10 @@ class DelegationKeeper:
         while True:
             await asyncio.sleep(TICK_SECONDS)
             if not self.leadership.is_leader(time.monotonic()):
-                # The next leader checks and reports for itself.
+                # The next leader checks and reports for itself (a standby exports nothing).
+                for zone in self.results:
+                    with contextlib.suppress(KeyError):
+                        DELEGATION_DELEGATED.remove(zone)
                 self._checked.clear()
                 self._due.clear()
                 self.results.clear()
