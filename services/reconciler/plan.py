@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from services.reconciler.geo import site_locations
 from services.reconciler.names import RejectedName, gslb_name_problem
 from services.reconciler.statuses import final_statuses
 from services.reconciler.validation import AcceptedGdp, Policies, validate
@@ -205,7 +206,7 @@ def _algorithm_fields(settings: PoolAlgorithmSettings | None) -> dict[str, objec
         return {}
     algorithm = settings.lb_algorithm
     fallback = settings.fallback_algorithm
-    if fallback is None and algorithm == Algorithm.TOPOLOGY:
+    if fallback is None and algorithm in (Algorithm.TOPOLOGY, Algorithm.GEO):
         fallback = FallbackAlgorithm()
     fields: dict[str, object] = {"algorithm": algorithm}
     if algorithm == Algorithm.CONSISTENT_HASH:
@@ -264,6 +265,12 @@ def plan_fqdn(
         if rule and rule.health_monitor_template
         else spec.health_monitor_template
     )
+    algorithm = _algorithm_fields(
+        rule.pool_algorithm_settings if rule and rule.pool_algorithm_settings
+        else spec.pool_algorithm_settings
+    )  # fmt: skip
+    if algorithm.get("algorithm") == Algorithm.GEO:
+        algorithm["site_locations"] = site_locations(policies.config, groups)
     service = GslbService(
         fqdn=fqdn,
         ttl_seconds=ttl if ttl is not None else _zone_ttl(fqdn, policies.zones),
@@ -274,11 +281,7 @@ def plan_fqdn(
             rule.down_response if rule and rule.down_response else spec.down_response
         ),
         policies=sorted(str(r) for r in (owner.ref, rule_ref) if r is not None),
-        **_algorithm_fields(
-            rule.pool_algorithm_settings
-            if rule and rule.pool_algorithm_settings
-            else spec.pool_algorithm_settings
-        ),
+        **algorithm,
     )
     return FqdnPlan(service, owner.ref, tuple(shadowed))
 

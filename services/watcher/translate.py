@@ -300,14 +300,30 @@ def status_fields(status: PolicyStatus) -> dict[str, Any]:
 
     ``state`` Accepted|Rejected, ``message``, ``observedGeneration`` (the generation the
     reconciler judged) and ``acceptedGeneration`` (the generation in force; absent when none
-    is, so a Rejected edit shows which older version still serves).
+    is, so a Rejected edit shows which older version still serves); a GSLBConfig's also
+    ``delegation``, per zone with automatic delegation: ``zone``, ``parent``, ``server``,
+    ``state`` Delegated|Failed, ``message`` and ``lastTransitionTime``.
     """
-    return {
+    fields: dict[str, Any] = {
         "state": status.state.value,
         "message": status.message,
         "observedGeneration": status.observed_generation,
         "acceptedGeneration": status.accepted_generation,
     }
+    if status.ref.kind == PolicyKind.GSLB_CONFIG:
+        # Automatic delegation, per zone; None removes the entry of a delegation turned off.
+        fields["delegation"] = [
+            {
+                "zone": entry.zone,
+                "parent": entry.parent,
+                "server": entry.server,
+                "state": entry.state.value,
+                "message": entry.message,
+                "lastTransitionTime": entry.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for entry in status.delegation
+        ] or None
+    return fields
 
 
 def cluster_entries(statuses: Iterable[ClusterStatus]) -> list[dict[str, str]]:

@@ -123,6 +123,10 @@ class LocalPod:
         pattern = re.compile(rf"(?<![\w./-])({mounts})(?=/|[^\w.-]|$)")
         return pattern.sub(lambda m: str(self.mounts[m.group(1)]), text)
 
+    def has_secret(self, name: str) -> bool:
+        rendered = any(d["metadata"]["name"] == name for d in of_kind_in(self.docs, "Secret"))
+        return rendered or name in self.secrets
+
     def secret(self, name: str) -> dict[str, str]:
         """A Secret the overlay generates (dev's passwords), else one the test created."""
         rendered = [d for d in of_kind_in(self.docs, "Secret") if d["metadata"]["name"] == name]
@@ -135,7 +139,10 @@ class LocalPod:
         if "configMap" in volume:
             return dict(named_in(self.docs, "ConfigMap", volume["configMap"]["name"])["data"])
         if "secret" in volume:
-            data = self.secret(volume["secret"]["secretName"])
+            name = volume["secret"]["secretName"]
+            if volume["secret"].get("optional") and not self.has_secret(name):
+                return {}  # as the kubelet mounts an optional Secret that does not exist
+            data = self.secret(name)
             items = volume["secret"].get("items")
             if items is None:
                 return dict(data)
