@@ -23,7 +23,15 @@ from nats.aio.client import Client
 from shared import subjects, wire
 from shared.models import GslbService
 from tests.integration.conftest import Services, eventually
-from tests.integration.test_watcher import SERVICE_VIPS, VIPS, Kube, call, kube, start_watcher
+from tests.integration.test_watcher import (
+    SERVICE_VIPS,
+    VIPS,
+    Kube,
+    call,
+    kube,
+    metric,
+    start_watcher,
+)
 from tests.integration.test_watcher_pipeline import publish_seed_policies, start_pipeline
 
 __all__ = ["kube"]  # the fixture, shared with test_watcher
@@ -292,6 +300,7 @@ async def test_a_load_balancer_that_reports_only_a_hostname_is_a_member_kept_fre
         services, kube, "s2",
         "--hostname-resolver", f"127.0.0.1:{local_dns.port}",
         "--hostname-min-refresh-seconds", "0.5",
+        "--hostname-refresh-seconds", "2",
     )  # fmt: skip
     start_watcher(services, kube, "s1az1")
     await settled(services, port)
@@ -306,7 +315,7 @@ async def test_a_load_balancer_that_reports_only_a_hostname_is_a_member_kept_fre
     # The load balancer's addresses change behind its name: the TTL-driven refresh follows.
     local_dns.addresses = ["127.10.23.72", "127.10.23.73"]
     await eventually(
-        lambda: _equals(addresses(port), {"127.10.23.72", "127.10.23.73"}), timeout_seconds=20
+        lambda: _equals(_all_answers(port), {"127.10.23.72", "127.10.23.73"}), timeout_seconds=20
     )
 
     # Mixed members: an IP-reporting load balancer in s1az1 beside the hostname one in s2.
@@ -314,11 +323,14 @@ async def test_a_load_balancer_that_reports_only_a_hostname_is_a_member_kept_fre
     expected = {"127.10.23.72", "127.10.23.73", SERVICE_VIPS["s1az1"]}
     await eventually(lambda: _equals(_all_answers(port), expected), timeout_seconds=20)
 
-    # A name that stops resolving keeps the addresses resolved before (and says so).
+    # A name that stops resolving keeps the addresses resolved before (and the watcher says
+    # so in its log and kgslb_watcher_hostnames{state="failing"}); asked again each period.
     local_dns.addresses = []
     queries = local_dns.queries
     await eventually(lambda: _more(local_dns, queries + 4))
     assert await _all_answers(port) == expected
+    failing = metric(services, "watcher-s2", "kgslb_watcher_hostnames", state="failing")
+    assert await failing == 1
 
 
 async def test_the_system_resolver_resolves_localhost(

@@ -157,9 +157,11 @@ class RouteSource(Source):
         tls_hosts: list[str] = []
         vips: list[str] = []
         ports: list[int] = []
+        missing: list[str] = []
         for parent in parents:
             gateway = lookup.object(JoinKey(GATEWAY_NAME, parent.namespace, parent.name))
             if gateway is None:
+                missing.append(f"{parent.namespace}/{parent.name}")
                 continue
             ips = gateway_ips(gateway)
             served = False
@@ -183,6 +185,10 @@ class RouteSource(Source):
             if served:
                 vips.extend(ips)
         hosts = unique(hosts)
+        if len(missing) == len(parents):
+            return Observation(
+                ref, None, Skip.NO_ADDRESS, f"{where}: no Gateway {', '.join(missing)} (yet)"
+            )
         if not hosts:
             return Observation(
                 ref, None, Skip.NO_HOST, f"{where}: no hostname on the listeners it attaches to"
