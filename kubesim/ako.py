@@ -7,7 +7,8 @@ resourceVersion and emits MODIFIED without touching generation:
 
 - an Ingress or a LoadBalancer Service: `status.loadBalancer.ingress: [{ip}]`;
 - a Gateway: `status.addresses: [{type: IPAddress, value}]`, conditions Accepted and
-  Programmed (its own address, as a LoadBalancer Service gets);
+  Programmed (with `shared_ingress_vip`, the shared address as an Ingress gets, so that the
+  demo backends of `kgslb up` serve it; otherwise its own);
 - an HTTPRoute, GRPCRoute or TLSRoute: one `status.parents` entry per Gateway parentRef,
   Accepted "True" when that Gateway exists (reason Accepted), else "False" (NoMatchingParent);
   re-evaluated when a Gateway comes or goes;
@@ -179,7 +180,7 @@ class VipAllocator:
         if not self._pool:
             return None
         if self._shared_ingress_vip:
-            if rtype is INGRESSES:
+            if rtype is INGRESSES or rtype.key == GATEWAYS:
                 return self._pool[0]
             candidates = self._pool[1:]
         else:
