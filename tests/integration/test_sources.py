@@ -20,6 +20,7 @@ import dns.rrset
 import pytest
 from nats.aio.client import Client
 
+from kubesim.resources import CRDS, gateway_api_crds
 from shared import subjects, wire
 from shared.models import GslbService
 from tests.integration.conftest import Services, eventually
@@ -365,3 +366,23 @@ async def _all_answers(port: int) -> set[str]:
     for _ in range(12):
         seen |= await addresses(port)
     return seen
+
+
+async def test_a_cluster_without_the_gateway_api_is_ready_and_picks_it_up_once_installed(
+    nats_client: Client, services: Services, kube: Kube
+) -> None:
+    store = kube.sim.store("s2")
+    crds = {crd["metadata"]["name"]: crd for crd in gateway_api_crds()}
+    for name in crds:
+        store.delete(CRDS, None, name)
+    port = start_pipeline(services)
+    await publish_seed_policies(nats_client)
+    start_watcher(services, kube, "s2", "--absent-recheck-seconds", "1")
+    await settled(services, port)  # ready, with no Gateway API and no Route served
+
+    for crd in crds.values():
+        store.create(CRDS, None, crd)
+    await create(kube, "gateways", gateway())
+    address = await gateway_address(kube)
+    await create(kube, "httproutes", route("HTTPRoute", "shop", [SHOP]))
+    await eventually(lambda: _equals(addresses(port), {address}), timeout_seconds=20)
