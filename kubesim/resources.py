@@ -245,14 +245,13 @@ OPENSHIFT_ROUTE_GROUP = "route.openshift.io"
 
 
 def gateway_api_crds() -> list[Obj]:
-    """The Gateway API kinds kgslb reads (standard channel; TLSRoute at v1alpha2, the
-    version every release that has it serves), and OpenShift's Route, which OpenShift serves
-    itself (here a CRD stands in for it)."""
+    """The Gateway API kinds kgslb reads (standard channel, v1), and OpenShift's Route, which
+    OpenShift serves itself (here a CRD stands in for it)."""
     return [
         crd_manifest(GATEWAY_GROUP, "Gateway", "gateways", ["gtw"], version="v1"),
         crd_manifest(GATEWAY_GROUP, "HTTPRoute", "httproutes", [], version="v1"),
         crd_manifest(GATEWAY_GROUP, "GRPCRoute", "grpcroutes", [], version="v1"),
-        crd_manifest(GATEWAY_GROUP, "TLSRoute", "tlsroutes", [], version="v1alpha2"),
+        crd_manifest(GATEWAY_GROUP, "TLSRoute", "tlsroutes", [], version="v1"),
         crd_manifest(OPENSHIFT_ROUTE_GROUP, "Route", "routes", [], version="v1"),
     ]
 

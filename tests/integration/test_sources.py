@@ -65,8 +65,10 @@ async def timed(check: Any, timeout: float = ANSWER_WITHIN_SECONDS) -> float:
     return time.monotonic() - started
 
 
-def gateway(name: str = "shop-gw", hostname: str | None = None) -> dict[str, Any]:
-    listener: dict[str, Any] = {"name": "http", "protocol": "HTTP", "port": 80}
+def gateway(
+    name: str = "shop-gw", hostname: str | None = None, protocol: str = "HTTP", port: int = 80
+) -> dict[str, Any]:
+    listener: dict[str, Any] = {"name": "l", "protocol": protocol, "port": port}
     if hostname:
         listener["hostname"] = hostname
     return {
@@ -114,16 +116,20 @@ async def gateway_address(kube: Kube, name: str = "shop-gw") -> str:
 
 
 @pytest.mark.parametrize(
-    ("kind", "plural"), [("HTTPRoute", "httproutes"), ("GRPCRoute", "grpcroutes")]
-)
+    ("kind", "plural", "protocol"),
+    [("HTTPRoute", "httproutes", "HTTP"), ("GRPCRoute", "grpcroutes", "HTTPS"),
+     ("TLSRoute", "tlsroutes", "TLS")],
+)  # fmt: skip
 async def test_a_gateway_route_makes_dns_answer_with_the_gateways_address_and_its_delete_withdraws_it(
-    nats_client: Client, services: Services, kube: Kube, kind: str, plural: str
+    nats_client: Client, services: Services, kube: Kube, kind: str, plural: str, protocol: str
 ) -> None:
     port = start_pipeline(services)
     await publish_seed_policies(nats_client)
     start_watcher(services, kube, "s2")
     await settled(services, port)
-    await create(kube, "gateways", gateway())
+    await create(
+        kube, "gateways", gateway(protocol=protocol, port=80 if protocol == "HTTP" else 443)
+    )
     address = await gateway_address(kube)
     assert address == VIPS["s2"], "the AKO stand-in gives a Gateway the shared VIP"
 

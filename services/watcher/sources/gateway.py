@@ -222,5 +222,6 @@ def _route(kind: ObjectKind, version: str, plural: str, protocols: Iterable[str]
 
 HTTP_ROUTE = _route(ObjectKind.HTTP_ROUTE, "v1", "httproutes", ("HTTP", "HTTPS"))
 GRPC_ROUTE = _route(ObjectKind.GRPC_ROUTE, "v1", "grpcroutes", ("HTTP", "HTTPS"))
-TLS_ROUTE = _route(ObjectKind.TLS_ROUTE, "v1alpha2", "tlsroutes", ("TLS",))
-"""TLSRoute is served as v1alpha2 by every Gateway API release that has it."""
+TLS_ROUTE = _route(ObjectKind.TLS_ROUTE, "v1", "tlsroutes", ("TLS",))
+"""TLSRoute is in the standard channel (v1) since Gateway API v1.5; the experimental
+channel's v1alpha2 of older releases is not read."""
