@@ -171,7 +171,7 @@ class ClusterView:
         return {
             key.name
             for obj in objects
-            for key in source.joins(obj)
+            for key in source.joins(obj, self)
             if key.source == HOSTNAME and key.name not in self._resolved
         }
 
@@ -278,7 +278,7 @@ class ClusterView:
 
     def _track(self, source: Source, obj: Obj) -> None:
         key = JoinKey(source.name, *name_of(obj))
-        joins = source.joins(obj)
+        joins = source.joins(obj, self)
         if self._joins_of.get(key) == joins:
             if joins:
                 self._raw[key] = obj

@@ -315,3 +315,17 @@ def test_sources_are_chosen_by_kind_with_what_they_join() -> None:
     assert [s.name for s in select(["HTTPRoute"])] == ["Namespace", "Gateway", "HTTPRoute"]
     with pytest.raises(ValueError, match=r"unknown source.*Ingres.*known: all, GRPCRoute"):
         select(["Ingres"])
+
+
+def test_a_gateway_that_reports_only_a_hostname_serves_its_routes_once_resolved() -> None:
+    view = ClusterView(CLUSTER)
+    gw = gateway(ip=None)
+    gw["status"] = {"addresses": [{"type": "Hostname", "value": "gw.elb.example.test"}]}
+    assert view.unresolved("Gateway", [gw]) == {"gw.elb.example.test"}
+    view.listed("Gateway", [gw])
+    assert view.listed(ObjectKind.HTTP_ROUTE, [route([SHOP])]).skipped[0].skip == Skip.NO_ADDRESS
+    assert view.hostnames() == ["gw.elb.example.test"]
+
+    [served] = messages_of(view.resolved("gw.elb.example.test", Resolution(("10.3.0.1",))))
+    assert isinstance(served, ObservedObject)
+    assert (served.vips, served.resolved_from) == (["10.3.0.1"], ["gw.elb.example.test"])

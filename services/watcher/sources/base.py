@@ -128,8 +128,9 @@ class Source:
     def observe(self, cluster: str, obj: Obj, lookup: Lookup = NO_LOOKUP) -> Observation:
         raise NotImplementedError(f"{self.name} publishes nothing")
 
-    def joins(self, obj: Obj) -> frozenset[JoinKey]:
-        """The other objects `observe` reads for `obj` (none by default)."""
+    def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
+        """The other objects `observe` reads for `obj` (none by default), given what is known
+        of them (a route reads the hostnames its Gateways report)."""
         return frozenset()
 
 

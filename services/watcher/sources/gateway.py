@@ -12,8 +12,9 @@ hostname is kept when it equals the listener's or falls under its wildcard, and 
 wildcard narrows to a listener hostname it covers. With several accepted parents the route's
 observation carries the union of their hostnames and addresses.
 
-Gateways are not published: they are joined. Addresses of type `Hostname` are left out
-(only `IPAddress`, the default type, makes a member).
+Gateways are not published: they are joined. Their `status.addresses` of type `IPAddress`
+(the default type) are members; a Gateway that reports only addresses of type `Hostname` (a
+cloud load balancer's name) has them resolved by the shell, as a LoadBalancer Service's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from services.watcher.sources.base import (
     HTTPS_PORT,
     NO_LOOKUP,
+    Addresses,
     Api,
     JoinKey,
     Lookup,
@@ -32,8 +34,10 @@ from services.watcher.sources.base import (
     Skip,
     Source,
     as_list,
+    hostname_joins,
     labels_of,
     mapping,
+    member_addresses,
     object_ref,
     published,
     resource_version,
@@ -50,6 +54,10 @@ TLS_PROTOCOLS = frozenset({"HTTPS", "TLS"})
 @dataclass(frozen=True)
 class GatewaySource(Source):
     """Listed and watched so that routes can be joined with it; publishes nothing itself."""
+
+    def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
+        """The hostnames it reports instead of IPs: resolved before it is decided."""
+        return hostname_joins(gateway_addresses(obj))
 
 
 GATEWAY = GatewaySource(
@@ -112,13 +120,17 @@ def effective_hostnames(route_hosts: Iterable[str], listener_host: str) -> list[
     return unique(h for host in hosts if (h := intersect(host, listener_host)) is not None)
 
 
-def gateway_ips(gateway: Obj) -> list[str]:
+ADDRESS_TYPES = {"IPAddress": "ip", "Hostname": "hostname"}
+
+
+def gateway_addresses(gateway: Obj) -> Addresses:
+    """The IPs and hostnames of `status.addresses` (other address types are left out)."""
     pairs = [
-        ("ip" if (entry.get("type") or "IPAddress") == "IPAddress" else "other", str(value))
+        (ADDRESS_TYPES.get(str(entry.get("type") or "IPAddress"), "other"), str(value))
         for entry in map(mapping, as_list(mapping(gateway.get("status")).get("addresses")))
         if (value := entry.get("value"))
     ]
-    return split_addresses(p for p in pairs if p[0] == "ip").ips
+    return split_addresses(p for p in pairs if p[0] != "other")
 
 
 @dataclass(frozen=True)
@@ -140,8 +152,13 @@ class RouteSource(Source):
         ]
         return [k for k in dict.fromkeys(keys) if (k.group, k.kind) == (GROUP, GATEWAY_NAME)]
 
-    def joins(self, obj: Obj) -> frozenset[JoinKey]:
-        return frozenset(JoinKey(GATEWAY_NAME, k.namespace, k.name) for k in self.parents(obj))
+    def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
+        keys = {JoinKey(GATEWAY_NAME, k.namespace, k.name) for k in self.parents(obj)}
+        hostnames: set[JoinKey] = set()
+        for key in keys:
+            if (gateway := lookup.object(key)) is not None:
+                hostnames |= hostname_joins(gateway_addresses(gateway))
+        return frozenset(keys | hostnames)
 
     def observe(self, cluster: str, obj: Obj, lookup: Lookup = NO_LOOKUP) -> Observation:
         ref = object_ref(cluster, self._kind(), obj)
@@ -156,6 +173,7 @@ class RouteSource(Source):
         hosts: list[str] = []
         tls_hosts: list[str] = []
         vips: list[str] = []
+        resolved_from: list[str] = []
         ports: list[int] = []
         missing: list[str] = []
         for parent in parents:
@@ -163,7 +181,7 @@ class RouteSource(Source):
             if gateway is None:
                 missing.append(f"{parent.namespace}/{parent.name}")
                 continue
-            ips = gateway_ips(gateway)
+            members = member_addresses(gateway_addresses(gateway), lookup)
             served = False
             for listener in map(mapping, as_list(mapping(gateway.get("spec")).get("listeners"))):
                 protocol = str(listener.get("protocol") or "")
@@ -183,7 +201,8 @@ class RouteSource(Source):
                 port = listener.get("port")
                 ports.append(port if isinstance(port, int) else HTTPS_PORT)
             if served:
-                vips.extend(ips)
+                vips.extend(members.vips)
+                resolved_from.extend(members.resolved_from)
         hosts = unique(hosts)
         if len(missing) == len(parents):
             return Observation(
@@ -196,7 +215,10 @@ class RouteSource(Source):
         vips = unique(vips)
         if not vips:
             return Observation(
-                ref, None, Skip.NO_ADDRESS, f"{where}: its Gateways have no IP in status.addresses"
+                ref,
+                None,
+                Skip.NO_ADDRESS,
+                f"{where}: its Gateways have no address in status.addresses (yet)",
             )
         message = ObservedObject(
             ref=ref,
@@ -206,6 +228,7 @@ class RouteSource(Source):
             tls_hosts=unique(tls_hosts),
             vips=vips,
             ports=sorted(set(ports)),
+            resolved_from=unique(resolved_from),
         )
         return published(Observation(ref, message))
 

@@ -69,7 +69,7 @@ class IngressSource(Source):
         )
         return published(Observation(ref, message))
 
-    def joins(self, obj: Obj) -> frozenset[JoinKey]:
+    def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
         return hostname_joins(load_balancer_addresses(obj))
 
 

@@ -109,7 +109,7 @@ class OpenShiftRouteSource(Source):
         )
         return published(Observation(ref, message))
 
-    def joins(self, obj: Obj) -> frozenset[JoinKey]:
+    def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
         return hostname_joins(router_addresses(obj)[1])
 
 

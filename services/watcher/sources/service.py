@@ -72,7 +72,7 @@ class ServiceSource(Source):
         )
         return published(Observation(ref, message))
 
-    def joins(self, obj: Obj) -> frozenset[JoinKey]:
+    def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
         if not is_load_balancer(obj):
             return frozenset()
         return hostname_joins(load_balancer_addresses(obj))
