@@ -54,9 +54,27 @@ class Value(BaseModel):
 
 
 class ObjectKind(StrEnum):
+    """The kinds a watcher publishes (one source each, `services/watcher/sources/`)."""
+
     INGRESS = "Ingress"
     SERVICE = "Service"
     NAMESPACE = "Namespace"
+    HTTP_ROUTE = "HTTPRoute"
+    GRPC_ROUTE = "GRPCRoute"
+    TLS_ROUTE = "TLSRoute"
+    ROUTE = "Route"
+    """OpenShift's route.openshift.io/v1 Route."""
+
+    @property
+    def labels_only(self) -> bool:
+        """Observed for its labels alone (namespace selectors), never a member."""
+        return self is ObjectKind.NAMESPACE
+
+    @property
+    def named_by_default_domain(self) -> bool:
+        """Without a host of its own it serves `<name>.<namespace>.<defaultDomain>` (a
+        LoadBalancer Service, as AMKO names one)."""
+        return self is ObjectKind.SERVICE
 
 
 class ObjectRef(Value):
@@ -86,7 +104,7 @@ class HostPath(Value):
 
 
 class ObservedObject(WireModel):
-    """The last observation of an Ingress, a LoadBalancer Service or a Namespace."""
+    """The last observation of an object of a member cluster (an `ObjectKind`)."""
 
     KIND = "ObservedObject"
     ref: ObjectRef
@@ -103,6 +121,19 @@ class ObservedObject(WireModel):
     )
     ports: list[int] = Field(default_factory=list)
     observed_at: datetime = Field(default_factory=utcnow)
+    resolved_from: list[str] = Field(
+        default_factory=list,
+        description="load-balancer hostnames the VIPs were resolved from (the object "
+        "reports no IP); left out of the message when empty",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_resolved(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.resolved_from and isinstance(data, dict):
+            data.pop("resolvedFrom", None)
+            data.pop("resolved_from", None)
+        return data
 
 
 class Tombstone(WireModel):

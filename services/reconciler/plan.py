@@ -29,7 +29,6 @@ from shared.models import (
     GslbService,
     HealthMonitorSpec,
     Member,
-    ObjectKind,
     ObjectRef,
     ObservedObject,
     PolicyDeleted,
@@ -98,17 +97,17 @@ def object_hosts(obj: ObservedObject, default_domain: str | None) -> tuple[str, 
     """FQDNs an object serves for one GDP: its hosts, or for a LoadBalancer Service without a
     hostname, `<name>.<namespace>.<defaultDomain>`."""
     hosts = _explicit_hosts(obj)
-    if hosts or obj.ref.kind != ObjectKind.SERVICE or not default_domain:
+    if hosts or not obj.ref.kind.named_by_default_domain or not default_domain:
         return hosts
     return (normalize_fqdn(f"{obj.ref.name}.{obj.ref.namespace}.{default_domain}"),)
 
 
 def candidate_hosts(obj: ObservedObject, default_domains: Iterable[str]) -> frozenset[str]:
     """Every FQDN an object could serve under any GDP (what the FQDN index holds)."""
-    if obj.ref.kind == ObjectKind.NAMESPACE:
+    if obj.ref.kind.labels_only:
         return frozenset()
     hosts = _explicit_hosts(obj)
-    if hosts or obj.ref.kind != ObjectKind.SERVICE:
+    if hosts or not obj.ref.kind.named_by_default_domain:
         return frozenset(hosts)
     return frozenset(object_hosts(obj, domain)[0] for domain in default_domains)
 
@@ -116,9 +115,9 @@ def candidate_hosts(obj: ObservedObject, default_domains: Iterable[str]) -> froz
 def selects(
     gdp: AcceptedGdp, obj: ObservedObject, namespace_labels: Mapping[NamespaceKey, dict[str, str]]
 ) -> bool:
-    """A GDP selects an Ingress or LoadBalancer Service that has a VIP, lives in one of its
-    clusters and matches both selectors (ANDed)."""
-    if not obj.vips or not gdp.selects_anything or obj.ref.kind == ObjectKind.NAMESPACE:
+    """A GDP selects an object (an Ingress, a LoadBalancer Service, a route) that has a VIP,
+    lives in one of its clusters and matches both selectors (ANDed)."""
+    if not obj.vips or not gdp.selects_anything or obj.ref.kind.labels_only:
         return False
     if gdp.clusters is not None and obj.ref.cluster not in gdp.clusters:
         return False
@@ -130,6 +129,14 @@ def selects(
 
 
 # One GSLB service ---------------------------------------------------------------------------
+
+
+def object_source(obj: ObservedObject) -> str:
+    """How a member names the object it comes from (`kgslb status` shows it): the object,
+    and the load-balancer hostnames its addresses were resolved from, if any."""
+    if obj.resolved_from:
+        return f"{obj.ref} via {', '.join(obj.resolved_from)}"
+    return str(obj.ref)
 
 
 def build_members(
@@ -169,7 +176,7 @@ def build_members(
     for obj in objects:
         for vip in obj.vips:
             answered = public_ip.get(obj.ref.cluster, vip)
-            add(answered, obj.ref.cluster, str(obj.ref), vip if answered != vip else None)
+            add(answered, obj.ref.cluster, object_source(obj), vip if answered != vip else None)
     if host_rule is not None:
         for third in host_rule.third_party_members:
             add(third.vip, third.site, f"THIRDPARTY/{third.site}/{third.vip}", None)
@@ -398,7 +405,7 @@ class Planner:
 
     def apply(self, message: WireModel) -> None:
         match message:
-            case ObservedObject(ref=ref) if ref.kind == ObjectKind.NAMESPACE:
+            case ObservedObject(ref=ref) if ref.kind.labels_only:
                 self.observed[ref] = message
                 self._set_namespace_labels((ref.cluster, ref.name), message.labels)
             case ObservedObject(ref=ref):
@@ -450,7 +457,7 @@ class Planner:
     def _remove(self, ref: ObjectRef) -> None:
         if self.observed.pop(ref, None) is None:
             return
-        if ref.kind == ObjectKind.NAMESPACE:
+        if ref.kind.labels_only:
             self._set_namespace_labels((ref.cluster, ref.name), None)
         else:
             self._unindex(ref)
