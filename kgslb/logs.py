@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
+from kgslb import natscmd
 from shared import bus, subjects, wire
 from shared.models import DnsQueryLog, GslbService
 from shared.settings import NatsSettings
@@ -36,6 +37,14 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 class LogsSettings(NatsSettings):
     pass
+
+
+LOGS_STREAMS = (
+    subjects.STREAM_DNSLOG,
+    bus.kv_stream(subjects.KV_ZONES),
+    bus.kv_stream(subjects.KV_SERVICES),
+)
+"""What `kgslb logs` reads; looked up, never created."""
 
 
 class LogsError(ValueError):
@@ -280,11 +289,9 @@ def write_chart(report: SplitReport, path: Path) -> None:
 
 async def export_command(settings: LogsSettings, fqdn: str, since: str, csv_path: Path) -> int:
     window = parse_since(since)
-    nc = await bus.connect(settings, "kgslb-logs")
-    try:
+    async with natscmd.session(settings, "kgslb-logs") as nc:
+        await natscmd.require(nc.jetstream(), LOGS_STREAMS, settings.nats_url)
         records = await read_logs(nc.jetstream(), fqdn, window)
-    finally:
-        await nc.drain()
     write_csv(records, csv_path)
     print(f"{len(records)} query log record(s) for {fqdn} since {since} written to {csv_path}")
     return len(records)
@@ -297,13 +304,11 @@ async def split_command(
     from rich.table import Table
 
     window = parse_since(since)
-    nc = await bus.connect(settings, "kgslb-logs")
-    try:
+    async with natscmd.session(settings, "kgslb-logs") as nc:
         js = nc.jetstream()
+        await natscmd.require(js, LOGS_STREAMS, settings.nats_url)
         records = await read_logs(js, fqdn, window)
         service = await read_service(js, fqdn)
-    finally:
-        await nc.drain()
     report = traffic_split(fqdn, records, service, qtype)
     report = SplitReport(
         report.fqdn, report.qtype, report.answered, report.members, report.clusters,
