@@ -19,10 +19,33 @@ from shared.settings import SettingsError, env_key, load_settings
 M = TypeVar("M", bound=BaseModel)
 
 app = typer.Typer(
-    help="kgslb: multi-cluster global server load balancer for Kubernetes, on NATS.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("kgslb")
+        except PackageNotFoundError:
+            shown = "unknown (not installed)"
+        print(f"kgslb {shown}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version"
+    ),
+) -> None:
+    """kgslb: multi-cluster global server load balancer for Kubernetes, on NATS.
+
+    Shell completion: `kgslb --install-completion` (bash, zsh, fish, PowerShell)."""
+
 
 SETTINGS_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -205,8 +228,9 @@ def status(settings: Any) -> None:
 @app.command()
 @settings_flags(_settings_model("kgslb.home", "HomeSettings"))
 def home(settings: Any) -> None:
-    """Show the active home cluster and each possible home; --activate CLUSTER fails over by
-    hand."""
+    """Show the active home cluster and each possible home.
+
+    --activate CLUSTER fails over by hand."""
     from kgslb import natscmd
     from kgslb.home import run_home
 

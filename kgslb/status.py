@@ -280,9 +280,13 @@ async def show_status(settings: StatusSettings) -> None:
         except wire.WireError as exc:
             table.add_row(subjects.fqdn_from_key(key), "", f"[red]unreadable: {exc}")
             continue
+        # A terminal shows a name once per service; plain output repeats it on every row,
+        # so each line stands alone for grep and awk.
         first = True
+        repeat = not console.is_terminal
         for group in service.groups:
             for member in group.members:
+                first = first or repeat
                 key = subjects.member_key(service.fqdn, member.probe_ip)
                 shown = book.combined.get(key, HealthState.UNKNOWN)
                 colour = COLOURS.get(shown, "yellow")
