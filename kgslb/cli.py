@@ -138,12 +138,23 @@ def up(
     stack_file: Path = typer.Option(
         Path("examples/seed/kgslb.yaml"), "--config", "-c", help="stack file (the seed's topology)"
     ),
-    state_dir: Path = typer.Option(Path(".kgslb"), help="JetStream storage and process logs"),
+    state_dir: Path = typer.Option(
+        Path(".kgslb"), help="JetStream storage, the simulator's objects and process logs"
+    ),
+    clean: bool = typer.Option(
+        False,
+        "--clean",
+        help="start afresh: forget the Kubernetes objects and the JetStream store of the "
+        "last run (kept by default, as a cluster keeps them)",
+    ),
 ) -> None:
-    """Start the whole system on this machine, on embedded defaults."""
+    """Start the whole system on this machine, on embedded defaults.
+
+    The simulated clusters keep their objects in STATE_DIR/kubesim across runs, so what you
+    changed with kubectl is still there next time; --clean starts from the seed."""
     from kgslb.up import run_up
 
-    raise typer.Exit(run_up(stack_file, state_dir))
+    raise typer.Exit(run_up(stack_file, state_dir, clean))
 
 
 COMMAND_SKIPS = ("stream_replicas", "state_check_seconds")
