@@ -1130,6 +1130,16 @@ def command_hint(tool: str) -> str:
     return str(beside.absolute())
 
 
+def waiting(what: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner saying `what`, on a terminal; nothing otherwise (a
+    log file or a test reads plain lines)."""
+    if not sys.stdout.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console().status(f"{what} ...", spinner="dots")
+
+
 def run_up(stack_file: Path, state_dir: Path, clean: bool = False) -> int:
     stop_requested = False
 
@@ -1152,10 +1162,13 @@ def run_up(stack_file: Path, state_dir: Path, clean: bool = False) -> int:
             return not stop_requested
 
         first: list[str] = []
-        for host, port in stack.dns_addresses:
-            first = first or wait_for_answer(host, port, "hello.avi.iberia.local", 30, supervise)
-            if stop_requested:
-                return 0
+        with waiting("waiting for the first DNS answer for hello.avi.iberia.local"):
+            for host, port in stack.dns_addresses:
+                first = first or wait_for_answer(
+                    host, port, "hello.avi.iberia.local", 30, supervise
+                )
+                if stop_requested:
+                    return 0
         print(summary(stack), flush=True)
         print(f"\nfirst answer for hello.avi.iberia.local: {', '.join(first)}", flush=True)
         while supervise():
