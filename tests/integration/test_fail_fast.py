@@ -220,3 +220,19 @@ def test_nats_flags_are_in_the_help_of_every_command_that_reads_nats(command: li
     assert result.returncode == 0
     for flag in ("--nats-url", "--nats-user", "--nats-password", "--nats-creds", "--nats-tls-ca"):
         assert flag in result.stdout, flag
+
+
+def test_check_prints_its_tally_on_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kgslb", "check", "hello.avi.iberia.local", "--port",
+         str(free_port()), "--count", "0", "--interval", "0.1", "--nats-url", REFUSED],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    first = process.stdout.readline()  # one check done (a DNS timeout): it is in its loop
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=30)
+
+    assert "DNS:" in first
+    assert "answers" in out and "check(s) failed" in out, out
+    assert process.returncode == 130
