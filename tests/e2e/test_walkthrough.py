@@ -184,8 +184,8 @@ def dnsperf_load(walk: Walkthrough, title: str) -> None:
         counted = picks(walk.dns_port, QUERIES)
         assert sum(counted.values()) == QUERIES
         return
-    queryfile = walk.state / "queryfile.txt"
-    queryfile.write_text(f"{HELLO}. A\n")
+    queryfile = walk.state / "queryfile.txt"  # written by `kgslb up`
+    assert queryfile.read_text() == f"{HELLO} A\n"
     output = walk.run(
         title,
         f"dnsperf -d {queryfile} -s 127.0.0.1 -p {walk.dns_port} -n {QUERIES} -Q {RATE}",
@@ -197,7 +197,7 @@ def exported_split(walk: Walkthrough, since_seconds: float) -> dict[str, float]:
     path = walk.state / "export.csv"
     walk.run(
         "Export the query log (the seed's CSV export)",
-        f"kgslb logs export --fqdn {HELLO} --since {int(since_seconds) + 1}s --csv {path} "
+        f"kgslb logs export {HELLO} --since {int(since_seconds) + 1}s --csv {path} "
         f"{walk.nats}",
     )
     with path.open() as handle:
