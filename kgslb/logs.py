@@ -12,7 +12,7 @@ import contextlib
 import csv
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,7 +78,13 @@ async def _zone_names(js: JetStreamContext) -> list[str]:
     return []
 
 
-async def read_logs(js: JetStreamContext, fqdn: str, since: timedelta) -> list[DnsQueryLog]:
+Progress = Callable[[int, int], None]
+"""`progress(read, total)`: records read so far of those the stream holds for the window."""
+
+
+async def read_logs(
+    js: JetStreamContext, fqdn: str, since: timedelta, progress: Progress | None = None
+) -> list[DnsQueryLog]:
     """Every query-log record for `fqdn` (case-insensitive) newer than `since`, oldest first.
     Only the subject of the name's zone is read when the zone is known."""
     zone = _zone_of(fqdn, await _zone_names(js))
@@ -97,8 +103,12 @@ async def read_logs(js: JetStreamContext, fqdn: str, since: timedelta) -> list[D
     records: list[DnsQueryLog] = []
     try:
         remaining = (await psub.consumer_info()).num_pending or 0
+        total, read = remaining, 0
         while remaining > 0:
             batch = await psub.fetch(min(remaining, FETCH_BATCH), timeout=5)
+            read += len(batch)
+            if progress is not None:
+                progress(read, total)
             for msg in batch:
                 with contextlib.suppress(wire.WireError):
                     record = wire.decode(msg.data, DnsQueryLog)
@@ -287,11 +297,32 @@ def write_chart(report: SplitReport, path: Path) -> None:
 # Commands ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def reading_progress() -> Iterator[Progress | None]:
+    """A progress bar on stderr while the query logs are read, when stderr is a terminal."""
+    import sys
+
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress as Bar
+
+    with Bar(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("reading query logs", total=None)
+
+        def update(read: int, total: int) -> None:
+            bar.update(task, completed=read, total=total)
+
+        yield update
+
+
 async def export_command(settings: LogsSettings, fqdn: str, since: str, csv_path: Path) -> int:
     window = parse_since(since)
     async with natscmd.session(settings, "kgslb-logs") as nc:
         await natscmd.require(nc.jetstream(), LOGS_STREAMS, settings.nats_url)
-        records = await read_logs(nc.jetstream(), fqdn, window)
+        with reading_progress() as progress:
+            records = await read_logs(nc.jetstream(), fqdn, window, progress)
     write_csv(records, csv_path)
     print(f"{len(records)} query log record(s) for {fqdn} since {since} written to {csv_path}")
     return len(records)
@@ -307,7 +338,8 @@ async def split_command(
     async with natscmd.session(settings, "kgslb-logs") as nc:
         js = nc.jetstream()
         await natscmd.require(js, LOGS_STREAMS, settings.nats_url)
-        records = await read_logs(js, fqdn, window)
+        with reading_progress() as progress:
+            records = await read_logs(js, fqdn, window, progress)
         service = await read_service(js, fqdn)
     report = traffic_split(fqdn, records, service, qtype)
     report = SplitReport(
