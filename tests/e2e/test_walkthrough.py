@@ -197,8 +197,7 @@ def exported_split(walk: Walkthrough, since_seconds: float) -> dict[str, float]:
     path = walk.state / "export.csv"
     walk.run(
         "Export the query log (the seed's CSV export)",
-        f"kgslb logs export {HELLO} --since {int(since_seconds) + 1}s --csv {path} "
-        f"{walk.nats}",
+        f"kgslb logs export {HELLO} --since {int(since_seconds) + 1}s --csv {path} {walk.nats}",
     )
     with path.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row["qtype"] == "A"]

@@ -236,3 +236,33 @@ def test_check_prints_its_tally_on_ctrl_c() -> None:
     assert "DNS:" in first
     assert "answers" in out and "check(s) failed" in out, out
     assert process.returncode == 130
+
+
+def test_a_service_started_before_nats_gets_ready_once_nats_is_there(tmp_path: Path) -> None:
+    nats_port, ops_port = free_port(), free_port()
+    url = f"nats://127.0.0.1:{nats_port}"
+    log = tmp_path / "dns.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kgslb", "dns", "--nats-url", url, "--ops-port", str(ops_port),
+             "--dns-port", str(free_port())],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    server = NatsServer(tmp_path / "jetstream", port=nats_port)
+    try:
+        wait_for_line(log, f"waiting for NATS at {url}: ", timeout=15)
+        assert httpx.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=5).status_code == 503
+
+        server.start()
+
+        deadline = time.monotonic() + 30
+        ready = httpx.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=5)
+        while ready.status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ready = httpx.get(f"http://127.0.0.1:{ops_port}/readyz", timeout=5)
+        assert ready.status_code == 200, ready.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        server.stop()
+    assert code == 0, log.read_text()
