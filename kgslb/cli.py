@@ -9,14 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 from pydantic import BaseModel
 
 from shared.settings import SettingsError, env_key, load_settings
-
-M = TypeVar("M", bound=BaseModel)
 
 app = typer.Typer(
     no_args_is_help=True,
