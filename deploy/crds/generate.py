@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from shared.models import (
     ClusterState,
     CopyState,
+    DelegationState,
     HealthState,
     MemberState,
     PolicyKind,
@@ -165,7 +166,8 @@ STATUS_SCHEMA: dict[str, Any] = {
                                     "enum": [s.value for s in MemberState],
                                     "description": "Serving (answered now), Standby (a higher "
                                     "priority group serves), Down, Drained (weight 0: probed, "
-                                    "not answered), Disabled (neither probed nor answered)",
+                                    "not answered), Disabled (neither probed nor answered), "
+                                    "Held (down under manualResume, until resumed)",
                                 },
                             },
                         },
@@ -177,6 +179,23 @@ STATUS_SCHEMA: dict[str, Any] = {
             "type": "integer",
             "nullable": True,
             "description": "FQDNs left out of serving (the watcher's --serving-status-max-fqdns)",
+        },
+        "delegation": {
+            "type": "array",
+            "nullable": True,
+            "description": "GSLBConfig only: per zone with automatic delegation, whether its "
+            "parent zone holds its NS, glue (and DS), or the error (BADKEY, REFUSED, ...)",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "zone": {"type": "string"},
+                    "parent": {"type": "string"},
+                    "server": {"type": "string"},
+                    "state": {"type": "string", "enum": [s.value for s in DelegationState]},
+                    "message": {"type": "string"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                },
+            },
         },
     },
 }

@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from services.dns import wire
-from services.dns.algorithms import Client, GslbAlgorithm, Pick, algorithm_for
+from services.dns.algorithms import NO_GEOIP, Client, GslbAlgorithm, Pick, algorithm_for
+from services.dns.geo import GeoIp
 from services.dns.rotation import Rotation, Target, family_matches
 from shared.models import DownResponseType, GslbService, HealthState, Member
 from shared.subjects import member_key, normalize_fqdn
@@ -34,7 +35,9 @@ class NameSpec:
     address family, so the down response applies when no other member is left."""
 
     @classmethod
-    def of(cls, service: GslbService, interned: dict[str, str]) -> NameSpec:
+    def of(
+        cls, service: GslbService, interned: dict[str, str], geoip: GeoIp = NO_GEOIP
+    ) -> NameSpec:
         fqdn = normalize_fqdn(service.fqdn)
 
         def target(member: Member) -> Target:
@@ -50,7 +53,7 @@ class NameSpec:
             down=service.down_response.type,
             fallback_ip=service.down_response.fallback_ip,
             groups=tuple(group for group in answered if group),
-            algorithm=algorithm_for(service, interned),
+            algorithm=algorithm_for(service, interned, geoip),
             idle=tuple(target(m) for g in groups for m in g.members if not m.answered),
         )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from services.dns import wire
 from services.dns.algorithms import Caching, Client, Pick
+from services.dns.geo import GeoIp, Lookup
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
 from services.dns.zone import (
@@ -64,6 +65,8 @@ class AnswerTable:
     gslb: dict[bytes, GslbName] = field(default_factory=dict)
     generation: int = 0
     """Bumped on every change: responses cached under an older generation are stale."""
+    geoip: GeoIp = field(default_factory=GeoIp)
+    """The GeoIP database of the Geo names (none until `set_geoip`)."""
     _by_health_key: dict[str, bytes] = field(default_factory=dict)
     """Member health key -> the GSLB name it belongs to (the key embeds the name)."""
     _interned: dict[str, str] = field(default_factory=dict)
@@ -98,6 +101,11 @@ class AnswerTable:
         self._count_ancestors(zone, +1)
         self.generation += 1
 
+    def set_geoip(self, lookup: Lookup | None, source: str = "") -> None:
+        """Look Geo clients up in a new database from now on (None: no database)."""
+        self.geoip.replace(lookup, source)
+        self.generation += 1
+
     def remove_zone(self, name: str) -> None:
         zone = self.zones.pop(wire.name_to_wire(normalize_fqdn(name)), None)
         if zone is not None:
@@ -116,7 +124,7 @@ class AnswerTable:
         by hand or by an older reconciler) is refused and returned, and nothing changes."""
         if (bad := hostname_problem(service.fqdn)) is not None:
             return bad
-        spec = NameSpec.of(service, self._interned)
+        spec = NameSpec.of(service, self._interned, self.geoip)
         key = wire.name_to_wire(spec.fqdn)
         self._drop_service(key)
         self.gslb[key] = GslbName(spec, self.health)

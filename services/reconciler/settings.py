@@ -46,3 +46,18 @@ class ReconcilerSettings(ServiceSettings):
         description="at start, plan names after this long whatever arrived (a watcher that "
         "publishes but never completes its first list)",
     )
+    tsig_secrets_dir: str = Field(
+        default="/etc/kgslb/tsig",
+        description="where the Secrets named by GSLBConfig zones[].delegation.tsigKey.secretRef "
+        "are mounted: the secret is the file <dir>/<secret name>/<key>",
+    )
+    delegation_check_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="how often the leader checks each delegated zone's NS, glue (and DS) in "
+        "its parent and repairs them (a configuration change is checked at once)",
+    )
+    delegation_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="timeout of one query or update to the parent"
+    )
