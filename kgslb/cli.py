@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 
-from shared.settings import SettingsError, env_key, load_settings
+from shared.settings import NatsSettings, SettingsError, env_key, load_settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -250,41 +250,22 @@ member_app = typer.Typer(help="Act on one member of a GSLB name.", no_args_is_he
 app.add_typer(member_app, name="member")
 
 
-@member_app.command("resume", context_settings=SETTINGS_CONTEXT)
+@member_app.command("resume")
+@settings_flags(NatsSettings)
 def member_resume(
-    ctx: typer.Context,
     fqdn: str = typer.Argument(..., help="the GSLB name, e.g. hello.avi.iberia.local"),
     cluster: str = typer.Argument(..., help="the member cluster (or third-party site)"),
+    settings: Any = None,
 ) -> None:
-    """Answer again the members of CLUSTER held under manualResume (they went down). NATS
-    settings as for every command (--nats-url ...)."""
-    from kgslb.member import MemberError, resume
-    from shared.runtime import run
-    from shared.settings import NatsSettings
+    """Answer again the members of CLUSTER held under manualResume (they went down).
 
-    try:
-        settings = load_settings(NatsSettings, parse_flags(ctx.args, NatsSettings))
-    except SettingsError as exc:
-        print(f"kgslb member resume: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    code: list[int] = []
+    Exits 1 when nothing is held there."""
+    from kgslb import natscmd
+    from kgslb.member import run_resume
 
-    async def main() -> None:
-        try:
-            resumed = await resume(settings, fqdn, cluster)
-        except MemberError as exc:
-            print(f"kgslb member resume: {exc}", file=sys.stderr)
-            code.append(1)
-            return
-        for hold in resumed:
-            print(
-                f"resumed {hold.fqdn} {hold.cluster} {hold.ip} (held since "
-                f"{hold.since:%Y-%m-%d %H:%M:%S}Z); if it is still down it is held again"
-            )
-        code.append(0)
-
-    run(main())
-    raise typer.Exit(code[0] if code else 1)
+    raise typer.Exit(
+        natscmd.run_command("member resume", settings, run_resume(settings, fqdn, cluster))
+    )
 
 
 @app.command()

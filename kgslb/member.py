@@ -4,8 +4,11 @@ follow those keys, so all of them answer the member again at once."""
 
 from __future__ import annotations
 
+import sys
+
 from nats.js.errors import KeyNotFoundError
 
+from kgslb import natscmd
 from shared import bus, subjects, wire
 from shared.models import GslbService, MemberHold
 from shared.settings import NatsSettings
@@ -18,9 +21,10 @@ class MemberError(RuntimeError):
 async def resume(settings: NatsSettings, fqdn: str, cluster: str) -> list[MemberHold]:
     """Delete the holds of the FQDN's members in CLUSTER; returns what was held."""
     name = subjects.normalize_fqdn(fqdn)
-    nc = await bus.connect(settings, "kgslb-member")
-    try:
+    async with natscmd.session(settings, "kgslb-member") as nc:
         js = nc.jetstream()
+        buckets = (subjects.KV_SERVICES, subjects.KV_LEASES)
+        await natscmd.require(js, [bus.kv_stream(b) for b in buckets], settings.nats_url)
         services = await js.key_value(subjects.KV_SERVICES)
         try:
             entry = await services.get(subjects.fqdn_key(name))
@@ -50,5 +54,18 @@ async def resume(settings: NatsSettings, fqdn: str, cluster: str) -> list[Member
             state = "" if service.manual_resume else " (the name has no manualResume)"
             raise MemberError(f"nothing is held for {name} in cluster {cluster}{state}")
         return resumed
-    finally:
-        await nc.drain()
+
+
+async def run_resume(settings: NatsSettings, fqdn: str, cluster: str) -> int:
+    """What `kgslb member resume` prints; the exit code."""
+    try:
+        resumed = await resume(settings, fqdn, cluster)
+    except MemberError as exc:
+        print(f"kgslb member resume: {exc}", file=sys.stderr)
+        return 1
+    for hold in resumed:
+        print(
+            f"resumed {hold.fqdn} {hold.cluster} {hold.ip} (held since "
+            f"{hold.since:%Y-%m-%d %H:%M:%S}Z); if it is still down it is held again"
+        )
+    return 0
