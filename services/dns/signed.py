@@ -1,0 +1,119 @@
+"""The signed side of answers: for each signed zone, its `ZoneSigner` and the signatures made so
+far. Signing happens when an RRset is first answered after its data, the keys or the validity
+window changed; every later answer reuses the bytes. A GSLB name's rotation has one RRset per
+distinct set of members answered (a 6:4:2 cycle of two answers has three), each signed once,
+so the smooth-WRR order stays exact and DO=1 costs a dictionary lookup per response-cache miss.
+
+The window is refreshed by the shell calling `refresh(now)`: signatures made more than
+`resign_seconds` ago are dropped (the table's generation moves, so the response cache starts
+over) and made again on the next query, long before they expire.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from services.dns import wire
+from services.dns.signer import (
+    DNSKEY,
+    NSEC,
+    RRSIG,
+    SigningKey,
+    ZoneSigner,
+    nodata_proof,
+    nxdomain_proofs,
+)
+from services.dns.zone import RRSet, Section, Zone
+
+INCEPTION_SLACK_SECONDS = 3600
+"""Inception an hour back, for validators whose clock runs behind ours."""
+MAX_CACHED_SIGNATURES = 200_000
+"""Per zone; random NXDOMAIN names each get their own NSEC, so the cache starts over past this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    validity_seconds: int = 7 * 86400
+    resign_seconds: int = 86400
+
+
+@dataclass
+class SignedZone:
+    signer: ZoneSigner
+    signed_at: int
+    signatures: dict[tuple[bytes, int, int, frozenset[bytes]], RRSet] = field(default_factory=dict)
+
+    def rrsig(self, owner: bytes, rtype: int, ttl: int, rdatas: Iterable[bytes]) -> RRSet:
+        datas = frozenset(rdatas)
+        key = (owner, rtype, ttl, datas)
+        found = self.signatures.get(key)
+        if found is None:
+            if len(self.signatures) >= MAX_CACHED_SIGNATURES:
+                self.signatures.clear()
+            found = self.signer.sign(owner, rtype, ttl, sorted(datas))
+            self.signatures[key] = found
+        return found
+
+    def rrsig_of(self, owner: bytes, rrset: RRSet) -> RRSet:
+        rtype, _, ttl = struct.unpack_from("!HHI", rrset.tails[0])
+        return self.rrsig(owner, rtype, ttl, (tail[10:] for tail in rrset.tails))
+
+    def add_rrsig(self, section: Section, owner: bytes, rrset: RRSet, render_as: bytes) -> None:
+        """Append the RRSIGs of `rrset` (owner `owner`) to the answer, rendered under
+        `render_as` (the question pointer, or the owner itself)."""
+        sigs = self.rrsig_of(owner, rrset)
+        section.answer.append(sigs.render(render_as))
+        section.answer_count += sigs.count
+
+    def add_negative(
+        self, section: Section, zone: Zone, rcode: int, qname: bytes, types: Iterable[int]
+    ) -> None:
+        """The SOA's RRSIG and the NSEC proof (with RRSIGs) in the authority section of an
+        NXDOMAIN or NODATA answer. Left unsigned for a name too long for a proof."""
+        soa_tail = zone.negative_soa[len(zone.key) :]
+        _, _, ttl = struct.unpack_from("!HHI", soa_tail)
+        soa_sigs = self.rrsig(zone.key, wire.SOA, ttl, [soa_tail[10:]])
+        try:
+            if rcode == wire.NXDOMAIN:
+                proofs = nxdomain_proofs(qname)
+            else:
+                proofs = [nodata_proof(qname, types)]
+        except ValueError:
+            return
+        parts = [section.authority, soa_sigs.render(zone.key)]
+        count = section.authority_count + soa_sigs.count
+        for owner, next_key, proof_types in proofs:
+            nsec = self.signer.nsec(owner, next_key, proof_types, ttl)
+            sigs = self.rrsig_of(owner, nsec)
+            parts += [nsec.render(owner), sigs.render(owner)]
+            count += nsec.count + sigs.count
+        section.authority = b"".join(parts)
+        section.authority_count = count
+
+    def add_no_ds(self, section: Section, cut: bytes, ttl: int) -> None:
+        """A referral to an unsigned child: the NSEC at the cut shows it has no DS (RFC 4035
+        3.1.4), so validators treat the child as insecure rather than bogus."""
+        nsec = self.signer.nsec(cut, b"\x01\x00" + cut, (wire.NS,), ttl)
+        sigs = self.rrsig_of(cut, nsec)
+        section.authority += nsec.render(cut) + sigs.render(cut)
+        section.authority_count += nsec.count + sigs.count
+
+
+def apex_types(signed: bool) -> tuple[int, ...]:
+    return (wire.SOA, wire.NS, DNSKEY, 59, 60) if signed else (wire.SOA, wire.NS)
+
+
+def make_signer(zone: Zone, keys: Sequence[SigningKey], now: int, window: Window) -> SignedZone:
+    signer = ZoneSigner(
+        zone.key,
+        keys,
+        zone.spec.default_ttl_seconds,
+        now - INCEPTION_SLACK_SECONDS,
+        now + window.validity_seconds,
+    )
+    return SignedZone(signer, now)
+
+
+__all__ = ["NSEC", "RRSIG", "SignedZone", "Window", "apex_types", "make_signer"]
