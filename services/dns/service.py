@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
+from cryptography.fernet import Fernet
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
@@ -25,12 +27,14 @@ from services.dns.quorum import HealthBook, Quorum, State, Written
 from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
 from services.dns.server import DnsEngine, QueryCountCollector
 from services.dns.settings import DnsSettings
+from services.dns.signed import Window
+from services.dns.signer import SigningKey
 from services.dns.sockets import listening
 from services.dns.table import AnswerTable
 from services.dns.tcp import TcpCollector, TcpLimits, TcpListener
 from services.dns.udp import udp_server
 from services.dns.workers import supervise
-from shared import bus, subjects, wire
+from shared import bus, dnssec, subjects, wire
 from shared.follow import BucketFollower, Change
 from shared.models import (
     DnsQueryLog,
@@ -38,6 +42,7 @@ from shared.models import (
     HealthHeartbeat,
     HealthState,
     MemberHealth,
+    ZoneKeys,
     ZoneSpec,
 )
 from shared.runtime import replica_name, run_service
@@ -47,6 +52,8 @@ SERVICE = "dns"
 LOG_QUEUE_RECORDS = 10_000
 EXPIRE_SECONDS = 0.5
 """How often silent health replicas are looked for (their verdicts stop counting)."""
+RESIGN_CHECK_SECONDS = 60.0
+"""How often the DNSSEC signatures' age is checked (made anew after --dnssec-resign-seconds)."""
 
 TABLE_UPDATES = Counter("kgslb_dns_table_updates_total", "KV updates applied", ["bucket"])
 LIVE_VERDICTS = Counter(
@@ -83,7 +90,17 @@ class DnsService:
     ) -> None:
         self.settings = settings
         self.nc = nc
-        self.table = AnswerTable(udp_payload_limit=settings.edns_udp_size)
+        self.table = AnswerTable(
+            udp_payload_limit=settings.edns_udp_size,
+            dnssec_window=Window(
+                settings.dnssec_signature_validity_seconds, settings.dnssec_resign_seconds
+            ),
+        )
+        self._key_secret: Fernet | None = None
+        if settings.dnssec_key_secret or settings.dnssec_key_secret_file:
+            self._key_secret = dnssec.load_secret(
+                settings.dnssec_key_secret, settings.dnssec_key_secret_file
+            )
         self._logs: asyncio.Queue[DnsQueryLog] = asyncio.Queue(maxsize=LOG_QUEUE_RECORDS)
         self.engine = DnsEngine(
             self.table,
@@ -128,6 +145,7 @@ class DnsService:
             ),
             self._follower(subjects.KV_HEALTH, self._apply_health),
             self._follower(subjects.KV_SERVICES, self._apply_service),
+            self._follower(subjects.KV_KEYS, self._apply_keys),
         ]
 
     @property
@@ -163,6 +181,7 @@ class DnsService:
             *(follower.run() for follower in self._followers),
             self._publish_logs(),
             self._expire_loop(),
+            self._resign_loop(),
             self.keeper.run(),
         )
         try:
@@ -222,6 +241,41 @@ class DnsService:
             self.table.set_zone(spec, revision)
         except ValueError as exc:
             log.error("zone %s not loaded, previous version kept: %s", spec.name, exc)
+
+    def _apply_keys(self, key: str, value: bytes | None, revision: int) -> None:
+        """A signed zone's keys: decrypted here, once, and handed to the table."""
+        try:
+            zone = subjects.fqdn_from_key(key)
+        except ValueError:
+            return
+        now = int(time.time())
+        if value is None:
+            self.table.set_zone_keys(zone, None, now)
+            return
+        keys = self._decode(key, value, ZoneKeys)
+        if keys is None:
+            return
+        if self._key_secret is None:
+            log.error(
+                "zone %s has DNSSEC keys but this DNS has no --dnssec-key-secret "
+                "(KGSLB_DNSSEC_KEY_SECRET): answering it unsigned",
+                zone,
+            )
+            return
+        try:
+            signing = [SigningKey(k, dnssec.private_key(k, self._key_secret)) for k in keys.keys]
+            self.table.set_zone_keys(zone, signing, now)
+        except ValueError as exc:
+            BAD_VALUES.labels(ZoneKeys.KIND).inc()
+            log.error("DNSSEC keys of zone %s not loaded: %s", zone, exc)
+            return
+        log.info("DNSSEC keys of zone %s loaded", zone, extra={"keys": len(keys.keys)})
+
+    async def _resign_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESIGN_CHECK_SECONDS)
+            for zone in self.table.refresh_signatures(int(time.time())):
+                log.info("DNSSEC signatures of zone %s made anew from now on", zone)
 
     def _apply_service(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:

@@ -51,6 +51,7 @@ from services.reconciler.writes import (
     StreamFence,
     in_flight,
 )
+from services.reconciler.zone_keys import KeyKeeper
 from shared import bus, subjects, wire
 from shared.logs import set_level
 from shared.models import (
@@ -167,6 +168,7 @@ class Reconciler:
         self._homes = HomeKeeper(
             self._leases, self.leadership, lambda: self.planner.policies.config, self.settings
         )
+        keys = KeyKeeper(self.js, self.leadership, self.planner, self.settings)
         self._events = await self._subscribe_events()
         events = self._events
         info = await events.consumer_info()
@@ -179,6 +181,7 @@ class Reconciler:
                 self._lease_loop(),
                 self._resync_loop(),
                 self._homes.run(),
+                keys.run(),
                 self.keeper.run(),
             )
         finally:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.settings import DnssecSecretSettings, ServiceSettings
 
 
-class ReconcilerSettings(ServiceSettings):
+class ReconcilerSettings(ServiceSettings, DnssecSecretSettings):
     debounce_seconds: float = Field(default=0.005, ge=0, description="coalesce event bursts")
     lease_ttl_seconds: float = Field(
         default=5.0,

@@ -87,5 +87,5 @@ def test_the_dns_only_receives_state_and_sends_query_logs() -> None:
     assert dns == {
         ("receive", "services"), ("receive", "zones"), ("receive", "health"),
         ("receive", "site-health"), ("receive", "heartbeats"),
-        ("receive", "health-live"), ("send", "dnslog"),
+        ("receive", "health-live"), ("receive", "zone-keys"), ("send", "dnslog"),
     }  # fmt: skip
