@@ -424,3 +424,30 @@ def logs_split(
     except LogsError as exc:
         print(f"kgslb logs split: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+
+
+# ----- dnssec (issue 21) ----------------------------------------------------------------------
+
+dnssec_app = typer.Typer(help="DNSSEC of the signed zones.", no_args_is_help=True)
+app.add_typer(dnssec_app, name="dnssec")
+
+
+@dnssec_app.command("ds", context_settings=SETTINGS_CONTEXT)
+def dnssec_ds(
+    ctx: typer.Context,
+    zone: str = typer.Argument(..., help="the signed zone, e.g. avi.iberia.local"),
+    dnskey: bool = typer.Option(False, "--dnskey", help="print the DNSKEY RRset instead"),
+    digest: str = typer.Option("SHA256", "--digest", help="SHA256 or SHA384"),
+) -> None:
+    """Print the DS record of the zone's KSK, to add to the parent zone. NATS flags:
+    --nats-url..."""
+    from kgslb.dnssec_cli import DnssecError, ds_command
+    from shared.settings import NatsSettings
+
+    try:
+        settings = load_settings(NatsSettings, parse_flags(ctx.args, NatsSettings))
+        lines = ds_command(settings, zone, dnskey, digest.upper())
+    except (SettingsError, DnssecError) as exc:
+        print(f"kgslb dnssec ds: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    print("\n".join(lines))
