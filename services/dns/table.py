@@ -107,7 +107,7 @@ class AnswerTable:
         self._zone_services_revisions[zone.key] = services_revision
         self._count_ancestors(zone, +1)
         previous = self.signed.get(zone.key)
-        self._sign_zone(zone.key, previous.signed_at if previous else None)
+        self._sign_zone(zone.key, previous.signed_at if previous else None, keep=True)
         self.generation += 1
 
     def remove_zone(self, name: str) -> None:
@@ -153,8 +153,9 @@ class AnswerTable:
             self.generation += 1
         return [self.zones[key].name for key in due]
 
-    def _sign_zone(self, key: bytes, now: int | None) -> None:
-        """(Re)build the zone's signer. `now` None: the zone's first signing, at once."""
+    def _sign_zone(self, key: bytes, now: int | None, keep: bool = False) -> None:
+        """(Re)build the zone's signer. `now` None: the zone's first signing, at once. `keep`:
+        same keys and window (a zone update), so the signatures made so far stay valid."""
         zone = self.zones.get(key)
         keys = self._zone_keys.get(key)
         if zone is None or keys is None or not zone.spec.signed:
@@ -163,7 +164,7 @@ class AnswerTable:
         previous = self.signed.get(key)
         signed_at = now if now is not None else self._signing_time
         self.signed[key] = make_signer(zone, keys, signed_at, self.dnssec_window)
-        if previous is not None and previous.signed_at == signed_at:
+        if keep and previous is not None and previous.signed_at == signed_at:
             self.signed[key].signatures = previous.signatures
 
     def _count_ancestors(self, zone: Zone, sign: int) -> None:

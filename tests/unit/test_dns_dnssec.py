@@ -216,3 +216,32 @@ def name_to_wire_escaped(text: str) -> bytes:
     wire = dns.name.from_text(text).canonicalize().to_wire()
     assert wire is not None
     return wire
+
+
+def test_new_keys_take_over_at_once() -> None:
+    engine, _ = signed_engine()
+    ask(engine, f"test.{ZONE}", "A")
+    newer = dnssec.new_zone_keys(ZONE + ".", DnssecAlgorithm.ED25519, SECRET, datetime.now(UTC))
+    signing = [SigningKey(k, dnssec.private_key(k, SECRET)) for k in newer.keys]
+    signed_at = engine.table.signed[name_to_wire(ZONE)].signed_at
+    engine.table.set_zone_keys(ZONE, signing, signed_at)  # the same second: no stale reuse
+    reply = ask(engine, f"test.{ZONE}", "A")
+    validate_section(reply.answer, newer)
+
+
+def test_a_zone_whose_signing_is_turned_off_answers_unsigned() -> None:
+    engine, _ = signed_engine()
+    engine.table.set_zone(zone_spec(dnssec=ZoneDnssec(enabled=False)))
+    reply = ask(engine, f"test.{ZONE}", "A")
+    assert [r.rdtype for r in reply.answer] == [dns.rdatatype.A]
+    assert not ask(engine, ZONE, "DNSKEY").answer
+
+
+def test_keys_without_an_active_zsk_are_refused_and_the_old_ones_stay() -> None:
+    engine, keys = signed_engine()
+    ksk_only = [k for k in keys.keys if k.role.value == "ksk"]
+    with pytest.raises(ValueError, match="active KSK and an active ZSK"):
+        engine.table.set_zone_keys(
+            ZONE, [SigningKey(k, dnssec.private_key(k, SECRET)) for k in ksk_only], 0
+        )
+    validate_section(ask(engine, f"test.{ZONE}", "A").answer, keys)
