@@ -15,10 +15,14 @@ that is a prefix of another sorting first, and a name before its descendants.
 from __future__ import annotations
 
 import struct
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import dns.dnssec
+with warnings.catch_warnings():
+    # dnspython's DSA module touches classes `cryptography` deprecates; kgslb never uses DSA.
+    warnings.simplefilter("ignore")
+    import dns.dnssec
 import dns.name
 import dns.rdata
 import dns.rdataclass

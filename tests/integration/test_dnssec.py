@@ -297,3 +297,118 @@ async def test_a_tampered_answer_is_refused(signed_dns: SignedDns, tmp_path: Pat
         process.terminate()
         await asyncio.to_thread(process.wait, 10)
         transport.close()
+
+
+# A real BIND as the signed parent iberia.local that holds the DS -------------------------------
+
+NAMED = shutil.which("named") or ("/usr/sbin/named" if Path("/usr/sbin/named").exists() else None)
+needs_bind = pytest.mark.skipif(
+    NAMED is None or shutil.which("dnssec-signzone") is None,
+    reason="named/dnssec-signzone not installed (bind9, bind9-dnsutils)",
+)
+
+
+def start_bind_parent(directory: Path, ds: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    """named serving iberia.local signed by dnssec-signzone, delegating avi with the DS; returns
+    the process, its port and the parent's KSK as an unbound trust anchor."""
+    assert NAMED is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "db.iberia.local").write_text(
+        "$ORIGIN iberia.local.\n$TTL 30\n"
+        "@ IN SOA ns.iberia.local. hostmaster.iberia.local. 1 3600 600 86400 30\n"
+        "@ IN NS ns.iberia.local.\nns IN A 127.0.0.1\ng-dns IN A 127.0.0.1\n"
+        "avi IN NS g-dns.iberia.local.\n"
+        f"{ds}\n"
+    )
+    for extra in (["-f", "KSK"], []):
+        subprocess.run(
+            ["dnssec-keygen", "-q", "-a", "ECDSAP256SHA256", *extra, "-K", str(directory),
+             "iberia.local"],
+            check=True, capture_output=True, cwd=directory,
+        )  # fmt: skip
+    subprocess.run(
+        ["dnssec-signzone", "-S", "-K", str(directory), "-o", "iberia.local",
+         "-f", str(directory / "db.signed"), str(directory / "db.iberia.local")],
+        check=True, capture_output=True, cwd=directory,
+    )  # fmt: skip
+    anchor = next(
+        line.strip()
+        for key in directory.glob("Kiberia.local.*.key")
+        for line in key.read_text().splitlines()
+        if " DNSKEY 257 " in line and not line.startswith(";")
+    )
+    port = free_port()
+    (directory / "named.conf").write_text(
+        f"""options {{
+    directory "{directory}";
+    pid-file "{directory}/named.pid";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+}};
+zone "iberia.local" {{ type primary; file "{directory}/db.signed"; }};
+"""
+    )
+    process = subprocess.Popen(
+        [NAMED, "-g", "-n", "1", "-c", str(directory / "named.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "named.log", "wb"),  # noqa: SIM115
+    )
+    wait_for_tcp("127.0.0.1", port, 20, "named")
+    return process, port, anchor.replace(" IN DNSKEY ", " DNSKEY ").replace("\t", " ")
+
+
+def unbound_under_parent(directory: Path, parent: int, child: int, anchor: str) -> Path:
+    config = unbound_config(directory, free_port(), child, anchor)
+    text = config.read_text()
+    port = int(text.split("port: ", 1)[1].split()[0])
+    text += f"""
+stub-zone:
+    name: "iberia.local."
+    stub-addr: 127.0.0.1@{parent}
+"""
+    config.write_text(text)
+    config.with_suffix(".port").write_text(str(port))
+    return config
+
+
+@needs_bind
+@needs_unbound
+@pytest.mark.parametrize("ds_matches", [True, False], ids=["right-ds", "wrong-ds"])
+async def test_the_chain_from_a_bind_parent_holding_the_ds_is_secure(
+    signed_dns: SignedDns, tmp_path: Path, ds_matches: bool
+) -> None:
+    """Through the referral: the parent's DS vouches for the zone's KSK. A DS that does not
+    match (its last digest octet changed) makes the zone bogus: SERVFAIL."""
+    assert UNBOUND is not None
+    ds = await asyncio.to_thread(ds_record, signed_dns)
+    if not ds_matches:
+        ds = ds[:-2] + ("00" if ds[-2:] != "00" else "11")
+    named, parent_port, anchor = await asyncio.to_thread(start_bind_parent, tmp_path / "bind", ds)
+    directory = tmp_path / "resolver"
+    directory.mkdir()
+    config = unbound_under_parent(directory, parent_port, signed_dns.port, anchor)
+    check = subprocess.run(["unbound-checkconf", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    port = int(config.with_suffix(".port").read_text())
+    unbound = subprocess.Popen(
+        [UNBOUND, "-d", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(directory / "unbound.log", "wb"),  # noqa: SIM115
+    )
+    try:
+        await asyncio.to_thread(wait_for_tcp, "127.0.0.1", port, 10, "unbound")
+        # The parent's own DS answer is secure: the anchor is the parent's KSK.
+        parent_ds = await recurse(port, ZONE, "DS")
+        assert parent_ds.flags & dns.flags.AD, parent_ds
+        for name, rdtype in ((HELLO, "A"), (f"test.{ZONE}", "A"), (f"nothing-here.{ZONE}", "A")):
+            reply = await recurse(port, name, rdtype)
+            if ds_matches:
+                assert reply.flags & dns.flags.AD, (name, reply)
+            else:
+                assert reply.rcode() == dns.rcode.SERVFAIL, (name, reply)
+    finally:
+        for process in (unbound, named):
+            process.terminate()
+            await asyncio.to_thread(process.wait, 10)
