@@ -431,7 +431,10 @@ class KeyState(StrEnum):
     ACTIVE = "active"
     """Published in the DNSKEY RRset and signing."""
     PUBLISHED = "published"
-    """Published only: a key being introduced (pre-publish rollover) or retired."""
+    """Published only, not signing yet: a key being introduced (pre-publish rollover)."""
+    RETIRED = "retired"
+    """Published only, no longer signing: kept until signatures it made have expired from
+    caches, then removed."""
 
 
 class DnssecKey(Value):
@@ -443,6 +446,13 @@ class DnssecKey(Value):
     )
     state: KeyState = KeyState.ACTIVE
     created_at: datetime
+    state_since: datetime | None = Field(
+        default=None, description="when the key entered its state (None: since created_at)"
+    )
+
+    @property
+    def in_state_since(self) -> datetime:
+        return self.state_since or self.created_at
 
     @property
     def flags(self) -> int:

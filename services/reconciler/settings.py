@@ -46,3 +46,15 @@ class ReconcilerSettings(ServiceSettings, DnssecSecretSettings):
         description="at start, plan names after this long whatever arrived (a watcher that "
         "publishes but never completes its first list)",
     )
+    dnssec_zsk_lifetime_seconds: float = Field(
+        default=30 * 86400,
+        ge=0,
+        description="a signed zone's ZSK is rolled (pre-publish) after signing this long; 0 "
+        "never rolls",
+    )
+    dnssec_rollover_wait_seconds: float = Field(
+        default=86400,
+        gt=0,
+        description="a new ZSK is published this long before it signs, and an old one kept "
+        "this long after; at least the zone's longest TTL (DNSKEY's included)",
+    )

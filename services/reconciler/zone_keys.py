@@ -4,9 +4,10 @@ where every DNS replica of every site reads the same ones.
 
 A key is created with a KV *create* (it fails when the key exists), so two replicas that both
 believe they lead for a moment cannot both store keys: the second one's create is refused and
-the first one's keys stay. Keys are never deleted or replaced here: a zone that stops being
-signed keeps its keys (signing again later needs no new DS in the parent), and rollovers are
-an operator's step (docs/architecture.md, "DNSSEC").
+the first one's keys stay. The ZSK rolls on a schedule (`rollover.py`), each step written
+with a compare-and-set on the value's revision. Keys are never deleted here otherwise: a zone
+that stops being signed keeps its keys (signing again later needs no new DS in the parent),
+and a KSK rollover is an operator's step (docs/architecture.md, "DNSSEC").
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from functools import partial
 
 from cryptography.fernet import Fernet
 from nats.js import JetStreamContext
@@ -23,9 +26,18 @@ from nats.js.kv import KeyValue
 
 from services.reconciler.lease import Leadership
 from services.reconciler.plan import Planner
+from services.reconciler.rollover import RolloverPolicy, zsk_step
+from services.reconciler.settings import ReconcilerSettings
 from shared import dnssec, subjects, wire
-from shared.models import DnssecAlgorithm, ZoneSpec, utcnow
-from shared.settings import DnssecSecretSettings
+from shared.models import (
+    DNSSEC_ALGORITHM_NUMBERS,
+    DnssecAlgorithm,
+    DnssecKey,
+    KeyRole,
+    ZoneKeys,
+    ZoneSpec,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 CHECK_SECONDS = 2.0
@@ -49,7 +61,7 @@ class KeyKeeper:
         js: JetStreamContext,
         leadership: Leadership,
         planner: Planner,
-        settings: DnssecSecretSettings,
+        settings: ReconcilerSettings,
     ) -> None:
         self.js = js
         self.leadership = leadership
@@ -58,6 +70,10 @@ class KeyKeeper:
         self._secret: Fernet | None = None
         self._have: set[str] = set()
         self._complained: set[str] = set()
+        self.policy = RolloverPolicy(
+            timedelta(seconds=settings.dnssec_zsk_lifetime_seconds),
+            timedelta(seconds=settings.dnssec_rollover_wait_seconds),
+        )
 
     async def run(self) -> None:
         kv: KeyValue | None = None
@@ -73,6 +89,7 @@ class KeyKeeper:
                 log.warning("DNSSEC keys not checked: %s", exc)
 
     async def step(self, kv: KeyValue) -> None:
+        await self._roll(kv)
         for zone, algorithm in zones_needing_keys(self.planner.policies.zones, self._have):
             key = subjects.fqdn_key(zone)
             try:
@@ -95,6 +112,30 @@ class KeyKeeper:
                 pass  # another replica made them a moment ago: theirs stay
             self._have.add(zone)
 
+    async def _roll(self, kv: KeyValue) -> None:
+        """The next due step of each signed zone's ZSK rollover, compare-and-set."""
+        for zone in sorted(self._have):
+            spec = self.planner.policies.zones.get(zone)
+            if spec is None or not spec.signed:
+                continue
+            key = subjects.fqdn_key(zone)
+            entry = await kv.get(key)
+            if entry.value is None:
+                continue
+            keys = wire.decode(entry.value, ZoneKeys)
+            secret = self._load_secret(zone)
+            if secret is None:
+                continue
+            now = utcnow()
+            rolled = zsk_step(keys, now, self.policy, partial(_zsk, secret=secret, now=now))
+            if rolled is None:
+                continue
+            try:
+                await kv.update(key, wire.encode(rolled), last=entry.revision)
+                log.info("zone %s ZSK rollover: %s", zone, describe(rolled))
+            except KeyWrongLastSequenceError:
+                pass  # changed meanwhile (an operator, another replica): next round
+
     def _load_secret(self, zone: str) -> Fernet | None:
         if self._secret is None:
             try:
@@ -107,3 +148,12 @@ class KeyKeeper:
                     log.error("zone %s is signed but has no DNSSEC keys yet: %s", zone, exc)
                 return None
         return self._secret
+
+
+def _zsk(number: int, secret: Fernet, now: datetime) -> DnssecKey:
+    algorithm = next(a for a, n in DNSSEC_ALGORITHM_NUMBERS.items() if n == number)
+    return dnssec.generate(algorithm, KeyRole.ZSK, secret, now)
+
+
+def describe(keys: ZoneKeys) -> str:
+    return ", ".join(f"{k.role.value} {dnssec.key_tag(k)} {k.state.value}" for k in keys.keys)

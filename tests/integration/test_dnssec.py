@@ -64,8 +64,14 @@ async def ksk(port: int) -> str | None:
 
 @pytest.fixture
 async def signed_dns(nats_client: Client, services: Services) -> AsyncIterator[SignedDns]:
+    yield await start_signed(nats_client, services)
+
+
+async def start_signed(
+    nats_client: Client, services: Services, reconciler_env: dict[str, str] | None = None
+) -> SignedDns:
     env = {"KGSLB_DNSSEC_KEY_SECRET": new_secret()}
-    services.start("reconciler", "reconciler", env=env)
+    services.start("reconciler", "reconciler", env={**env, **(reconciler_env or {})})
     port = services.dns_port = free_port()
     services.start("dns", "dns", "--dns-port", str(port), "--log-per-second", "0", env=env)
     await publish_seed(nats_client)
@@ -73,7 +79,7 @@ async def signed_dns(nats_client: Client, services: Services) -> AsyncIterator[S
     await eventually(lambda: ksk(port), timeout_seconds=30)
     dnskey = await ksk(port)
     assert dnskey is not None
-    yield SignedDns(port, services.nats.url, dnskey)
+    return SignedDns(port, services.nats.url, dnskey)
 
 
 def delv(signed: SignedDns, tmp_path: Path, name: str, rdtype: str, port: int = 0) -> str:
@@ -412,3 +418,52 @@ async def test_the_chain_from_a_bind_parent_holding_the_ds_is_secure(
         for process in (unbound, named):
             process.terminate()
             await asyncio.to_thread(process.wait, 10)
+
+
+async def signing_key_tag(port: int) -> int:
+    reply = await query(port, f"test.{ZONE}", "A")
+    (rrsig,) = [r for rrset in reply.answer if rrset.rdtype == dns.rdatatype.RRSIG for r in rrset]
+    return int(rrsig.key_tag)
+
+
+async def dnskey_count(port: int) -> int:
+    reply = await query(port, ZONE, "DNSKEY")
+    return sum(len(rrset) for rrset in reply.answer if rrset.rdtype == dns.rdatatype.DNSKEY)
+
+
+@needs_delv
+async def test_the_zsk_rolls_on_schedule_and_every_step_validates(
+    nats_client: Client, services: Services, tmp_path: Path
+) -> None:
+    """Pre-publish with a 4 s lifetime and 3 s waits: a third key appears, then signs, then the
+    old one goes; the KSK (the trust anchor) never changes and delv validates at each step."""
+    signed = await start_signed(
+        nats_client,
+        services,
+        {"KGSLB_DNSSEC_ZSK_LIFETIME_SECONDS": "4", "KGSLB_DNSSEC_ROLLOVER_WAIT_SECONDS": "3"},
+    )
+    first = await signing_key_tag(signed.port)
+    assert await dnskey_count(signed.port) == 2
+
+    async def published() -> bool:
+        return await dnskey_count(signed.port) == 3
+
+    await eventually(published, timeout_seconds=30, interval_seconds=0.2)
+    assert await signing_key_tag(signed.port) == first
+    out = await asyncio.to_thread(delv, signed, tmp_path, f"test.{ZONE}", "A")
+    assert "; fully validated" in out, out
+
+    async def switched() -> bool:
+        return await signing_key_tag(signed.port) != first
+
+    await eventually(switched, timeout_seconds=30, interval_seconds=0.2)
+    out = await asyncio.to_thread(delv, signed, tmp_path, HELLO, "A")
+    assert "; fully validated" in out, out
+
+    async def removed() -> bool:
+        return await dnskey_count(signed.port) == 2
+
+    await eventually(removed, timeout_seconds=30, interval_seconds=0.2)
+    assert await ksk(signed.port) == signed.dnskey
+    out = await asyncio.to_thread(delv, signed, tmp_path, f"nothing-here.{ZONE}", "A")
+    assert "; negative response, fully validated" in out, out
