@@ -310,7 +310,7 @@ async def test_a_tampered_answer_is_refused(signed_dns: SignedDns, tmp_path: Pat
 NAMED = shutil.which("named") or ("/usr/sbin/named" if Path("/usr/sbin/named").exists() else None)
 needs_bind = pytest.mark.skipif(
     NAMED is None or shutil.which("dnssec-signzone") is None,
-    reason="named/dnssec-signzone not installed (bind9, bind9-dnsutils)",
+    reason="named/dnssec-signzone not installed (Debian bind9, bind9-utils)",
 )
 
 
