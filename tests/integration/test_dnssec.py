@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import cast
 import dns.asyncquery
 import dns.flags
 import dns.message
+import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -467,3 +470,42 @@ async def test_the_zsk_rolls_on_schedule_and_every_step_validates(
     assert await ksk(signed.port) == signed.dnskey
     out = await asyncio.to_thread(delv, signed, tmp_path, f"nothing-here.{ZONE}", "A")
     assert "; negative response, fully validated" in out, out
+
+
+def test_kgslb_up_signs_the_seed_zone(tmp_path: Path) -> None:
+    """What a newcomer sees: `kgslb up` makes the key secret in its state directory (owner
+    only), the reconciler makes the keys, the DNS signs, `kgslb dnssec ds` prints the DS."""
+    from tests.integration.test_up import stack_file, wait_for_line
+
+    dns_port, nats_port = free_port(), free_port()
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kgslb", "up", "-c", str(stack_file(tmp_path, dns_port, nats_port)),
+         "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output = wait_for_line(process, "kgslb is up", 60)
+        assert "kgslb dnssec ds avi.iberia.local" in output + wait_for_line(process, "Ctrl-C", 5)
+        assert (state / "dnssec-key-secret").stat().st_mode & 0o777 == 0o600
+
+        def signed_answer() -> dns.message.Message | None:
+            message = dns.message.make_query(HELLO, "A", want_dnssec=True)
+            reply = dns.query.udp(message, "127.0.0.1", port=dns_port, timeout=1)
+            types = {rrset.rdtype for rrset in reply.answer}
+            return reply if dns.rdatatype.RRSIG in types else None
+
+        deadline = time.monotonic() + 60
+        while (reply := signed_answer()) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert reply is not None, "no RRSIG within 60 s"
+        result = subprocess.run(
+            [sys.executable, "-m", "kgslb", "dnssec", "ds", ZONE,
+             "--nats-url", f"nats://127.0.0.1:{nats_port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"{ZONE}. IN DS ")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
