@@ -12,11 +12,13 @@ over) and made again on the next query, long before they expire.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.dns import wire
+from services.dns.rotation import Rotation
 from services.dns.signer import (
+    APEX_KEY_TYPES,
     DNSKEY,
     NSEC,
     RRSIG,
@@ -91,6 +93,27 @@ class SignedZone:
             count += nsec.count + sigs.count
         section.authority = b"".join(parts)
         section.authority_count = count
+
+    def all_rrsigs(
+        self,
+        zone: Zone,
+        key: bytes,
+        rrsets: Mapping[int, RRSet] | None,
+        rotations: Iterable[Rotation],
+    ) -> Section | None:
+        """The answer to a query for type RRSIG: the signatures of every RRset at the name (of
+        a GSLB name, the set its cycle starts with). None when the name has none."""
+        sets = list((rrsets or {}).values())
+        if key == zone.key:
+            sets += [zone.soa, *(self.signer.apex_set(t) for t in APEX_KEY_TYPES)]
+        for rotation in rotations:
+            sets.append(RRSet(tuple(rotation.tails[i] for i in rotation.cycle.chosen[0])))
+        if not sets:
+            return None
+        section = Section()
+        for rrset in sets:
+            self.add_rrsig(section, key, rrset, wire.QUESTION_NAME_POINTER)
+        return section
 
     def add_no_ds(self, section: Section, cut: bytes, ttl: int) -> None:
         """A referral to an unsigned child: the NSEC at the cut shows it has no DS (RFC 4035

@@ -19,7 +19,7 @@ from services.dns.algorithms import Caching, Client, Pick
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
 from services.dns.signed import SignedZone, Window, apex_types, make_signer
-from services.dns.signer import APEX_KEY_TYPES, SigningKey
+from services.dns.signer import APEX_KEY_TYPES, RRSIG, SigningKey
 from services.dns.zone import (
     SERIAL_MODULO,
     RRSet,
@@ -325,6 +325,11 @@ class AnswerTable:
             if gslb.has_family(qtype) and gslb.all_down_is_empty:
                 # EMPTY answers NODATA even in a zone that drops unhandled queries.
                 return self._negative(query, zone, wire.NOERROR, udp, signed, rrsets, gslb, True)
+        if qtype == RRSIG and zone.key in self.signed:
+            rotations = [r for r in (gslb.a, gslb.aaaa) if r is not None] if gslb else []
+            sigs = self.signed[zone.key].all_rrsigs(zone, key, rrsets, rotations)
+            if sigs is not None:
+                return self._reply(query, wire.NOERROR, True, udp, zone, sigs)
         if key == zone.key and qtype in APEX_KEY_TYPES and zone.key in self.signed:
             keyset = self.signed[zone.key].signer.apex_set(qtype)
             section = Section([keyset.render()], keyset.count)

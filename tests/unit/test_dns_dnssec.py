@@ -245,3 +245,16 @@ def test_keys_without_an_active_zsk_are_refused_and_the_old_ones_stay() -> None:
             ZONE, [SigningKey(k, dnssec.private_key(k, SECRET)) for k in ksk_only], 0
         )
     validate_section(ask(engine, f"test.{ZONE}", "A").answer, keys)
+
+
+def test_a_query_for_rrsig_gets_the_signatures_of_the_name() -> None:
+    engine, _ = signed_engine()
+    reply = ask(engine, f"test.{ZONE}", "RRSIG")
+    assert [(r.rdtype, r[0].type_covered) for r in reply.answer] == [
+        (dns.rdatatype.RRSIG, dns.rdatatype.A)
+    ]
+    apex = ask(engine, ZONE, "RRSIG")
+    covered = {rdata.type_covered for rrset in apex.answer for rdata in rrset}
+    assert covered >= {dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.DNSKEY}
+    hello = ask(engine, HELLO, "RRSIG", do=False)
+    assert {rdata.type_covered for rrset in hello.answer for rdata in rrset} == {dns.rdatatype.A}
