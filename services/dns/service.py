@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from services.dns.quorum import HealthBook, Quorum, State, Written
@@ -33,6 +33,7 @@ from services.dns.sockets import listening
 from services.dns.table import AnswerTable
 from services.dns.tcp import TcpCollector, TcpLimits, TcpListener
 from services.dns.udp import udp_server
+from services.dns.wire import wire_to_name
 from services.dns.workers import supervise
 from shared import bus, dnssec, subjects, wire
 from shared.follow import BucketFollower, Change
@@ -130,6 +131,7 @@ class DnsService:
         self.tcp_sock = tcp_sock
         self.health = HealthBook(Quorum.parse(settings.health_quorum))
         REGISTRY.register(VerdictCollector(self.health, settings.health_verdict_metrics))
+        REGISTRY.register(DnssecCollector(self.table))
         self._live_verdicts: dict[str, tuple[str, datetime]] = {}
         """Verdicts applied from core NATS whose KV copy has not arrived yet: per health key,
         the writer and its probe time."""
@@ -368,6 +370,31 @@ class DnsService:
             record = await self._logs.get()
             with contextlib.suppress(Exception):
                 await self.nc.publish(subjects.dnslog_subject(record.zone), wire.encode(record))
+
+
+class DnssecCollector(Collector):
+    """Signing work: RRsets signed since start and signatures kept, per signed zone."""
+
+    def __init__(self, table: AnswerTable) -> None:
+        self.table = table
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        made = CounterMetricFamily(
+            "kgslb_dns_dnssec_signatures",
+            "RRsets signed (once per distinct RRset, key set and validity window)",
+            labels=["zone"],
+        )
+        for key, count in sorted(dict(self.table.signatures_made).items()):
+            made.add_metric([wire_to_name(key).rstrip(".")], count)
+        yield made
+        kept = GaugeMetricFamily(
+            "kgslb_dns_dnssec_cached_signatures",
+            "Signed RRsets kept for reuse, per signed zone that has its keys",
+            labels=["zone"],
+        )
+        for key, signed in sorted(dict(self.table.signed).items()):
+            kept.add_metric([wire_to_name(key).rstrip(".")], len(signed.signatures))
+        yield kept
 
 
 class VerdictCollector(Collector):

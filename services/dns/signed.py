@@ -12,6 +12,7 @@ over) and made again on the next query, long before they expire.
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ class SignedZone:
     signer: ZoneSigner
     signed_at: int
     signatures: dict[tuple[bytes, int, int, frozenset[bytes]], RRSet] = field(default_factory=dict)
+    made: Counter[bytes] = field(default_factory=Counter)
+    """RRsets signed so far, per zone key: shared by the table's signers, read by /metrics."""
 
     def rrsig(self, owner: bytes, rtype: int, ttl: int, rdatas: Iterable[bytes]) -> RRSet:
         datas = frozenset(rdatas)
@@ -55,6 +58,7 @@ class SignedZone:
             if len(self.signatures) >= MAX_CACHED_SIGNATURES:
                 self.signatures.clear()
             found = self.signer.sign(owner, rtype, ttl, sorted(datas))
+            self.made[self.signer.zone_key] += 1
             self.signatures[key] = found
         return found
 
@@ -128,7 +132,9 @@ def apex_types(signed: bool) -> tuple[int, ...]:
     return (wire.SOA, wire.NS, DNSKEY, 59, 60) if signed else (wire.SOA, wire.NS)
 
 
-def make_signer(zone: Zone, keys: Sequence[SigningKey], now: int, window: Window) -> SignedZone:
+def make_signer(
+    zone: Zone, keys: Sequence[SigningKey], now: int, window: Window, made: Counter[bytes]
+) -> SignedZone:
     signer = ZoneSigner(
         zone.key,
         keys,
@@ -136,7 +142,7 @@ def make_signer(zone: Zone, keys: Sequence[SigningKey], now: int, window: Window
         now - INCEPTION_SLACK_SECONDS,
         now + window.validity_seconds,
     )
-    return SignedZone(signer, now)
+    return SignedZone(signer, now, made=made)
 
 
 __all__ = ["NSEC", "RRSIG", "SignedZone", "Window", "apex_types", "make_signer"]

@@ -86,6 +86,8 @@ class AnswerTable:
     signed: dict[bytes, SignedZone] = field(default_factory=dict)
     """Per signed zone that has its keys: the signer and the signatures made so far."""
     _zone_keys: dict[bytes, Sequence[SigningKey]] = field(default_factory=dict)
+    signatures_made: Counter[bytes] = field(default_factory=Counter)
+    """RRsets signed since start, per zone key (the signatures of one RRset count once)."""
     _signing_time: int = 0
     """The clock as the shell last told it (keys or refresh): a zone loaded later signs from
     then; the next refresh moves it on."""
@@ -163,7 +165,9 @@ class AnswerTable:
             return
         previous = self.signed.get(key)
         signed_at = now if now is not None else self._signing_time
-        self.signed[key] = make_signer(zone, keys, signed_at, self.dnssec_window)
+        self.signed[key] = make_signer(
+            zone, keys, signed_at, self.dnssec_window, self.signatures_made
+        )
         if keep and previous is not None and previous.signed_at == signed_at:
             self.signed[key].signatures = previous.signatures
 

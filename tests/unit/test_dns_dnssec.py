@@ -104,6 +104,7 @@ def test_each_distinct_answer_is_signed_once() -> None:
     rotation = engine.table.gslb[name_to_wire(HELLO)].a
     assert rotation is not None
     assert len(made) == len({frozenset(c) for c in rotation.cycle.chosen})
+    assert engine.table.signatures_made[name_to_wire(ZONE)] == len(made)
 
 
 def test_static_records_soa_ns_and_cname_are_signed() -> None:
