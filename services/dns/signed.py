@@ -17,12 +17,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.dns import wire
+from services.dns.gslb import GslbName
 from services.dns.rotation import Rotation
 from services.dns.signer import (
     APEX_KEY_TYPES,
-    DNSKEY,
-    NSEC,
-    RRSIG,
     SigningKey,
     ZoneSigner,
     nodata_proof,
@@ -128,8 +126,40 @@ class SignedZone:
         section.authority_count += nsec.count + sigs.count
 
 
-def apex_types(signed: bool) -> tuple[int, ...]:
-    return (wire.SOA, wire.NS, DNSKEY, 59, 60) if signed else (wire.SOA, wire.NS)
+def types_at(
+    zone: Zone,
+    key: bytes,
+    rrsets: Mapping[int, RRSet] | None,
+    gslb: GslbName | None,
+    qtype: int,
+) -> set[int]:
+    """The types a signed zone's name has, for its NSEC, without the one asked for."""
+    types = set(rrsets or ())
+    if key == zone.key:
+        types.update((wire.SOA, wire.NS, *APEX_KEY_TYPES))
+    if gslb is not None:
+        types.update(t for t in (wire.A, wire.AAAA) if gslb.rotation(t) is not None)
+    types.discard(qtype)
+    return types
+
+
+def rotation_section(
+    rotation: Rotation, position: int, owner: bytes, signed: SignedZone | None
+) -> Section:
+    """One cycle position's answer; signed, the RRSIG of its set of members (the same
+    set at another position in another order reuses the signature)."""
+    section = Section([rotation.records[position]], rotation.count)
+    if signed is not None:
+        tails = rotation.tails
+        sigs = signed.rrsig(
+            owner,
+            rotation.qtype,
+            struct.unpack_from("!I", tails[0], 4)[0],
+            (tails[i][10:] for i in rotation.cycle.chosen[position]),
+        )
+        section.answer.append(sigs.render())
+        section.answer_count += sigs.count
+    return section
 
 
 def make_signer(
@@ -143,6 +173,3 @@ def make_signer(
         now + window.validity_seconds,
     )
     return SignedZone(signer, now, made=made)
-
-
-__all__ = ["NSEC", "RRSIG", "SignedZone", "Window", "apex_types", "make_signer"]

@@ -9,7 +9,6 @@ in `algorithms.py`); this module finds the zone and the name, and assembles the 
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from services.dns import wire
 from services.dns.algorithms import Caching, Client, Pick
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
-from services.dns.signed import SignedZone, Window, apex_types, make_signer
+from services.dns.signed import SignedZone, Window, make_signer, rotation_section, types_at
 from services.dns.signer import APEX_KEY_TYPES, RRSIG, SigningKey
 from services.dns.zone import (
     SERIAL_MODULO,
@@ -371,12 +370,7 @@ class AnswerTable:
             return Response(None, rcode, zone.name, cacheable=False)
         if signed is None:
             return self._reply(query, rcode, True, udp, zone, zone.negative())
-        types = set(rrsets or ())
-        if query.key == zone.key:
-            types.update(apex_types(True))
-        if gslb is not None:
-            types.update(t for t in (wire.A, wire.AAAA) if gslb.rotation(t) is not None)
-        types.discard(query.qtype)
+        types = types_at(zone, query.key, rrsets, gslb, query.qtype)
         section = zone.negative()
         signed.add_negative(section, zone, rcode, query.key, types)
         return self._reply(query, rcode, True, udp, zone, section)
@@ -392,25 +386,6 @@ class AnswerTable:
                 return qtype
         return wire.ANY
 
-    @staticmethod
-    def _rotation_section(
-        rotation: Rotation, position: int, owner: bytes, signed: SignedZone | None
-    ) -> Section:
-        """One cycle position's answer; signed, the RRSIG of its set of members (the same
-        set at another position in another order reuses the signature)."""
-        section = Section([rotation.records[position]], rotation.count)
-        if signed is not None:
-            tails = rotation.tails
-            sigs = signed.rrsig(
-                owner,
-                rotation.qtype,
-                struct.unpack_from("!I", tails[0], 4)[0],
-                (tails[i][10:] for i in rotation.cycle.chosen[position]),
-            )
-            section.answer.append(sigs.render())
-            section.answer_count += sigs.count
-        return section
-
     def _gslb_reply(
         self, query: wire.Query, udp: bool, zone: Zone, pick: Pick, signed: SignedZone | None
     ) -> Response:
@@ -420,7 +395,7 @@ class AnswerTable:
         ips = tuple(m.ip for m in members)
         response = self._reply(
             query, wire.NOERROR, True, udp, zone,
-            self._rotation_section(rotation, position, query.key, signed), ips, pick.ecs_scope,
+            rotation_section(rotation, position, query.key, signed), ips, pick.ecs_scope,
         )  # fmt: skip
         response.members = members
         if pick.caching is Caching.NEVER:
@@ -433,7 +408,7 @@ class AnswerTable:
                 response.variants = tuple(
                     self._reply(
                         query, wire.NOERROR, True, udp, zone,
-                        self._rotation_section(rotation, p, query.key, signed), (),
+                        rotation_section(rotation, p, query.key, signed), (),
                         pick.ecs_scope,
                     ).packet or b""
                     for p in range(len(rotation.records))
@@ -497,6 +472,11 @@ class AnswerTable:
                 break
             next_cname = rrsets.get(wire.CNAME)
             if next_cname is None:
+                if target_signed is not None and (rrsets or gslb is not None):
+                    # The chain ends at a name without this type: prove it, as NODATA does.
+                    section.authority, section.authority_count = target_zone.negative_soa, 1
+                    types = types_at(target_zone, target, rrsets, gslb, qtype)
+                    target_signed.add_negative(section, target_zone, wire.NOERROR, target, types)
                 break
             section.answer.append(next_cname.render(target))
             section.answer_count += next_cname.count

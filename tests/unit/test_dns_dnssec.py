@@ -259,3 +259,15 @@ def test_a_query_for_rrsig_gets_the_signatures_of_the_name() -> None:
     assert covered >= {dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.DNSKEY}
     hello = ask(engine, HELLO, "RRSIG", do=False)
     assert {rdata.type_covered for rrset in hello.answer for rdata in rrset} == {dns.rdatatype.A}
+
+
+def test_a_cname_to_a_name_without_the_type_proves_it() -> None:
+    engine, keys = signed_engine()
+    reply = ask(engine, f"www.{ZONE}", "AAAA")  # www -> hello, which has only A
+    assert reply.rcode() == dns.rcode.NOERROR
+    (cname,) = validate_section(reply.answer, keys)
+    assert cname.rdtype == dns.rdatatype.CNAME
+    data = validate_section(reply.authority, keys)
+    (nsec,) = [r for r in data if r.rdtype == dns.rdatatype.NSEC]
+    assert nsec.name == dns.name.from_text(HELLO)
+    assert any(r.rdtype == dns.rdatatype.SOA for r in data)
