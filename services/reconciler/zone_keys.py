@@ -119,7 +119,19 @@ class KeyKeeper:
             if spec is None or not spec.signed:
                 continue
             key = subjects.fqdn_key(zone)
-            entry = await kv.get(key)
+            try:
+                entry = await kv.get(key)
+            except NotFoundError:
+                # Gone (a lost or purged bucket): new keys follow, and the parent needs their
+                # DS, unless the backup is put back first (docs/architecture.md, "DNSSEC").
+                log.error(
+                    "the DNSSEC keys of zone %s are gone from KV %s: making new ones; the "
+                    "parent's DS must be replaced (`kgslb dnssec ds %s`) unless the keys are "
+                    "restored from a backup",
+                    zone, subjects.KV_KEYS, zone,
+                )  # fmt: skip
+                self._have.discard(zone)
+                continue
             if entry.value is None:
                 continue
             keys = wire.decode(entry.value, ZoneKeys)
