@@ -47,5 +47,15 @@ def zone_lines(keys: ZoneKeys, show_dnskey: bool, digest: str) -> list[str]:
     ]
 
 
+TIMEOUT_SECONDS = 15.0
+
+
 def ds_command(settings: NatsSettings, zone: str, show_dnskey: bool, digest: str) -> list[str]:
-    return zone_lines(asyncio.run(read_zone_keys(settings, zone)), show_dnskey, digest)
+    try:
+        keys = asyncio.run(asyncio.wait_for(read_zone_keys(settings, zone), TIMEOUT_SECONDS))
+    except TimeoutError:
+        raise DnssecError(
+            f"no answer from NATS at {bus.redact_url(settings.nats_url)} within "
+            f"{TIMEOUT_SECONDS:g} s (--nats-url)"
+        ) from None
+    return zone_lines(keys, show_dnskey, digest)
