@@ -509,3 +509,17 @@ def test_kgslb_up_signs_the_seed_zone(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(30)
+
+
+async def test_kgslb_dnssec_ds_for_a_zone_without_keys_says_why(nats_client: Client) -> None:
+
+    server_url = nats_client.connected_url
+    assert server_url is not None
+    url = f"nats://{server_url.hostname}:{server_url.port}"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "kgslb", "dnssec", "ds", "unsigned.example", "--nats-url", url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "zone unsigned.example has no DNSSEC keys" in result.stderr
