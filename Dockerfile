@@ -1,18 +1,22 @@
 # One image for every kgslb service: `kgslb watcher|reconciler|health|dns`.
-# Builds from PyPI packages only:  docker build -t kgslb:0.1.0 .   (or podman build)
+# Builds from PyPI packages only, at the versions of requirements.lock:
+#   docker build -t kgslb:0.1.0 .   (or podman build)
+# The base is pinned by digest, so a rebuild starts from the same bytes. To move to a newer
+# base: docker buildx imagetools inspect python:3.11-slim-bookworm, and replace the digest.
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/kgslb
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY shared ./shared
 COPY services ./services
 COPY kgslb ./kgslb
-RUN /opt/kgslb/bin/pip install --no-compile . \
+# No extras: the embedded stack's nats-server and the dev tools stay out of the image.
+RUN /opt/kgslb/bin/pip install --no-compile -c requirements.lock . \
     && /opt/kgslb/bin/python -m compileall -q /opt/kgslb/lib
 
 FROM ${PYTHON_IMAGE}

@@ -4,15 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck bench-dns clean
+LOCK := requirements.lock
+
+.PHONY: up test lint typecheck bench-dns clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# Installs the versions in the lock (a constraints file): two installs a week apart are equal.
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
+
+# Resolves pyproject.toml's dependencies afresh (newest allowed by its bounds) in a scratch
+# venv and writes what was installed to the lock. Run the tests before committing it.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q --upgrade pip
+	.venv-lock/bin/pip install -q -e '.[dev,analysis]'
+	{ sed -n '1,3p' $(LOCK); .venv-lock/bin/pip freeze --exclude-editable | sort -f; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 up: $(STAMP)
 	$(BIN)/kgslb up

@@ -43,6 +43,7 @@ from kubesim import ClusterStore, KubeSim
 from kubesim.resources import INGRESSES, NAMESPACES
 from kubesim.store import MERGE_PATCH
 from services.watcher.publisher import COMPRESS_OVER_BYTES
+from services.watcher.sources import PUBLISHING
 from shared import bus, subjects, wire
 from shared.models import ObjectKind, SyncMarker
 from shared.settings import NatsSettings
@@ -236,10 +237,10 @@ async def run(count: int, workdir: Path) -> dict[str, Any]:
             sim.faults[CLUSTER].drop_watches(abrupt=True)
             store.expire_history()
 
-        # Every watch relists: the Ingresses, the namespaces, and a sync marker after each
-        # of the three lists.
+        # Every watch relists: the Ingresses, the namespaces, and a sync marker after the
+        # list of each published kind (the Gateways' list publishes nothing).
         total = 2 * count
-        relisted = total + len(NAMESPACES_USED) + 2 + 3
+        relisted = total + len(NAMESPACES_USED) + 2 + len(PUBLISHING)
         rows.append(await measure(js, pid, "relist", 0, relisted, break_watches, timeout))
 
         def delete(i: int) -> object:

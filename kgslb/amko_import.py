@@ -142,7 +142,21 @@ def _algorithm(value: Any, path: str, report: Report) -> dict[str, Any] | None:
         settings["lbAlgorithm"] = ALGORITHMS[name]
         if value.get("hashMask") is not None:
             settings["hashMask"] = value["hashMask"]
-    elif name in ("GSLB_ALGORITHM_GEO", "GSLB_ALGORITHM_TOPOLOGY"):
+    elif name == "GSLB_ALGORITHM_GEO":
+        settings["lbAlgorithm"] = "Geo"
+        fallback = value.get("geoFallback") or {}
+        if fallback:
+            fallback_name = ALGORITHMS.get(str(fallback.get("lbAlgorithm", "")), "RoundRobin")
+            settings["fallbackAlgorithm"] = {"lbAlgorithm": fallback_name}
+            if fallback_name == "ConsistentHash" and fallback.get("hashMask") is not None:
+                settings["fallbackAlgorithm"]["hashMask"] = fallback["hashMask"]
+        report.warn(
+            f"{path}.lbAlgorithm",
+            "Geo needs a location on the GSLBConfig's member clusters (memberClusters[]."
+            "location: latitude/longitude, country or continent) and a MaxMind database for the "
+            "DNS (--geoip-database); until then every client gets the fallback",
+        )
+    elif name == "GSLB_ALGORITHM_TOPOLOGY":
         fallback = value.get("geoFallback") or {}
         fallback_name = ALGORITHMS.get(str(fallback.get("lbAlgorithm", "")), "RoundRobin")
         report.drop(

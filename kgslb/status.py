@@ -19,6 +19,7 @@ from services.dns.quorum import QUORUM_HELP, HealthBook, Quorum, Verdict, Writte
 from shared import bus, subjects, wire
 from shared.follow import read_values
 from shared.models import (
+    DelegationState,
     GslbService,
     HealthHeartbeat,
     HealthState,
@@ -209,3 +210,15 @@ async def show_status(settings: StatusSettings) -> None:
         console.print(bad)
     else:
         console.print(f"{len(statuses)} policy object(s), none rejected.")
+    delegations = [entry for status in statuses for entry in status.delegation]
+    if delegations:
+        table = Table(title="Automatic delegation (RFC 2136)")
+        for column in ("zone", "parent", "server", "state", "since", "message"):
+            table.add_column(column)
+        for entry in delegations:
+            color = "green" if entry.state == DelegationState.DELEGATED else "red"
+            table.add_row(
+                entry.zone, entry.parent, entry.server, f"[{color}]{entry.state.value}",
+                entry.since.strftime("%Y-%m-%dT%H:%M:%SZ"), entry.message,
+            )  # fmt: skip
+        console.print(table)

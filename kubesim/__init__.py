@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from kubesim.ako import VipAllocator
-from kubesim.resources import CRDS, kgslb_crds
+from kubesim.resources import CRDS, gateway_api_crds, kgslb_crds
 from kubesim.server import ClusterServer, Faults
 from kubesim.store import DEFAULT_HISTORY_SECONDS, ApiError, ClusterStore
 
@@ -63,7 +63,7 @@ class KubeSim:
         for name in clusters:
             store = ClusterStore(history_size, history_seconds)
             if crds:
-                for crd in kgslb_crds():
+                for crd in [*kgslb_crds(), *gateway_api_crds()]:
                     store.create(CRDS, None, crd)
             if pool := (vip_pools or {}).get(name):
                 store.add_controller(VipAllocator(pool, shared_ingress_vip=shared_ingress_vip))

@@ -240,6 +240,22 @@ def kgslb_crds() -> list[Obj]:
     ]
 
 
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+OPENSHIFT_ROUTE_GROUP = "route.openshift.io"
+
+
+def gateway_api_crds() -> list[Obj]:
+    """The Gateway API kinds kgslb reads (standard channel, v1), and OpenShift's Route, which
+    OpenShift serves itself (here a CRD stands in for it)."""
+    return [
+        crd_manifest(GATEWAY_GROUP, "Gateway", "gateways", ["gtw"], version="v1"),
+        crd_manifest(GATEWAY_GROUP, "HTTPRoute", "httproutes", [], version="v1"),
+        crd_manifest(GATEWAY_GROUP, "GRPCRoute", "grpcroutes", [], version="v1"),
+        crd_manifest(GATEWAY_GROUP, "TLSRoute", "tlsroutes", [], version="v1"),
+        crd_manifest(OPENSHIFT_ROUTE_GROUP, "Route", "routes", [], version="v1"),
+    ]
+
+
 class Registry:
     """Lookup of served types: the built-ins plus one entry per served version of each CRD."""
 

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     model_serializer,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
@@ -53,9 +54,27 @@ class Value(BaseModel):
 
 
 class ObjectKind(StrEnum):
+    """The kinds a watcher publishes (one source each, `services/watcher/sources/`)."""
+
     INGRESS = "Ingress"
     SERVICE = "Service"
     NAMESPACE = "Namespace"
+    HTTP_ROUTE = "HTTPRoute"
+    GRPC_ROUTE = "GRPCRoute"
+    TLS_ROUTE = "TLSRoute"
+    ROUTE = "Route"
+    """OpenShift's route.openshift.io/v1 Route."""
+
+    @property
+    def labels_only(self) -> bool:
+        """Observed for its labels alone (namespace selectors), never a member."""
+        return self is ObjectKind.NAMESPACE
+
+    @property
+    def named_by_default_domain(self) -> bool:
+        """Without a host of its own it serves `<name>.<namespace>.<defaultDomain>` (a
+        LoadBalancer Service, as AMKO names one)."""
+        return self is ObjectKind.SERVICE
 
 
 class ObjectRef(Value):
@@ -85,7 +104,7 @@ class HostPath(Value):
 
 
 class ObservedObject(WireModel):
-    """The last observation of an Ingress, a LoadBalancer Service or a Namespace."""
+    """The last observation of an object of a member cluster (an `ObjectKind`)."""
 
     KIND = "ObservedObject"
     ref: ObjectRef
@@ -102,6 +121,19 @@ class ObservedObject(WireModel):
     )
     ports: list[int] = Field(default_factory=list)
     observed_at: datetime = Field(default_factory=utcnow)
+    resolved_from: list[str] = Field(
+        default_factory=list,
+        description="load-balancer hostnames the VIPs were resolved from (the object "
+        "reports no IP); left out of the message when empty",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_resolved(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.resolved_from and isinstance(data, dict):
+            data.pop("resolvedFrom", None)
+            data.pop("resolved_from", None)
+        return data
 
 
 class Tombstone(WireModel):
@@ -192,6 +224,36 @@ class PolicyStatus(WireModel):
         default=None,
         description="the spec in force, so a restarted or new leader reconciler keeps it",
     )
+    delegation: list[DelegationStatus] = Field(
+        default_factory=list,
+        description="GSLBConfig: per zone with automatic delegation, the last result in the "
+        "parent zone; left out when empty, so other statuses encode as before",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_delegation(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.delegation and isinstance(data, dict):
+            data.pop("delegation", None)
+        return data
+
+
+class DelegationState(StrEnum):
+    DELEGATED = "Delegated"
+    """The parent holds the zone's NS, glue (and DS) as configured."""
+    FAILED = "Failed"
+    """The parent could not be read or refused the update; `message` says why."""
+
+
+class DelegationStatus(Value):
+    """The result of keeping one zone's delegation in its parent (automatic delegation)."""
+
+    zone: str
+    parent: str
+    server: str = Field(description="the parent's primary, host:port")
+    state: DelegationState
+    message: str = Field(description="what the parent holds, or the error (BADKEY, REFUSED...)")
+    since: datetime = Field(description="when the state or message last changed")
 
 
 class CopyState(StrEnum):
@@ -262,6 +324,7 @@ class Algorithm(StrEnum):
     ROUND_ROBIN = "RoundRobin"
     CONSISTENT_HASH = "ConsistentHash"
     TOPOLOGY = "Topology"
+    GEO = "Geo"
 
 
 class DownResponseType(StrEnum):
@@ -307,6 +370,33 @@ class TopologyEntry(Value):
     site: str = Field(description="a member cluster, or the site of a third-party member")
 
 
+class GeoLocation(Value):
+    """Where a site is, for the Geo algorithm: coordinates, a country, a continent, or several
+    of them (a client in the site's country prefers it; coordinates decide by distance)."""
+
+    latitude: float | None = Field(default=None, ge=-90, le=90, description="degrees north")
+    longitude: float | None = Field(default=None, ge=-180, le=180, description="degrees east")
+    country: str | None = Field(
+        default=None, pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2 code, e.g. ES"
+    )
+    continent: Literal["AF", "AN", "AS", "EU", "NA", "OC", "SA"] | None = Field(
+        default=None, description="continent code as in MaxMind databases, e.g. EU"
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> GeoLocation:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("latitude and longitude go together: set both or neither")
+        if self.latitude is None and self.country is None and self.continent is None:
+            raise ValueError("a location needs latitude and longitude, a country or a continent")
+        return self
+
+
+class SiteLocation(Value):
+    site: str = Field(description="a member cluster")
+    location: GeoLocation
+
+
 class PriorityGroup(Value):
     priority: int = Field(ge=0, le=100, description="the highest group with a healthy member wins")
     members: list[Member]
@@ -335,6 +425,11 @@ class GslbService(WireModel):
     fallback_hash_mask_bits: int | None = Field(
         default=None, description="client prefix length when the fallback is ConsistentHash"
     )
+    site_locations: list[SiteLocation] = Field(
+        default_factory=list,
+        description="Geo: where the member clusters are (from the GSLBConfig); left out when "
+        "empty, so a service that is not Geo encodes as before",
+    )
     groups: list[PriorityGroup] = Field(description="sorted by priority, highest first")
     health_monitor: HealthMonitorSpec = Field(default_factory=HealthMonitorSpec)
     down_response: DownResponse = Field(default_factory=DownResponse)
@@ -342,6 +437,14 @@ class GslbService(WireModel):
 
     def all_members(self) -> list[Member]:
         return [member for group in self.groups for member in group.members]
+
+    @model_serializer(mode="wrap")
+    def _without_empty_locations(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if not self.site_locations and isinstance(data, dict):
+            data.pop("siteLocations", None)
+            data.pop("site_locations", None)
+        return data
 
 
 class SoaSpec(Value):

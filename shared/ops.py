@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
+import platform
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, Info, generate_latest
 
 log = logging.getLogger(__name__)
+
+# Every service exports which kgslb it runs and whether it is ready (what /readyz says):
+# the alerts of deploy/components/monitoring count ready DNS replicas with kgslb_ready.
+BUILD_INFO = Info("kgslb_build", "The kgslb version and Python this process runs")
+READY = Gauge("kgslb_ready", "1 while this process's /readyz answers 200")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kgslb")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+BUILD_INFO.info({"version": _version(), "python": platform.python_version()})
 
 
 class OpsServer:
@@ -60,6 +77,7 @@ class OpsServer:
         # Collectors read the services' maps from this thread, so they iterate over copies.
         # `?name[]=family` (as prometheus_client's own server) runs only the collectors of
         # those families: a poll of one gauge no longer renders 300,000 answer series.
+        READY.set(1 if self._ready() else 0)
         names = request.query.getall("name[]", [])
         registry = REGISTRY.restricted_registry(names) if names else REGISTRY
         body = await asyncio.to_thread(generate_latest, registry)

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from shared.models import (
     Algorithm,
     DownResponseType,
+    GeoLocation,
     HealthMonitorSpec,
     IPAddress,
     NameServer,
@@ -56,6 +57,7 @@ _AMKO_ALGORITHMS = {
     "GSLB_ALGORITHM_ROUND_ROBIN": "RoundRobin",
     "GSLB_ALGORITHM_CONSISTENT_HASH": "ConsistentHash",
     "GSLB_ALGORITHM_TOPOLOGY": "Topology",
+    "GSLB_ALGORITHM_GEO": "Geo",
 }
 _AMKO_DOWN = {
     f"GSLB_SERVICE_DOWN_RESPONSE_{name}": name
@@ -175,7 +177,8 @@ class PoolAlgorithmSettings(Spec):
 
     lb_algorithm: Annotated[Algorithm, _amko_name(_AMKO_ALGORITHMS)] = Field(
         default=Algorithm.ROUND_ROBIN,
-        description="RoundRobin (weighted), ConsistentHash (client subnet) or Topology",
+        description="RoundRobin (weighted), ConsistentHash (client subnet), Topology, or Geo "
+        "(the nearest member cluster by GeoIP; locations in the GSLBConfig's memberClusters)",
     )
     hash_mask: int | None = Field(
         default=None,
@@ -189,7 +192,9 @@ class PoolAlgorithmSettings(Spec):
     fallback_algorithm: FallbackAlgorithm | None = Field(
         default=None,
         description="Topology: for clients no rule maps, or whose site has no healthy member "
-        "(default RoundRobin); ConsistentHash: for queries without a client address",
+        "(default RoundRobin); Geo: for clients the GeoIP database does not place near a "
+        "located site with a healthy member (default RoundRobin); ConsistentHash: for queries "
+        "without a client address",
     )
 
 
@@ -276,6 +281,79 @@ class GSLBHostRuleSpec(Spec):
 
 class MemberCluster(Spec):
     cluster_context: ClusterName = Field(description="kubeconfig context of a member cluster")
+    location: GeoLocation | None = Field(
+        default=None,
+        description="where the cluster serves from, for lbAlgorithm Geo: latitude and "
+        "longitude, a country (ISO 3166-1 alpha-2) and/or a continent code",
+    )
+
+
+def _host_port(value: str) -> str:
+    """`host`, `host:port` or `[v6]:port`, normalised to `host:port` (port 53 by default)."""
+    host, port = split_host_port(value)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    text = value.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif not host or not all(part for part in host.split(".")):
+        raise ValueError(f"{value!r} is not host, host:port or [IPv6]:port")
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ValueError(f"port {port_text!r} is not 1-65535")
+    return host, int(port_text or 53)
+
+
+class SecretKeyRef(Spec):
+    """A key of a Kubernetes Secret in kgslb's namespace. The reconciler reads it from the
+    Secret's volume: the file `<--tsig-secrets-dir>/<name>/<key>` (mount the Secret there)."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="the Secret's name",
+    )  # fmt: skip
+    key: str = Field(
+        default="secret", min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+        description="the key that holds the base64 TSIG secret, as in BIND's key statement",
+    )  # fmt: skip
+
+
+class TsigKeySpec(Spec):
+    """The TSIG key the parent's primary server allows dynamic updates with."""
+
+    name: DnsName = Field(description="the key's name, as the parent's server knows it")
+    algorithm: Literal[
+        "hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5"
+    ] = "hmac-sha256"
+    secret_ref: SecretKeyRef = Field(description="where its secret is")
+
+
+class DelegationSpec(Spec):
+    """Keep the zone's NS records, their glue (and, when the zone is signed, its DS) in the
+    parent zone up to date with RFC 2136 dynamic updates."""
+
+    parent_zone: DnsName | None = Field(
+        default=None, description="the parent zone (default: the zone without its first label)"
+    )
+    primary: Annotated[str, AfterValidator(_host_port)] = Field(
+        description="the parent zone's primary server that takes updates: host, host:port or "
+        "[IPv6]:port (port 53 by default)"
+    )
+    tsig_key: TsigKeySpec
+    ttl_seconds: int = Field(
+        default=3600, ge=0, le=604800, description="TTL of the NS, glue and DS in the parent"
+    )
 
 
 class ZoneConfig(Spec):
@@ -296,6 +374,11 @@ class ZoneConfig(Spec):
         default=None,
         description="online DNSSEC signing: {enabled: true, algorithm: ECDSAP256SHA256 or "
         "ED25519}; keys are made by the reconciler, `kgslb dnssec ds ZONE` prints the DS",
+    )
+    delegation: DelegationSpec | None = Field(
+        default=None,
+        description="automatic delegation: kgslb writes the zone's NS, glue (and DS) into the "
+        "parent zone with TSIG-signed RFC 2136 updates, and reports the result in status",
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from shared.models import ClusterState, CopyState, PolicyKind, PolicyState
+from shared.models import ClusterState, CopyState, DelegationState, PolicyKind, PolicyState
 from shared.policies import (
     API_GROUP,
     API_VERSION,
@@ -123,6 +123,23 @@ STATUS_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "cluster": {"type": "string"},
                     "state": {"type": "string", "enum": [s.value for s in ClusterState]},
+                    "message": {"type": "string"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                },
+            },
+        },
+        "delegation": {
+            "type": "array",
+            "nullable": True,
+            "description": "GSLBConfig only: per zone with automatic delegation, whether its "
+            "parent zone holds its NS, glue (and DS), or the error (BADKEY, REFUSED, ...)",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "zone": {"type": "string"},
+                    "parent": {"type": "string"},
+                    "server": {"type": "string"},
+                    "state": {"type": "string", "enum": [s.value for s in DelegationState]},
                     "message": {"type": "string"},
                     "lastTransitionTime": {"type": "string", "format": "date-time"},
                 },

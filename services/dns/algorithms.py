@@ -8,7 +8,7 @@ turn"), the ECS scope to echo and how the response may be cached. It renders not
 changes nothing; taking the turn and counting the answer is `Pick.take_position`.
 
 To add an algorithm: write a class with `sites` and `choose` (see `GslbAlgorithm`) and an
-`of(service, interned)` constructor, and register it in `ALGORITHMS` under its
+`of(service, interned, geoip)` constructor, and register it in `ALGORITHMS` under its
 `shared.models.Algorithm`.
 """
 
@@ -21,6 +21,7 @@ from enum import Enum
 from typing import NamedTuple, Protocol
 
 from services.dns import wire
+from services.dns.geo import GeoIp, GeoSite, geo_sites, ranked_sites
 from services.dns.rotation import Rotation
 from services.dns.selection import client_bucket, rendezvous_pick
 from shared.models import Algorithm, GslbService, TopologyEntry
@@ -99,7 +100,7 @@ class RoundRobin:
     """Weighted round robin: every query takes the name's next turn, whoever asks."""
 
     @classmethod
-    def of(cls, service: GslbService, interned: dict[str, str]) -> RoundRobin:
+    def of(cls, service: GslbService, interned: dict[str, str], geoip: GeoIp) -> RoundRobin:
         return ROUND_ROBIN
 
     @property
@@ -122,7 +123,7 @@ class ConsistentHash:
     """Client prefix length hashed; None: /24 for IPv4, /56 for IPv6."""
 
     @classmethod
-    def of(cls, service: GslbService, interned: dict[str, str]) -> ConsistentHash:
+    def of(cls, service: GslbService, interned: dict[str, str], geoip: GeoIp) -> ConsistentHash:
         return cls(service.hash_mask_bits)
 
     @property
@@ -199,15 +200,8 @@ class Topology:
     fallback: RoundRobin | ConsistentHash
 
     @classmethod
-    def of(cls, service: GslbService, interned: dict[str, str]) -> Topology:
-        # The model allows any algorithm as a fallback; only these two need no topology, and
-        # anything else has always meant round robin.
-        fallback: RoundRobin | ConsistentHash = (
-            ConsistentHash(service.fallback_hash_mask_bits)
-            if service.fallback_algorithm == Algorithm.CONSISTENT_HASH
-            else ROUND_ROBIN
-        )
-        return cls(topology_rules(service.topology, interned), fallback)
+    def of(cls, service: GslbService, interned: dict[str, str], geoip: GeoIp) -> Topology:
+        return cls(topology_rules(service.topology, interned), fallback_of(service))
 
     @property
     def sites(self) -> frozenset[str]:
@@ -227,15 +221,71 @@ class Topology:
         return pick._replace(ecs_scope=client.subnet_prefix)
 
 
-AlgorithmFactory = Callable[[GslbService, dict[str, str]], GslbAlgorithm]
-"""Builds a name's algorithm from its service (`interned` shares site name strings)."""
+def fallback_of(service: GslbService) -> RoundRobin | ConsistentHash:
+    # The model allows any algorithm as a fallback; only these two need no topology or
+    # database, and anything else has always meant round robin.
+    if service.fallback_algorithm == Algorithm.CONSISTENT_HASH:
+        return ConsistentHash(service.fallback_hash_mask_bits)
+    return ROUND_ROBIN
+
+
+@dataclass(frozen=True, slots=True)
+class Geo:
+    """Clients the GeoIP database places are answered by the healthy members of the nearest
+    located site (`geo.ranked_sites`: same country, same continent, then by distance), in
+    round robin; clients it does not know, or near no located site with a healthy member of
+    the family, by the fallback algorithm."""
+
+    sites: frozenset[str]
+    located: tuple[GeoSite, ...]
+    fallback: RoundRobin | ConsistentHash
+    geoip: GeoIp
+    """The table's database handle: replaced in place when the file changes."""
+
+    @classmethod
+    def of(cls, service: GslbService, interned: dict[str, str], geoip: GeoIp) -> Geo:
+        located = geo_sites(service.site_locations, interned)
+        return cls(frozenset(s.site for s in located), located, fallback_of(service), geoip)
+
+    def choose(self, name: SiteRotations, rotation: Rotation, client: Client) -> Pick:
+        found = self.geoip.locate(client.address) if client.address else None
+        pick = None
+        if found is not None and found.place is not None:
+            for site in ranked_sites(found.place, self.located):
+                site_rotation = name.site_rotation(site, rotation.qtype)
+                if site_rotation is not None:
+                    pick = Pick(site_rotation, None, 0, Caching.TURNS)
+                    break
+        if pick is None:
+            pick = self.fallback.choose(name, rotation, client)
+        if client.subnet_prefix is None:
+            return pick._replace(ecs_scope=0, caching=Caching.NEVER)
+        # With a database the answer holds for the client's whole network in it (and, for a
+        # fallback that hashes, for the hashed prefix); without one, or for an address the
+        # database cannot look up (IPv6 in an IPv4 database), for the subnet asked.
+        if found is None or found.prefix == 0:
+            scope = client.subnet_prefix
+        else:
+            scope = max(found.prefix, pick.ecs_scope)
+        return pick._replace(ecs_scope=scope)
+
+
+AlgorithmFactory = Callable[[GslbService, dict[str, str], GeoIp], GslbAlgorithm]
+"""Builds a name's algorithm from its service (`interned` shares site name strings; `geoip`
+is the table's GeoIP database)."""
 
 ALGORITHMS: dict[Algorithm, AlgorithmFactory] = {
     Algorithm.ROUND_ROBIN: RoundRobin.of,
     Algorithm.CONSISTENT_HASH: ConsistentHash.of,
     Algorithm.TOPOLOGY: Topology.of,
+    Algorithm.GEO: Geo.of,
 }
 
+NO_GEOIP = GeoIp()
+"""No database: every Geo client goes to the fallback."""
 
-def algorithm_for(service: GslbService, interned: dict[str, str]) -> GslbAlgorithm:
-    return ALGORITHMS[service.algorithm](service, interned)
+
+def algorithm_for(
+    service: GslbService, interned: dict[str, str], geoip: GeoIp = NO_GEOIP
+) -> GslbAlgorithm:
+    return ALGORITHMS[service.algorithm](service, interned, geoip)

@@ -8,7 +8,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from services.dns import wire
-from services.dns.algorithms import Client, GslbAlgorithm, Pick, algorithm_for
+from services.dns.algorithms import NO_GEOIP, Client, GslbAlgorithm, Pick, algorithm_for
+from services.dns.geo import GeoIp
 from services.dns.rotation import Rotation, Target, family_matches
 from shared.models import DownResponseType, GslbService, HealthState, Member
 from shared.subjects import member_key, normalize_fqdn
@@ -30,7 +31,9 @@ class NameSpec:
     """Chosen here, once per name; a query never asks which algorithm it is."""
 
     @classmethod
-    def of(cls, service: GslbService, interned: dict[str, str]) -> NameSpec:
+    def of(
+        cls, service: GslbService, interned: dict[str, str], geoip: GeoIp = NO_GEOIP
+    ) -> NameSpec:
         fqdn = normalize_fqdn(service.fqdn)
 
         def target(member: Member) -> Target:
@@ -45,7 +48,7 @@ class NameSpec:
             down=service.down_response.type,
             fallback_ip=service.down_response.fallback_ip,
             groups=tuple(tuple(target(m) for m in g.members) for g in groups),
-            algorithm=algorithm_for(service, interned),
+            algorithm=algorithm_for(service, interned, geoip),
         )
 
     def targets(self) -> list[Target]:

@@ -219,7 +219,7 @@ class DnsEngine:
             self.malformed += 1
             if exc.rcode is None:
                 return None
-            return wire.error_response(exc.query_id, exc.flags, exc.rcode)
+            return wire.error_response(exc.query_id, exc.flags, exc.rcode, exc.question)
         response = self.table.answer(query, client_ip, udp)
         qtype = wire.type_name(query.qtype)
         rcode = wire.rcode_name(response.rcode)

@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.dns.geoip_file import GeoIpFile
 from services.dns.quorum import HealthBook, Quorum, State, Written
 from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
 from services.dns.server import DnsEngine, QueryCountCollector
@@ -102,6 +103,11 @@ class DnsService:
             self._key_secret = dnssec.load_secret(
                 settings.dnssec_key_secret, settings.dnssec_key_secret_file
             )
+        self.geoip = (
+            GeoIpFile(settings.geoip_database, self.table, settings.geoip_check_seconds)
+            if settings.geoip_database
+            else None
+        )
         self._logs: asyncio.Queue[DnsQueryLog] = asyncio.Queue(maxsize=LOG_QUEUE_RECORDS)
         self.engine = DnsEngine(
             self.table,
@@ -179,8 +185,11 @@ class DnsService:
     async def run(self) -> None:
         await self.keeper.bootstrap()
         await self.nc.subscribe(f"{subjects.HEALTH_LIVE_PREFIX}.>", cb=self._on_live_health)
+        if self.geoip is not None:
+            await self.geoip.check()  # before the names load: Geo answers from the start
         mirrors = asyncio.gather(
             *(follower.run() for follower in self._followers),
+            *([self.geoip.run()] if self.geoip is not None else []),
             self._publish_logs(),
             self._expire_loop(),
             self._resign_loop(),

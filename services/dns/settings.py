@@ -89,6 +89,16 @@ class DnsSettings(ServiceSettings, DnssecSecretSettings):
         description="kgslb_dns_health_verdicts per vantage point and state (vantage), or also "
         "kgslb_dns_health_member_verdict, one series per member and vantage point (member)",
     )
+    geoip_database: str = Field(
+        default="",
+        description="path of a MaxMind-format database (GeoIP2/GeoLite2 City or Country, .mmdb) "
+        "for lbAlgorithm Geo; read into memory, and read again when the file changes; empty: "
+        "none (Geo names answer with their fallback)",
+    )
+    geoip_check_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="how often the GeoIP database file is checked for a change (mtime, size, inode)",
+    )  # fmt: skip
 
     dnssec_signature_validity_seconds: int = Field(
         default=7 * 86400, ge=3600, le=90 * 86400,

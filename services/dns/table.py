@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from services.dns import wire
 from services.dns.algorithms import Caching, Client, Pick
+from services.dns.geo import GeoIp, Lookup
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
 from services.dns.signed import SignedZone, Window, make_signer, rotation_section, types_at
@@ -66,6 +67,8 @@ class AnswerTable:
     gslb: dict[bytes, GslbName] = field(default_factory=dict)
     generation: int = 0
     """Bumped on every change: responses cached under an older generation are stale."""
+    geoip: GeoIp = field(default_factory=GeoIp)
+    """The GeoIP database of the Geo names (none until `set_geoip`)."""
     _by_health_key: dict[str, bytes] = field(default_factory=dict)
     """Member health key -> the GSLB name it belongs to (the key embeds the name)."""
     _interned: dict[str, str] = field(default_factory=dict)
@@ -109,6 +112,11 @@ class AnswerTable:
         self._count_ancestors(zone, +1)
         previous = self.signed.get(zone.key)
         self._sign_zone(zone.key, previous.signed_at if previous else None, keep=True)
+        self.generation += 1
+
+    def set_geoip(self, lookup: Lookup | None, source: str = "") -> None:
+        """Look Geo clients up in a new database from now on (None: no database)."""
+        self.geoip.replace(lookup, source)
         self.generation += 1
 
     def remove_zone(self, name: str) -> None:
@@ -180,7 +188,7 @@ class AnswerTable:
         by hand or by an older reconciler) is refused and returned, and nothing changes."""
         if (bad := hostname_problem(service.fqdn)) is not None:
             return bad
-        spec = NameSpec.of(service, self._interned)
+        spec = NameSpec.of(service, self._interned, self.geoip)
         key = wire.name_to_wire(spec.fqdn)
         self._drop_service(key)
         self.gslb[key] = GslbName(spec, self.health)

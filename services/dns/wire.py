@@ -35,6 +35,11 @@ FLAG_QR = 0x8000
 FLAG_AA = 0x0400
 FLAG_TC = 0x0200
 FLAG_RD = 0x0100
+FLAG_CD = 0x0010
+OPCODE_MASK = 0x7800
+COPIED_FLAGS = OPCODE_MASK | FLAG_RD | FLAG_CD
+"""Copied from the query into the reply: the opcode and RD (RFC 1035 4.1.1), and CD, which a
+name server must copy whether or not it signs (RFC 4035 3.1.6)."""
 QUESTION_NAME_POINTER = b"\xc0\x0c"
 CLASSIC_UDP_SIZE = 512
 DEFAULT_EDNS_UDP_SIZE = 1232
@@ -56,11 +61,20 @@ def rcode_name(rcode: int) -> str:
 class QueryError(Exception):
     """A packet we will not answer normally: `rcode` to reply with, or None for silence."""
 
-    def __init__(self, reason: str, rcode: int | None, query_id: int = 0, flags: int = 0) -> None:
+    def __init__(
+        self,
+        reason: str,
+        rcode: int | None,
+        query_id: int = 0,
+        flags: int = 0,
+        question: bytes = b"",
+    ) -> None:
         super().__init__(reason)
         self.rcode = rcode
         self.query_id = query_id
         self.flags = flags
+        self.question = question
+        """The question section to echo, when it could be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +137,9 @@ def parse_query(packet: bytes) -> Query:
         raise QueryError("a response, not a query", None)
     opcode = (flags >> 11) & 0xF
     if opcode != 0:
-        raise QueryError(f"opcode {opcode} not implemented", NOTIMP, query_id, flags)
+        raise QueryError(
+            f"opcode {opcode} not implemented", NOTIMP, query_id, flags, _question_of(packet)
+        )
     if qdcount != 1:
         raise QueryError(f"QDCOUNT is {qdcount}, expected 1", FORMERR, query_id, flags)
     if ancount or nscount:
@@ -192,6 +208,19 @@ def parse_query(packet: bytes) -> Query:
         client_subnet=subnet,
         dnssec_ok=dnssec_ok,
     )
+
+
+def _question_of(packet: bytes) -> bytes:
+    """The single question of a packet as sent, or b"" when it has not exactly one readable
+    question (uncompressed name, within 255 octets)."""
+    if len(packet) < 12 or struct.unpack_from("!H", packet, 4)[0] != 1:
+        return b""
+    offset = 12
+    while offset < len(packet) and (length := packet[offset]) and not length & 0xC0:
+        offset += 1 + length
+    if offset >= len(packet) or packet[offset] or offset - 12 >= 255 or offset + 5 > len(packet):
+        return b""
+    return packet[12 : offset + 5]
 
 
 def _parse_options(
@@ -376,7 +405,7 @@ def header(
     counts: tuple[int, int, int, int],
     tc: bool = False,
 ) -> bytes:
-    flags = FLAG_QR | (query_flags & FLAG_RD) | (rcode & 0xF)
+    flags = FLAG_QR | (query_flags & COPIED_FLAGS) | (rcode & 0xF)
     if aa:
         flags |= FLAG_AA
     if tc:
@@ -384,6 +413,7 @@ def header(
     return struct.pack("!6H", query_id, flags, *counts)
 
 
-def error_response(query_id: int, query_flags: int, rcode: int) -> bytes:
-    """A reply with no question echoed: for packets whose question we could not read."""
-    return header(query_id, query_flags, rcode, False, (0, 0, 0, 0))
+def error_response(query_id: int, query_flags: int, rcode: int, question: bytes = b"") -> bytes:
+    """A reply to a query we do not answer: its question echoed when it could be read (a
+    NOTIMP for a NOTIFY or an UPDATE), else none."""
+    return header(query_id, query_flags, rcode, False, (1 if question else 0, 0, 0, 0)) + question

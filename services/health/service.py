@@ -118,6 +118,7 @@ class HealthService:
             BucketFollower(nc, subjects.KV_SERVICES, self._apply_service, on_missing=missing),
         ]
         self._started = False
+        self._vouched = False
         self._pending_writes: dict[str, None] = {}
         self._write_wanted = asyncio.Event()
         self._pending_live: dict[str, None] = {}
@@ -129,17 +130,36 @@ class HealthService:
 
     @property
     def ready(self) -> bool:
-        """Loaded and probing, with every bucket there (not rebuilding a lost store)."""
+        """Loaded and probing, vouching for every member it owns, with every bucket there
+        (not rebuilding a lost store)."""
         missing = any(f.missing for f in self._followers)
-        return self._started and not missing and self.keeper.intact
+        return self._started and self._vouching() and not missing and self.keeper.intact
+
+    def _vouching(self) -> bool:
+        """Every member this replica owns has a verdict in the KV written by this replica: a
+        replica that just started (a site restored) counts as a vantage point for the DNS
+        only then, so a failure right after must not find it still claiming. Checked until
+        it first holds."""
+        if not self._vouched:
+            mine = self.replica
+            self._vouched = all(self._written_by(key, mine) for key in self.owned)
+        return self._vouched
 
     def readiness_detail(self) -> str:
         parts = [f"owned {len(self.owned)} of {len(self.targets)} members"]
+        if self._started and not self._vouching():
+            mine = self.replica
+            claiming = sum(1 for key in self.owned if not self._written_by(key, mine))
+            parts.append(f"{claiming} verdicts not yet written by this replica")
         if missing := [f.bucket for f in self._followers if f.missing]:
             parts.append("missing: " + ", ".join(missing))
         if state := self.keeper.describe():
             parts.append(state)
         return "; ".join(parts)
+
+    def _written_by(self, key: str, replica: str) -> bool:
+        known = self.known.get(key)
+        return known is not None and known.health is not None and known.health.replica == replica
 
     def _health_lost(self) -> None:
         """KV kgslb_health was created anew, empty: every verdict this replica owns is

@@ -40,3 +40,16 @@ REBUILDS = Counter(
 DRIFT_REPAIRS = Counter(
     "kgslb_reconciler_drift_repairs_total", "KV keys a full resync found changed by hand"
 )
+DELEGATION_DELEGATED = Gauge(
+    "kgslb_reconciler_delegation_delegated",
+    "Per zone with automatic delegation: 1 when the parent holds its NS, glue (and DS), 0 "
+    "when the last check or update failed",
+    ["zone"],
+)
+DELEGATION_CHECKS = Counter(
+    "kgslb_reconciler_delegation_checks_total",
+    "Checks of a zone's delegation in its parent, by zone and result: current (nothing to "
+    "change), updated (an RFC 2136 update was accepted), or the error (BADKEY, BADSIG, "
+    "NOTAUTH, REFUSED, TIMEOUT, SECRET, ...)",
+    ["zone", "result"],
+)

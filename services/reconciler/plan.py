@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from services.reconciler.geo import site_locations
 from services.reconciler.names import RejectedName, gslb_name_problem
 from services.reconciler.statuses import final_statuses
 from services.reconciler.validation import AcceptedGdp, Policies, validate
@@ -28,7 +29,6 @@ from shared.models import (
     GslbService,
     HealthMonitorSpec,
     Member,
-    ObjectKind,
     ObjectRef,
     ObservedObject,
     PolicyDeleted,
@@ -97,17 +97,17 @@ def object_hosts(obj: ObservedObject, default_domain: str | None) -> tuple[str, 
     """FQDNs an object serves for one GDP: its hosts, or for a LoadBalancer Service without a
     hostname, `<name>.<namespace>.<defaultDomain>`."""
     hosts = _explicit_hosts(obj)
-    if hosts or obj.ref.kind != ObjectKind.SERVICE or not default_domain:
+    if hosts or not obj.ref.kind.named_by_default_domain or not default_domain:
         return hosts
     return (normalize_fqdn(f"{obj.ref.name}.{obj.ref.namespace}.{default_domain}"),)
 
 
 def candidate_hosts(obj: ObservedObject, default_domains: Iterable[str]) -> frozenset[str]:
     """Every FQDN an object could serve under any GDP (what the FQDN index holds)."""
-    if obj.ref.kind == ObjectKind.NAMESPACE:
+    if obj.ref.kind.labels_only:
         return frozenset()
     hosts = _explicit_hosts(obj)
-    if hosts or obj.ref.kind != ObjectKind.SERVICE:
+    if hosts or not obj.ref.kind.named_by_default_domain:
         return frozenset(hosts)
     return frozenset(object_hosts(obj, domain)[0] for domain in default_domains)
 
@@ -115,9 +115,9 @@ def candidate_hosts(obj: ObservedObject, default_domains: Iterable[str]) -> froz
 def selects(
     gdp: AcceptedGdp, obj: ObservedObject, namespace_labels: Mapping[NamespaceKey, dict[str, str]]
 ) -> bool:
-    """A GDP selects an Ingress or LoadBalancer Service that has a VIP, lives in one of its
-    clusters and matches both selectors (ANDed)."""
-    if not obj.vips or not gdp.selects_anything or obj.ref.kind == ObjectKind.NAMESPACE:
+    """A GDP selects an object (an Ingress, a LoadBalancer Service, a route) that has a VIP,
+    lives in one of its clusters and matches both selectors (ANDed)."""
+    if not obj.vips or not gdp.selects_anything or obj.ref.kind.labels_only:
         return False
     if gdp.clusters is not None and obj.ref.cluster not in gdp.clusters:
         return False
@@ -129,6 +129,14 @@ def selects(
 
 
 # One GSLB service ---------------------------------------------------------------------------
+
+
+def object_source(obj: ObservedObject) -> str:
+    """How a member names the object it comes from (`kgslb status` shows it): the object,
+    and the load-balancer hostnames its addresses were resolved from, if any."""
+    if obj.resolved_from:
+        return f"{obj.ref} via {', '.join(obj.resolved_from)}"
+    return str(obj.ref)
 
 
 def build_members(
@@ -168,7 +176,7 @@ def build_members(
     for obj in objects:
         for vip in obj.vips:
             answered = public_ip.get(obj.ref.cluster, vip)
-            add(answered, obj.ref.cluster, str(obj.ref), vip if answered != vip else None)
+            add(answered, obj.ref.cluster, object_source(obj), vip if answered != vip else None)
     if host_rule is not None:
         for third in host_rule.third_party_members:
             add(third.vip, third.site, f"THIRDPARTY/{third.site}/{third.vip}", None)
@@ -205,7 +213,7 @@ def _algorithm_fields(settings: PoolAlgorithmSettings | None) -> dict[str, objec
         return {}
     algorithm = settings.lb_algorithm
     fallback = settings.fallback_algorithm
-    if fallback is None and algorithm == Algorithm.TOPOLOGY:
+    if fallback is None and algorithm in (Algorithm.TOPOLOGY, Algorithm.GEO):
         fallback = FallbackAlgorithm()
     fields: dict[str, object] = {"algorithm": algorithm}
     if algorithm == Algorithm.CONSISTENT_HASH:
@@ -264,6 +272,12 @@ def plan_fqdn(
         if rule and rule.health_monitor_template
         else spec.health_monitor_template
     )
+    algorithm = _algorithm_fields(
+        rule.pool_algorithm_settings if rule and rule.pool_algorithm_settings
+        else spec.pool_algorithm_settings
+    )  # fmt: skip
+    if algorithm.get("algorithm") == Algorithm.GEO:
+        algorithm["site_locations"] = site_locations(policies.config, groups)
     service = GslbService(
         fqdn=fqdn,
         ttl_seconds=ttl if ttl is not None else _zone_ttl(fqdn, policies.zones),
@@ -274,11 +288,7 @@ def plan_fqdn(
             rule.down_response if rule and rule.down_response else spec.down_response
         ),
         policies=sorted(str(r) for r in (owner.ref, rule_ref) if r is not None),
-        **_algorithm_fields(
-            rule.pool_algorithm_settings
-            if rule and rule.pool_algorithm_settings
-            else spec.pool_algorithm_settings
-        ),
+        **algorithm,
     )
     return FqdnPlan(service, owner.ref, tuple(shadowed))
 
@@ -395,7 +405,7 @@ class Planner:
 
     def apply(self, message: WireModel) -> None:
         match message:
-            case ObservedObject(ref=ref) if ref.kind == ObjectKind.NAMESPACE:
+            case ObservedObject(ref=ref) if ref.kind.labels_only:
                 self.observed[ref] = message
                 self._set_namespace_labels((ref.cluster, ref.name), message.labels)
             case ObservedObject(ref=ref):
@@ -447,7 +457,7 @@ class Planner:
     def _remove(self, ref: ObjectRef) -> None:
         if self.observed.pop(ref, None) is None:
             return
-        if ref.kind == ObjectKind.NAMESPACE:
+        if ref.kind.labels_only:
             self._set_namespace_labels((ref.cluster, ref.name), None)
         else:
             self._unindex(ref)

@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
+from services.reconciler.delegation_keeper import DelegationKeeper
 from services.reconciler.first_sync import FirstSync, Verdict
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
@@ -134,6 +135,7 @@ class Reconciler:
         self._rebuild_due = False
         """JetStream lost its state: write everything again as soon as leading."""
         self._events: JetStreamContext.PushSubscription | None = None
+        self.delegation = DelegationKeeper(self.leadership, self.planner, settings, self._dirty.set)
 
     @property
     def ready(self) -> bool:
@@ -183,6 +185,7 @@ class Reconciler:
                 self._homes.run(),
                 keys.run(),
                 self.keeper.run(),
+                self.delegation.run(),
             )
         finally:
             with contextlib.suppress(Exception):
@@ -565,7 +568,7 @@ class Reconciler:
             log.warning("resync repaired drift", extra={"kv_writes": writes})
 
     async def _publish_statuses(self) -> None:
-        statuses = self.planner.statuses
+        statuses = self.delegation.with_results(self.planner.statuses, self.published_status)
         for ref, status in statuses.items():
             if self.published_status.get(ref) == status:
                 continue

@@ -58,3 +58,18 @@ class ReconcilerSettings(ServiceSettings, DnssecSecretSettings):
         description="a new ZSK is published this long before it signs, and an old one kept "
         "this long after; at least the zone's longest TTL (DNSKEY's included)",
     )
+    tsig_secrets_dir: str = Field(
+        default="/etc/kgslb/tsig",
+        description="where the Secrets named by GSLBConfig zones[].delegation.tsigKey.secretRef "
+        "are mounted: the secret is the file <dir>/<secret name>/<key>",
+    )
+    delegation_check_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="how often the leader checks each delegated zone's NS, glue (and DS) in "
+        "its parent and repairs them (a configuration change is checked at once)",
+    )
+    delegation_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="timeout of one query or update to the parent"
+    )

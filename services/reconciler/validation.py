@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.reconciler.delegation import delegation_problem
+from services.reconciler.geo import check_geo, located_clusters
 from services.reconciler.messages import (
     allowed_values,
     bounded_message,
@@ -170,12 +172,14 @@ def _check_down(down: DownResponseSpec | None) -> list[str]:
     return []
 
 
-def _check_algorithm(settings: PoolAlgorithmSettings | None, sites: set[str] | None) -> list[str]:
+def _check_algorithm(
+    settings: PoolAlgorithmSettings | None, sites: set[str] | None, located: frozenset[str] | None
+) -> list[str]:
     if settings is None:
         return []
     path = "spec.poolAlgorithmSettings"
     algorithm = settings.lb_algorithm
-    out = []
+    out = check_geo(settings, located)
     if settings.hash_mask is not None and algorithm != Algorithm.CONSISTENT_HASH:
         out.append(
             problem(
@@ -212,7 +216,7 @@ def _check_algorithm(settings: PoolAlgorithmSettings | None, sites: set[str] | N
     if fallback is not None:
         if algorithm == Algorithm.ROUND_ROBIN:
             out.append(
-                f"{path}.fallbackAlgorithm: RoundRobin always decides, so it takes no fallback (allowed with ConsistentHash or Topology)"
+                f"{path}.fallbackAlgorithm: RoundRobin always decides, so it takes no fallback (allowed with ConsistentHash, Topology or Geo)"
             )
         if fallback.hash_mask is not None and fallback.lb_algorithm != "ConsistentHash":
             out.append(
@@ -289,6 +293,12 @@ def _check_config(spec: GSLBConfigSpec) -> list[str]:
         if name in zones:
             out.append(problem(f"spec.zones[{index}].name", zone.name, "listed twice"))
         zones.add(name)
+        if zone.delegation is not None:
+            where = f"spec.zones[{index}].delegation"
+            if wrong := delegation_problem(name, zone.delegation):
+                out.append(problem(f"{where}.parentZone", zone.delegation.parent_zone, wrong))
+            if not zone.nameservers:
+                out.append(f"{where}: the zone lists no nameservers to delegate to")
         for r_index, record in enumerate(zone.records):
             where = f"spec.zones[{index}].records[{r_index}]"
             if not _is_name(record.name):
@@ -304,7 +314,9 @@ def _check_config(spec: GSLBConfigSpec) -> list[str]:
     return out
 
 
-def _check_gdp(spec: GlobalDeploymentPolicySpec, members: frozenset[str] | None) -> list[str]:
+def _check_gdp(
+    spec: GlobalDeploymentPolicySpec, members: frozenset[str] | None, located: frozenset[str] | None
+) -> list[str]:
     sites = set(members) if members is not None else None
     out = _check_selector("spec.matchRules.appSelector", spec.match_rules.app_selector)
     out += _check_selector("spec.matchRules.namespaceSelector", spec.match_rules.namespace_selector)
@@ -322,13 +334,16 @@ def _check_gdp(spec: GlobalDeploymentPolicySpec, members: frozenset[str] | None)
             )
     out += _check_split("spec.trafficSplit", spec.traffic_split, sites)
     out += _check_monitor(spec.health_monitor_refs, spec.health_monitor_template)
-    out += _check_algorithm(spec.pool_algorithm_settings, sites)
+    out += _check_algorithm(spec.pool_algorithm_settings, sites, located)
     out += _check_down(spec.down_response)
     return out
 
 
 def _check_host_rule(
-    spec: GSLBHostRuleSpec, members: frozenset[str] | None, other_owner: PolicyRef | None
+    spec: GSLBHostRuleSpec,
+    members: frozenset[str] | None,
+    other_owner: PolicyRef | None,
+    located: frozenset[str] | None,
 ) -> list[str]:
     out = []
     if (bad := hostname_problem(spec.fqdn)) is not None:
@@ -368,7 +383,7 @@ def _check_host_rule(
     if spec.traffic_split is not None:
         out += _check_split("spec.trafficSplit", spec.traffic_split, sites)
     out += _check_monitor(spec.health_monitor_refs, spec.health_monitor_template)
-    out += _check_algorithm(spec.pool_algorithm_settings, sites)
+    out += _check_algorithm(spec.pool_algorithm_settings, sites, located)
     out += _check_down(spec.down_response)
     return out
 
@@ -478,12 +493,15 @@ def validate(
         )
     members = frozenset(m.cluster_context for m in config.member_clusters) if config else None
     members = members or None
+    located = located_clusters(config) if members is not None else None
 
     gdps: list[AcceptedGdp] = []
     host_rules: dict[str, tuple[PolicyRef, GSLBHostRuleSpec]] = {}
     for obj in (o for o in ordered if o.ref.kind != PolicyKind.GSLB_CONFIG):
         if obj.ref.kind == PolicyKind.GLOBAL_DEPLOYMENT_POLICY:
-            used, spec, problems = _in_force(obj, last_accepted, lambda s: _check_gdp(s, members))
+            used, spec, problems = _in_force(
+                obj, last_accepted, lambda s: _check_gdp(s, members, located)
+            )
         else:
 
             def owner_other_than(
@@ -495,7 +513,7 @@ def validate(
             used, spec, problems = _in_force(
                 obj,
                 last_accepted,
-                lambda s: _check_host_rule(s, members, owner_other_than(s)),
+                lambda s: _check_host_rule(s, members, owner_other_than(s), located),
                 lambda s: owner_other_than(s) is None,
             )
         if used is None:

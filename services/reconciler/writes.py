@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -157,28 +157,21 @@ class KvMirror:
             self._freed.set()
 
     async def _write_in_slot(self, key: str, value: bytes, delete: bool, slot: int) -> None:
-        for delay in [*RETRY_DELAYS, None]:
+        def attempt() -> tuple[str, dict[str, str]]:
             self._check_leader()
-            term = self.term
-            if term is None:
+            if self.term is None:
                 raise LostLeadership(f"KV {self.bucket}: no term (not fenced)")
-            headers = self._headers[1 if delete else 0][slot]
-            try:
-                await self.js.publish(term.subject(key), value, headers=headers)
-                return
-            except APIError as exc:
-                if refused_by_fence(exc.err_code):
-                    FENCED_WRITES.labels(self.bucket).inc()
-                    self.term = None
-                    raise FencedOut(
-                        f"KV {self.bucket}: JetStream refused our write of {key}: a newer "
-                        f"leader fenced the bucket after our fence (slot {slot} at sequence "
-                        f"{term.fences[slot]})"
-                    ) from exc
-                if delay is None or not condition_in_flight(exc.err_code):
-                    raise
-            BUSY_RETRIES.labels(self.bucket).inc()
-            await asyncio.sleep(delay)
+            return self.term.subject(key), self._headers[1 if delete else 0][slot]
+
+        def refused() -> FencedOut:
+            fenced_at = self.term.fences[slot] if self.term is not None else 0
+            self.term = None
+            return FencedOut(
+                f"KV {self.bucket}: JetStream refused our write of {key}: a newer leader "
+                f"fenced the bucket after our fence (slot {slot} at sequence {fenced_at})"
+            )
+
+        await publish_fenced(self.js, value, self.bucket, attempt, refused)
 
     async def put(self, key: str, value: bytes) -> bool:
         if self.values.get(key) == value:
@@ -242,27 +235,46 @@ class StreamFence:
         raise AssertionError("unreachable")
 
     async def publish(self, subject: str, data: bytes) -> None:
-        for delay in [*RETRY_DELAYS, None]:
+        def attempt() -> tuple[str, dict[str, str]]:
             _believed_revision(self.leading, self.stream)
-            sequence = self.sequence
-            if sequence is None:
+            if self.sequence is None:
                 raise LostLeadership(f"{self.stream}: no term (not fenced)")
-            headers = fenced_headers(self.subject, sequence, self.leading.me)
-            try:
-                await self.js.publish(subject, data, headers=headers)
-                return
-            except APIError as exc:
-                if refused_by_fence(exc.err_code):
-                    FENCED_WRITES.labels(self.stream).inc()
-                    self.sequence = None
-                    raise FencedOut(
-                        f"{self.stream}: JetStream refused our publish to {subject}: a newer "
-                        f"leader fenced it after our fence at sequence {sequence}"
-                    ) from exc
-                if delay is None or not condition_in_flight(exc.err_code):
-                    raise
-            BUSY_RETRIES.labels(self.stream).inc()
-            await asyncio.sleep(delay)
+            return subject, fenced_headers(self.subject, self.sequence, self.leading.me)
+
+        def refused() -> FencedOut:
+            fenced_at, self.sequence = self.sequence, None
+            return FencedOut(
+                f"{self.stream}: JetStream refused our publish to {subject}: a newer leader "
+                f"fenced it after our fence at sequence {fenced_at}"
+            )
+
+        await publish_fenced(self.js, data, self.stream, attempt, refused)
+
+
+async def publish_fenced(
+    js: JetStreamContext,
+    data: bytes,
+    where: str,
+    attempt: Callable[[], tuple[str, dict[str, str]]],
+    refused: Callable[[], FencedOut],
+) -> None:
+    """One write of the leader's term: `attempt()` checks the term still holds and gives the
+    subject and the fence headers (it raises LostLeadership when the term is over); a write
+    JetStream refuses by the fence ends the term (`refused()` says how); one a replicated
+    stream was too busy to check is sent again after RETRY_DELAYS."""
+    for delay in [*RETRY_DELAYS, None]:
+        subject, headers = attempt()
+        try:
+            await js.publish(subject, data, headers=headers)
+            return
+        except APIError as exc:
+            if refused_by_fence(exc.err_code):
+                FENCED_WRITES.labels(where).inc()
+                raise refused() from exc
+            if delay is None or not condition_in_flight(exc.err_code):
+                raise
+        BUSY_RETRIES.labels(where).inc()
+        await asyncio.sleep(delay)
 
 
 def _believed_revision(leading: Leadership, where: str) -> int:

@@ -30,8 +30,13 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from services.watcher.backoff import Backoff
+from services.watcher.sources import SOURCES
+from services.watcher.sources.base import Source
+from services.watcher.sources.ingress import INGRESS
+from services.watcher.sources.namespace import NAMESPACE
+from services.watcher.sources.service import SERVICE
 from services.watcher.translate import POLICY_PLURALS
-from shared.models import ObjectKind, PolicyKind, PolicyRef
+from shared.models import PolicyKind, PolicyRef
 from shared.policies import API_GROUP, API_VERSION
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,9 @@ class Listed:
     resource: str
     items: list[dict[str, Any]]
     resource_version: str
+    served: bool = True
+    """False: an optional resource the API does not serve (its CRD is not installed), listed
+    as empty; it is tried again every `absent_recheck_seconds`."""
 
 
 @dataclass(frozen=True)
@@ -151,14 +159,27 @@ def current_context(kubeconfig: str) -> str:
     return str(current["name"])
 
 
-def list_calls(api: client.ApiClient, home: bool) -> dict[str, ListCall]:
-    """The list/watch call of every watched resource, by kind name."""
+def source_call(api: client.ApiClient, source: Source) -> ListCall:
+    """The list/watch call of a source's resource (the typed calls for the built-in kinds)."""
     core = client.CoreV1Api(api)
-    calls: dict[str, ListCall] = {
-        ObjectKind.INGRESS: client.NetworkingV1Api(api).list_ingress_for_all_namespaces,
-        ObjectKind.SERVICE: core.list_service_for_all_namespaces,
-        ObjectKind.NAMESPACE: core.list_namespace,
+    typed: dict[str, ListCall] = {
+        INGRESS.name: client.NetworkingV1Api(api).list_ingress_for_all_namespaces,
+        SERVICE.name: core.list_service_for_all_namespaces,
+        NAMESPACE.name: core.list_namespace,
     }
+    if source.name in typed:
+        return typed[source.name]
+    custom = client.CustomObjectsApi(api)
+    return functools.partial(
+        custom.list_cluster_custom_object, source.api.group, source.api.version, source.api.plural
+    )
+
+
+def list_calls(
+    api: client.ApiClient, home: bool, sources: tuple[Source, ...] = SOURCES
+) -> dict[str, ListCall]:
+    """The list/watch call of every watched resource, by source or policy kind name."""
+    calls: dict[str, ListCall] = {source.name: source_call(api, source) for source in sources}
     if home:
         custom = client.CustomObjectsApi(api)
         for kind, plural in POLICY_PLURALS.items():
@@ -274,8 +295,15 @@ class ListWatch:
         page_size: int,
         watch_timeout_seconds: int,
         dead_watch_seconds: float,
+        optional: bool = False,
+        absent_recheck_seconds: float = 30.0,
     ) -> None:
         self.cluster = cluster
+        self.optional = optional
+        """A 404 means the API does not serve the resource (a CRD not installed): listed as
+        empty, and asked again every `absent_recheck_seconds`."""
+        self.absent_recheck_seconds = absent_recheck_seconds
+        self._absent = False
         self.resource = resource
         self.list_call = list_call
         self.sink = sink
@@ -322,6 +350,22 @@ class ListWatch:
                 while not self.stopping.is_set() and not self._relist.is_set():
                     version = self._watch(version)
                 if self._relist.is_set():
+                    continue
+            except ApiException as exc:
+                if not (self.optional and exc.status == 404):
+                    failure = ("error", describe_error(exc, self.cluster, self.resource))
+                else:
+                    if not self._absent:
+                        self._absent = True
+                        log.info(
+                            "cluster %s does not serve %s (its CRD is not installed): none of "
+                            "them; asking again every %g s", self.cluster, self.resource,
+                            self.absent_recheck_seconds,
+                        )  # fmt: skip
+                        if not self._emit(Listed(self.resource, [], "", served=False)):
+                            return
+                    self.backoff.reset()
+                    self.stopping.wait(self.absent_recheck_seconds)
                     continue
             except Expired as exc:
                 failure = ("expired", f"cluster {self.cluster}: {self.resource}: {exc}")
@@ -380,6 +424,7 @@ class ListWatch:
             if token is None:
                 version = str(meta.get("resourceVersion") or "")
                 break
+        self._absent = False
         if not self._emit(Listed(self.resource, items, version)):
             self.stopping.set()
         return version

@@ -1,8 +1,7 @@
-"""The watcher's shell: one member cluster's Ingresses, LoadBalancer Services and Namespaces
-(and, with `--home true`, the kgslb CRs) onto the events stream; CR status back to the cluster.
-
-Worker threads list and watch (see `kube`), the event loop decides what to publish (`view`)
-and publishes it in order with JetStream acks (`publisher`). An unreachable or unauthorised
+"""The watcher's shell: a member cluster's sources (`sources/`; with `--home true` the kgslb
+CRs) onto the events stream; CR status back. Threads list and watch (`kube`), the event loop
+resolves hostnames (`hostnames`), decides what to publish (`view`) and publishes it in order
+with JetStream acks (`publisher`). An unreachable or unauthorised
 cluster, or one whose API stops answering (a frozen API server accepts connections and says
 nothing), is logged, counted (`kgslb_watcher_api_errors_total`,
 `kgslb_watcher_dead_watches_total`), turns /readyz false, is retried with backoff, and is
@@ -28,15 +27,16 @@ from prometheus_client import Counter, Gauge
 from services.watcher import kube
 from services.watcher.backoff import Backoff
 from services.watcher.home import Heartbeat, Home
+from services.watcher.hostnames import Hostnames
 from services.watcher.publisher import OrderedPublisher
 from services.watcher.settings import WatcherSettings
+from services.watcher.sources import BY_NAME, select
 from services.watcher.translate import Skip
 from services.watcher.view import ClusterView, Decision, PolicyView
 from shared import bus, subjects, wire
 from shared.models import (
     ClusterState,
     ClusterStatus,
-    ObjectKind,
     PolicyDeleted,
     PolicyKind,
     PolicyObject,
@@ -110,10 +110,7 @@ STATUS_WRITES = Counter(
     ["result"],
 )
 
-KINDS: dict[str, ObjectKind | PolicyKind] = {
-    **{kind.value: kind for kind in ObjectKind},
-    **{kind.value: kind for kind in PolicyKind},
-}
+POLICY_KINDS: dict[str, PolicyKind] = {kind.value: kind for kind in PolicyKind}
 
 
 def cluster_name(settings: WatcherSettings) -> str:
@@ -135,18 +132,22 @@ class Watcher:
         self.nc = nc
         self.api = api
         self.cluster = cluster
-        self.view = ClusterView(cluster)
+        self.sources = select(settings.sources.split(","))
+        self.view = ClusterView(cluster, self.sources)
         self.policies = PolicyView(cluster if settings.home else "")
         self.home: Home | None = None
         """The home role (--home true): publishes the CRs, or keeps copies of them."""
         self._policy_lock = asyncio.Lock()
-        self.calls = kube.list_calls(api, settings.home)
+        self.calls = kube.list_calls(api, settings.home, self.sources)
         self.resources = list(self.calls)
         self._listed: set[str] = set()
         self._failing: dict[str, str] = {}
         self._unanswered: dict[str, str] = {}
         """Resources whose request has waited longer than --unreachable-grace-seconds."""
         self._warned_hostname_only: set[str] = set()
+        self.hostnames = Hostnames(
+            cluster, settings, self.view, self._policy_lock, lambda d: self._report(d)
+        )
         self._status_dirty = asyncio.Event()
         self._publisher: OrderedPublisher | None = None
         self._cluster_status: ClusterStatus | None = None
@@ -201,6 +202,7 @@ class Watcher:
             self._report_cluster(js),
             self.keeper.run(),
             self._resync_loop(),
+            self.hostnames.run(self._publisher.publish),
         ]
         resync = await self.nc.subscribe(subjects.RESYNC_SUBJECT, cb=self._on_resync)
         heartbeat = Heartbeat(
@@ -238,6 +240,8 @@ class Watcher:
                 page_size=self.settings.page_size,
                 watch_timeout_seconds=self.settings.watch_timeout_seconds,
                 dead_watch_seconds=self.settings.dead_watch_seconds,
+                optional=resource in BY_NAME and BY_NAME[resource].api.optional,
+                absent_recheck_seconds=self.settings.absent_recheck_seconds,
             )
             for resource, call in self.calls.items()
         ]
@@ -323,7 +327,9 @@ class Watcher:
                 batch.append(sink.queue.get_nowait())
             outgoing = []
             listed = []
+            answers = await self.hostnames.prepare(batch)
             async with self._policy_lock:
+                outgoing.extend(self.hostnames.apply(answers))
                 for item in batch:
                     decision = self._decide(item)
                     if decision is not None:
@@ -343,7 +349,7 @@ class Watcher:
         if isinstance(item, kube.Failed):
             self._failed(item)
             return None
-        kind = KINDS[item.resource]
+        kind = POLICY_KINDS.get(item.resource)
         if isinstance(item, kube.Listed):
             recovered = self._failing.pop(item.resource, None)
             if recovered is not None:
@@ -351,10 +357,10 @@ class Watcher:
                     "cluster %s: %s listed again", self.cluster, item.resource,
                     extra={"cluster": self.cluster, "resource": item.resource},
                 )  # fmt: skip
-            if isinstance(kind, PolicyKind):
+            if kind is not None:
                 decision = self._policies_listed(kind, item)
             else:
-                decision = self.view.listed(kind, item.items)
+                decision = self.view.listed(item.resource, item.items)
             log.info(
                 "listed %d %s at resourceVersion %s",
                 len(item.items), item.resource, item.resource_version,
@@ -362,10 +368,10 @@ class Watcher:
             )  # fmt: skip
         else:
             KUBE_EVENTS.labels(self.cluster, item.resource, item.type).inc()
-            if isinstance(kind, PolicyKind):
+            if kind is not None:
                 decision = self._policies_changed(kind, item)
             else:
-                decision = self.view.changed(kind, item.type, item.obj)
+                decision = self.view.changed(item.resource, item.type, item.obj)
         self._report(decision)
         return decision
 

@@ -3,7 +3,7 @@ the service so the CLI can describe them without loading the service."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.settings import ServiceSettings
 
@@ -53,3 +53,54 @@ class WatcherSettings(ServiceSettings):
         description="how often the watcher rewrites its heartbeat in KV kgslb_leases and a "
         "home watcher reads the active home cluster",
     )
+    sources: str = Field(
+        default="all",
+        description="the kinds to watch, comma-separated: all, or some of Ingress, Service, "
+        "HTTPRoute, GRPCRoute, TLSRoute, Route (Namespaces always; Gateways with any route "
+        "kind). A kind whose CRD the cluster lacks (Gateway API, OpenShift) counts as none",
+    )
+    absent_recheck_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="how often a kind the API does not serve (404: CRD not installed) is "
+        "asked for again",
+    )
+    hostname_refresh_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="load balancers that report only a hostname: resolve it again this often "
+        "(or at its TTL when shorter, with --hostname-resolver)",
+    )
+    hostname_min_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="the shortest time between two resolutions of a hostname (a TTL of 0)",
+    )
+    hostname_resolver: str = Field(
+        default="",
+        description="DNS server for load-balancer hostnames, HOST or HOST:PORT (TTL-driven "
+        "refresh); empty: the system resolver (getaddrinfo, /etc/hosts included)",
+    )
+    hostname_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="one resolution of a load-balancer hostname"
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, value: str) -> str:
+        from services.watcher.sources import select  # the kinds, without the service
+
+        select(value.split(","))  # ValueError naming the unknown kind and the known ones
+        return value
+
+    @field_validator("hostname_resolver")
+    @classmethod
+    def _resolver_address(cls, value: str) -> str:
+        from services.watcher.resolve import parse_server
+
+        if value:
+            parse_server(value)
+        return value

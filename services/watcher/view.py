@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.watcher.sources import BY_NAME, SOURCES
+from services.watcher.sources.base import HOSTNAME, JoinKey, Resolution, Source, name_of
 from services.watcher.translate import (
     BadObject,
     Fingerprint,
@@ -21,7 +23,6 @@ from services.watcher.translate import (
     cr_status,
     fingerprint,
     object_ref,
-    observe,
     policy_object,
     policy_ref,
     resource_version,
@@ -66,29 +67,164 @@ class Decision:
 
 
 class ClusterView:
-    """The Ingresses, LoadBalancer Services and Namespaces of one cluster as published.
+    """The objects of one cluster's sources (`sources/`) as published.
 
     A relist republishes every object (duplicates are harmless, and a stream that lost
     messages heals), tombstones what vanished since the last list, then publishes a sync
     marker. A watch event publishes only what changes what the reconciler knows: an object
     that loses its IP or stops being a LoadBalancer gets a tombstone, a MODIFIED event that
     only touched annotations or status conditions publishes nothing.
+
+    Joins: the objects of a source another one joins with (Gateways) are kept, and so is
+    every object whose observation reads another (a route, a Service whose load balancer
+    reports only a hostname); when a joined object or a resolved hostname changes, its
+    dependents are observed again. A list of a source waits until the sources it joins with
+    are listed, so that a relist never publishes routes without their Gateways.
     """
 
-    def __init__(self, cluster: str) -> None:
+    def __init__(self, cluster: str, sources: Sequence[Source] = SOURCES) -> None:
         self.cluster = cluster
-        self._published: dict[ObjectKind, dict[ObjectRef, Fingerprint]] = {}
+        self._sources = {source.name: source for source in sources}
+        self._published: dict[ObjectKind, dict[ObjectRef, Fingerprint]] = {
+            source.kind: {}
+            for source in SOURCES
+            if source.kind is not None and source.name not in self._sources
+        }
+        """Kinds not watched (`--sources`) count as listed and empty: nothing of them exists."""
+        self._store: dict[str, dict[tuple[str, str], Obj]] = {}
+        """Objects of the sources others join with, once listed."""
+        self._pending: dict[str, dict[tuple[str, str], Obj]] = {}
+        """Lists waiting for the sources they join with, kept current by watch events."""
+        self._raw: dict[JoinKey, Obj] = {}
+        self._joins_of: dict[JoinKey, frozenset[JoinKey]] = {}
+        self._dependents: dict[JoinKey, set[JoinKey]] = {}
+        self._resolved: dict[str, Resolution] = {}
 
     @property
     def listed_kinds(self) -> list[ObjectKind]:
         return [kind for kind in ObjectKind if kind in self._published]
 
-    def listed(self, kind: ObjectKind, objects: Iterable[Obj]) -> Decision:
+    # Lookup (what the sources read of their joins) -----------------------------------------
+
+    def object(self, key: JoinKey) -> Obj | None:
+        return self._store.get(key.source, {}).get((key.namespace, key.name))
+
+    def resolution(self, hostname: str) -> Resolution | None:
+        return self._resolved.get(hostname)
+
+    # Lists and events -----------------------------------------------------------------------
+
+    def listed(self, name: str, objects: Iterable[Obj]) -> Decision:
+        source = self._source(name)
+        if source.kind is None:
+            before = self._store.get(source.name, {})
+            now = _keyed(objects)
+            self._store[source.name] = now
+            decision = Decision()
+            changed = {k for k in before.keys() | now.keys() if before.get(k) != now.get(k)}
+            for key in sorted(changed):
+                self._refresh(JoinKey(source.name, *key), decision)
+            self._release_pending(decision)
+            return decision
+        if not self._joins_listed(source):
+            self._pending[source.name] = _keyed(objects)
+            return Decision()
+        return self._list(source, objects)
+
+    def changed(self, name: str, event_type: str, obj: Obj) -> Decision:
+        source = self._source(name)
         decision = Decision()
-        before = self._published.get(kind, {})
+        if source.kind is None:
+            store = self._store.setdefault(source.name, {})
+            key = name_of(obj)
+            if event_type == DELETED:
+                store.pop(key, None)
+            else:
+                store[key] = obj
+            self._refresh(JoinKey(source.name, *key), decision)
+            return decision
+        if source.name in self._pending:
+            pending = self._pending[source.name]
+            if event_type == DELETED:
+                pending.pop(name_of(obj), None)
+            else:
+                pending[name_of(obj)] = obj
+            return decision
+        self._change(source, event_type, obj, decision)
+        return decision
+
+    def resolved(self, hostname: str, resolution: Resolution) -> Decision:
+        """A load-balancer hostname resolved (again): its dependents are observed again when
+        its addresses changed. A failed resolution keeps the addresses resolved before."""
+        decision = Decision()
+        before = self._resolved.get(hostname)
+        if resolution.error and before is not None and before.addresses:
+            resolution = Resolution(before.addresses, resolution.error)
+        self._resolved[hostname] = resolution
+        if before is None or before.addresses != resolution.addresses:
+            self._refresh(JoinKey(HOSTNAME, "", hostname), decision)
+        return decision
+
+    def unresolved(self, name: str, objects: Iterable[Obj]) -> set[str]:
+        """Hostnames these objects' observations read that were never resolved."""
+        source = self._source(name)
+        return {
+            key.name
+            for obj in objects
+            for key in source.joins(obj, self)
+            if key.source == HOSTNAME and key.name not in self._resolved
+        }
+
+    def hostnames(self) -> list[str]:
+        """Every load-balancer hostname an object reads now (to resolve again); resolutions
+        no object reads any more are forgotten."""
+        wanted = {k.name for k in self._dependents if k.source == HOSTNAME}
+        for host in [h for h in self._resolved if h not in wanted]:
+            del self._resolved[host]
+        return sorted(wanted)
+
+    def resolutions(self) -> dict[str, Resolution]:
+        return dict(self._resolved)
+
+    def marker(self) -> SyncMarker:
+        """Which objects exist, for the kinds listed so far: a kind still waiting for its
+        first list is left out, so the reconciler does not drop its objects meanwhile."""
+        kinds = self.listed_kinds
+        present = sorted(ref.short for kind in kinds for ref in self._published[kind])
+        return SyncMarker(cluster=self.cluster, kinds=kinds, present=present)
+
+    # Inside ---------------------------------------------------------------------------------
+
+    def _source(self, name: str) -> Source:
+        source = self._sources.get(name) or BY_NAME.get(name)
+        if source is None:
+            raise KeyError(f"no source {name!r}")
+        return source
+
+    def _joins_listed(self, source: Source) -> bool:
+        return all(joined in self._store for joined in source.joined)
+
+    def _release_pending(self, decision: Decision) -> None:
+        for name in list(self._pending):
+            source = self._source(name)
+            if self._joins_listed(source):
+                objects = self._pending.pop(name)
+                listed = self._list(source, objects.values())
+                decision.messages.extend(listed.messages)
+                decision.skipped.extend(listed.skipped)
+                decision.problems.extend(listed.problems)
+                decision.bad_hosts.extend(listed.bad_hosts)
+
+    def _list(self, source: Source, objects: Iterable[Obj]) -> Decision:
+        assert source.kind is not None
+        decision = Decision()
+        before = self._published.get(source.kind, {})
         now: dict[ObjectRef, Fingerprint] = {}
+        for key in [k for k in self._joins_of if k.source == source.name]:
+            self._untrack(key)
         for obj in objects:
-            observation = self._observe(kind, obj, decision)
+            self._track(source, obj)
+            observation = self._observe(source, obj, decision)
             if observation is None:
                 continue
             if observation.message is None:
@@ -98,52 +234,81 @@ class ClusterView:
             decision.publish(observation)
         for ref in before.keys() - now.keys():
             decision.messages.append((ref.subject, Tombstone(ref=ref)))
-        self._published[kind] = now
+        self._published[source.kind] = now
         decision.messages.append((sync_subject(self.cluster), self.marker()))
         return decision
 
-    def changed(self, kind: ObjectKind, event_type: str, obj: Obj) -> Decision:
-        decision = Decision()
-        published = self._published.setdefault(kind, {})
+    def _change(self, source: Source, event_type: str, obj: Obj, decision: Decision) -> None:
+        assert source.kind is not None
+        published = self._published.setdefault(source.kind, {})
         if event_type == DELETED:
+            self._untrack(JoinKey(source.name, *name_of(obj)))
             try:
-                ref = object_ref(self.cluster, kind, obj)
+                ref = object_ref(self.cluster, source.kind, obj)
             except BadObject as exc:
                 decision.problems.append(str(exc))
-                return decision
+                return
             if published.pop(ref, None) is not None:
                 tombstone = Tombstone(ref=ref, resource_version=resource_version(obj))
                 decision.messages.append((ref.subject, tombstone))
-            return decision
-        observation = self._observe(kind, obj, decision)
+            return
+        self._track(source, obj)
+        observation = self._observe(source, obj, decision)
         if observation is None:
-            return decision
+            return
         ref, message = observation.ref, observation.message
         if message is None:
             decision.skipped.append(observation)
             if published.pop(ref, None) is not None:
                 tombstone = Tombstone(ref=ref, resource_version=resource_version(obj))
                 decision.messages.append((ref.subject, tombstone))
-            return decision
+            return
         new = fingerprint(message)
         if published.get(ref) != new:
             published[ref] = new
             decision.publish(observation)
-        return decision
 
-    def marker(self) -> SyncMarker:
-        """Which objects exist, for the kinds listed so far: a kind still waiting for its
-        first list is left out, so the reconciler does not drop its objects meanwhile."""
-        kinds = self.listed_kinds
-        present = sorted(ref.short for kind in kinds for ref in self._published[kind])
-        return SyncMarker(cluster=self.cluster, kinds=kinds, present=present)
+    def _refresh(self, joined: JoinKey, decision: Decision) -> None:
+        """Observe again every object that reads `joined` (and is not waiting for a list)."""
+        for key in sorted(self._dependents.get(joined, ())):
+            source = self._source(key.source)
+            if source.name in self._pending or key not in self._raw:
+                continue
+            self._change(source, "MODIFIED", self._raw[key], decision)
 
-    def _observe(self, kind: ObjectKind, obj: Obj, decision: Decision) -> Observation | None:
+    def _track(self, source: Source, obj: Obj) -> None:
+        key = JoinKey(source.name, *name_of(obj))
+        joins = source.joins(obj, self)
+        if self._joins_of.get(key) == joins:
+            if joins:
+                self._raw[key] = obj
+            return
+        self._untrack(key)
+        if joins:
+            self._raw[key] = obj
+            self._joins_of[key] = joins
+            for joined in joins:
+                self._dependents.setdefault(joined, set()).add(key)
+
+    def _untrack(self, key: JoinKey) -> None:
+        self._raw.pop(key, None)
+        for joined in self._joins_of.pop(key, frozenset()):
+            dependents = self._dependents.get(joined)
+            if dependents is not None:
+                dependents.discard(key)
+                if not dependents:
+                    del self._dependents[joined]
+
+    def _observe(self, source: Source, obj: Obj, decision: Decision) -> Observation | None:
         try:
-            return observe(self.cluster, kind, obj)
+            return source.observe(self.cluster, obj, self)
         except (BadObject, ValueError) as exc:
             decision.problems.append(str(exc))
             return None
+
+
+def _keyed(objects: Iterable[Obj]) -> dict[tuple[str, str], Obj]:
+    return {name_of(obj): obj for obj in objects}
 
 
 @dataclass

@@ -5,6 +5,7 @@ installed. One server for the module: these tests only read."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import struct
@@ -17,6 +18,7 @@ import dns.edns
 import dns.exception
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdatatype
@@ -499,6 +501,57 @@ def test_dig_dnssec_sees_do_in_our_opt_record(port: int, name: str, status: str)
 
     assert f"status: {status}" in out
     assert "; EDNS: version: 0, flags: do;" in out
+
+
+@pytest.mark.parametrize("checking_disabled", [True, False], ids=["CD=1", "CD=0"])
+def test_the_cd_bit_is_copied_into_the_reply(port: int, checking_disabled: bool) -> None:
+    """RFC 4035 3.1.6: a name server copies CD from the query, signed zone or not."""
+    message = dns.message.make_query(HELLO, "A", use_edns=0, want_dnssec=True)
+    if checking_disabled:
+        message.flags |= dns.flags.CD
+    reply = dns.query.udp(message, "127.0.0.1", port=port, timeout=2)
+
+    assert bool(reply.flags & dns.flags.CD) == checking_disabled
+    assert reply.answer
+
+
+def test_dig_cdflag_sees_cd_in_the_reply(port: int) -> None:
+    out = dig(port, "+cdflag", HELLO, "A")
+
+    assert re.search(r";; flags: qr aa rd cd;", out), out
+
+
+@pytest.mark.parametrize(
+    "opcode",
+    [dns.opcode.NOTIFY, dns.opcode.UPDATE, dns.opcode.STATUS, dns.opcode.IQUERY],
+    ids=["NOTIFY", "UPDATE", "STATUS", "IQUERY"],
+)
+def test_an_opcode_other_than_query_gets_notimp_with_its_opcode_and_question(
+    port: int, opcode: int
+) -> None:
+    """RFC 1035 4.1.1: the opcode is copied into the response; the question is echoed, so a
+    primary sending NOTIFY or a client sending UPDATE reads a clear NOTIMP."""
+    message = dns.message.make_query(ZONE, "SOA")
+    message.set_opcode(opcode)
+    reply = dns.query.udp(message, "127.0.0.1", port=port, timeout=2)
+
+    assert reply.rcode() == dns.rcode.NOTIMP
+    assert reply.opcode() == opcode
+    assert reply.id == message.id
+    assert [q.to_text() for q in reply.question] == [f"{ZONE}. IN SOA"]
+    assert not reply.answer
+
+
+def test_an_update_with_a_compressed_question_gets_notimp_without_a_question(port: int) -> None:
+    """A question we cannot read is not echoed (a pointer at offset 12 points at itself)."""
+    header = struct.pack("!6H", 0x4242, dns.opcode.to_flags(dns.opcode.UPDATE), 1, 0, 0, 0)
+    reply = raw_udp(port, header + b"\xc0\x0c" + struct.pack("!2H", 6, 1))
+
+    assert reply is not None
+    query_id, flags, qdcount = struct.unpack_from("!3H", reply)
+    assert (query_id, qdcount) == (0x4242, 0)
+    assert dns.opcode.from_flags(flags) == dns.opcode.UPDATE
+    assert flags & 0xF == dns.rcode.NOTIMP
 
 
 def test_dig_without_dnssec_sees_no_do(port: int) -> None:

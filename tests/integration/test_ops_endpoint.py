@@ -103,3 +103,21 @@ async def test_a_scrape_of_named_families_skips_the_other_collectors() -> None:
     assert "process_cpu_seconds_total" in named.text
     assert costly.collected == 1
     assert "kgslb_test_costly 1.0" in everything.text
+
+
+async def test_metrics_say_which_kgslb_runs_and_whether_it_is_ready() -> None:
+    ready = False
+    ops = OpsServer("127.0.0.1", 0, lambda: ready)
+    port = await ops.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            before = (await http.get("/metrics")).text.splitlines()
+            ready = True
+            after = (await http.get("/metrics")).text.splitlines()
+    finally:
+        await ops.stop()
+
+    build = [line for line in after if line.startswith("kgslb_build_info{")]
+    assert len(build) == 1 and 'version="' in build[0] and build[0].endswith(" 1.0")
+    assert "kgslb_ready 0.0" in before
+    assert "kgslb_ready 1.0" in after

@@ -219,17 +219,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteStack]:
 
 @pytest.fixture
 def sites(stack: SiteStack) -> Iterator[SiteStack]:
-    """The stack with all three sites serving the seed's split and every service ready (a
-    restored site's health replica counts as a vantage point once it heartbeats), before and
-    after the test."""
+    """The stack with all three sites serving the seed's split, every service ready and every
+    DNS counting every site's health replica (a restored site's replica is ready once its
+    verdicts are written), before the test; all three sites serving again after it."""
     wait_for(lambda: every_site_answers_the_seed_split(stack.dns_port), 60, "6:4:2 everywhere")
     wait_for(lambda: every_service_ready(stack), 60, "every service ready")
+    wait_for(lambda: every_dns_counts_every_vantage(stack), 30, "every vantage point counted",
+             lambda: health_views(stack))  # fmt: skip
     yield stack
     stopped = {c["site"] for c in stack.state["children"].values() if c["state"] == "stopped"}
     for cluster in stopped:
         stack.site("restore", cluster)
     wait_for(lambda: every_site_answers_the_seed_split(stack.dns_port), 60, "6:4:2 everywhere")
     wait_for(lambda: every_service_ready(stack), 60, "every service ready")
+
+
+def every_dns_counts_every_vantage(stack: SiteStack) -> bool:
+    """Every DNS hears every site's health replica, and each verdict it holds is vouched for
+    by a live replica: the steady state the withdraw bound starts from."""
+    for name, url in stack.state["ops"].items():
+        if not name.startswith("dns-"):
+            continue
+        try:
+            text = httpx.get(f"{url}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return False
+        live = re.findall(r'^kgslb_dns_health_vantage_live\{vantage="([^"]*)"\} 1\.0$', text, re.M)
+        stale = re.findall(r'^kgslb_dns_health_verdicts\{[^}]*fresh="false"[^}]*\} ([0-9.]+)$',
+                           text, re.M)  # fmt: skip
+        if set(live) != set(DNS_HOSTS) or any(float(count) for count in stale):
+            return False
+    return True
 
 
 def every_service_ready(stack: SiteStack) -> bool:

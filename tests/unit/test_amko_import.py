@@ -205,7 +205,6 @@ def test_amko_fields_without_a_kgslb_equivalent_are_reported_with_the_reason() -
         "document 2 (GlobalDeploymentPolicy).spec.sitePersistenceRef",
         "document 2 (GlobalDeploymentPolicy).status",
         "document 3 (GSLBHostRule).spec.sitePersistence",
-        "document 3 (GSLBHostRule).spec.poolAlgorithmSettings.lbAlgorithm",
     }
     assert (
         "write an inline healthMonitorTemplate"
@@ -213,10 +212,29 @@ def test_amko_fields_without_a_kgslb_equivalent_are_reported_with_the_reason() -
     )
 
 
-def test_geo_algorithm_becomes_its_fallback_and_says_how_to_use_topology() -> None:
+def test_geo_algorithm_becomes_geo_with_its_fallback_and_says_what_it_needs() -> None:
     report = amko_report()
     rule = by_kind(report)["GSLBHostRule"]["spec"]
-    assert rule["poolAlgorithmSettings"] == {"lbAlgorithm": "ConsistentHash", "hashMask": 20}
+    assert rule["poolAlgorithmSettings"] == {
+        "lbAlgorithm": "Geo",
+        "fallbackAlgorithm": {"lbAlgorithm": "ConsistentHash", "hashMask": 20},
+    }
+    assert any("memberClusters[].location" in entry for entry in report.warnings)
+
+
+def test_topology_algorithm_becomes_its_fallback_and_says_how_to_use_topology() -> None:
+    resource = {
+        "apiVersion": "amko.vmware.com/v1alpha1",
+        "kind": "GSLBHostRule",
+        "metadata": {"name": "r", "namespace": "avi-system"},
+        "spec": {
+            "fqdn": "hello.avi.iberia.local",
+            "poolAlgorithmSettings": {"lbAlgorithm": "GSLB_ALGORITHM_TOPOLOGY"},
+        },
+    }
+    report = convert([resource])
+    rule = by_kind(report)["GSLBHostRule"]["spec"]
+    assert rule["poolAlgorithmSettings"] == {"lbAlgorithm": "RoundRobin"}
     assert any("add topology [{clientSubnet, site}]" in entry for entry in report.unsupported)
 
 

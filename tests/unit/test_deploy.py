@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from deploy.nats import render_permissions
+from services.watcher.sources import SOURCES
 from shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,9 +238,9 @@ def test_the_watchers_read_exactly_the_kinds_they_publish_and_the_kgslb_crds() -
         ("kgslb.io", crd["spec"]["names"]["plural"])
         for crd in of_kind("home-cluster", "CustomResourceDefinition")
     }
-    assert readable == {
-        ("networking.k8s.io", "ingresses"), ("", "services"), ("", "namespaces"), *plurals,
-    }  # fmt: skip
+    sources = {(source.api.group, source.api.plural) for source in SOURCES}
+    assert ("networking.k8s.io", "ingresses") in sources
+    assert readable == {*sources, *plurals}
 
 
 def test_only_the_watcher_pods_may_mount_a_kubernetes_token() -> None:
@@ -393,15 +394,15 @@ def test_every_replicated_workload_spreads_over_nodes(overlay: str) -> None:
     assert unspread == []
 
 
-def test_the_home_cluster_runs_one_watcher_per_member_context_from_gslb_config_secret() -> None:
+def test_the_home_cluster_runs_one_watcher_per_member_context_with_only_its_credentials() -> None:
     watchers = [d for d in kgslb_deployments("home-cluster") if component(d) == "watcher"]
     contexts = {}
     for watcher in watchers:
         pod = watcher["spec"]["template"]["spec"]
         env = env_of(pod["containers"][0])
         secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-        assert secrets == {"gslb-config-secret"}, label(watcher)
-        assert env["KGSLB_KUBECONFIG"].startswith("/etc/kgslb/members/")
+        assert secrets == {f"kgslb-kubeconfig-{env['KGSLB_CLUSTER']}"}, label(watcher)
+        assert env["KGSLB_KUBECONFIG"].startswith("/etc/kgslb/kubeconfig/")
         assert env["KGSLB_CLUSTER"] == env["KGSLB_CONTEXT"]
         contexts[env["KGSLB_CONTEXT"]] = env.get("KGSLB_HOME") == "true"
 
@@ -426,6 +427,13 @@ def nats_conf(overlay: str) -> str:
     return str(config["data"]["nats.conf"])
 
 
+def auth_conf(overlay: str) -> str:
+    config = next(
+        c for c in of_kind(overlay, "ConfigMap") if c["metadata"]["name"].startswith("nats-config")
+    )
+    return str(config["data"]["auth.conf"])
+
+
 def test_the_home_cluster_runs_a_three_node_jetstream_cluster_with_volumes() -> None:
     nats = named("home-cluster", "StatefulSet", "nats")
     routes = re.findall(r"nats://nats-\d\.nats-headless", nats_conf("home-cluster"))
@@ -441,7 +449,9 @@ def test_dev_runs_a_single_node_nats_without_a_cluster_block() -> None:
 
     assert nats["spec"]["replicas"] == 1
     assert "cluster {" not in nats_conf("dev")
-    assert "include ./accounts.conf" in nats_conf("dev")
+    assert "include ./auth.conf" in nats_conf("dev")
+    assert auth_conf("dev") == (DEPLOY / "nats" / "auth.conf").read_text()
+    assert "include ./accounts.conf" in auth_conf("dev")
 
 
 def test_every_nats_password_the_server_reads_comes_from_the_auth_secret() -> None:

@@ -17,6 +17,7 @@ from shared.models import (
     PolicyRef,
     PolicyState,
 )
+from shared.wire import encode
 
 CONFIG = PolicyRef(kind=PolicyKind.GSLB_CONFIG, namespace="avi-system", name="gc-1")
 GDP = PolicyRef(kind=PolicyKind.GLOBAL_DEPLOYMENT_POLICY, namespace="avi-system", name="global-gdp")
@@ -95,6 +96,14 @@ CONFIG_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("SRV malformed", record("SRV", "0 5 99999 sip"), "spec.zones[0].records[0].value = '0 5 99999 sip': not '<priority> <weight> <port> <target>' (type SRV)"),
     ("record outside zone", record("A", "10.0.0.1", name="www.other.local."), "spec.zones[0].records[0].name = 'www.other.local.': outside zone avi.iberia.local"),
     ("unknown record type", record("HINFO", "x"), "spec.zones[0].records[0].type = 'HINFO': Input should be 'A', 'AAAA', 'CNAME', 'TXT', 'SRV', 'MX', 'NS' or 'PTR'"),
+    ("latitude without longitude", config(memberClusters=[{"clusterContext": "s2", "location": {"latitude": 40.4}}]), "spec.memberClusters[0].location: latitude and longitude go together: set both or neither"),
+    ("latitude out of range", config(memberClusters=[{"clusterContext": "s2", "location": {"latitude": 91, "longitude": 0}}]), "spec.memberClusters[0].location.latitude = 91: Input should be less than or equal to 90"),
+    ("country not ISO alpha-2", config(memberClusters=[{"clusterContext": "s2", "location": {"country": "Spain"}}]), "spec.memberClusters[0].location.country = 'Spain': String should match pattern '^[A-Z]{2}$'"),
+    ("unknown continent", config(memberClusters=[{"clusterContext": "s2", "location": {"continent": "EUROPE"}}]), "spec.memberClusters[0].location.continent = 'EUROPE': Input should be 'AF', 'AN', 'AS', 'EU', 'NA', 'OC' or 'SA'"),
+    ("empty location", config(memberClusters=[{"clusterContext": "s2", "location": {}}]), "spec.memberClusters[0].location: a location needs latitude and longitude, a country or a continent"),
+    ("delegation parent not a parent", zone(delegation={"parentZone": "example.com", "primary": "127.0.0.1", "tsigKey": {"name": "k", "secretRef": {"name": "s"}}}), "spec.zones[0].delegation.parentZone = 'example.com': parentZone 'example.com' is not a parent of avi.iberia.local"),
+    ("delegation without nameservers", zone(delegation={"primary": "127.0.0.1", "tsigKey": {"name": "k", "secretRef": {"name": "s"}}}), "spec.zones[0].delegation: the zone lists no nameservers to delegate to"),
+    ("delegation primary malformed", zone(delegation={"primary": "127.0.0.1:99999", "tsigKey": {"name": "k", "secretRef": {"name": "s"}}}), "spec.zones[0].delegation.primary = '127.0.0.1:99999': port '99999' is not 1-65535"),
     ("unknown field", config(leader="10.10.20.42"), "spec.leader = '10.10.20.42': unknown field (allowed: automaticHomeFailover, homeClusters, homeFailoverSeconds, logLevel, memberClusters, refreshInterval, zones)"),
 ]
 
@@ -125,7 +134,7 @@ GDP_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("monitor interval 0", monitor(intervalSeconds=0), "spec.healthMonitorTemplate.intervalSeconds = 0: Input should be greater than 0"),
     ("timeout longer than interval", monitor(intervalSeconds=5, timeoutSeconds=6), "spec.healthMonitorTemplate.timeoutSeconds = 6.0: longer than intervalSeconds 5.0 (allowed: at most the interval)"),
     ("failures 0", monitor(failuresToDown=0), "spec.healthMonitorTemplate.failuresToDown = 0: Input should be greater than or equal to 1"),
-    ("unknown algorithm", algorithm(lbAlgorithm="Random"), "spec.poolAlgorithmSettings.lbAlgorithm = 'Random': Input should be 'RoundRobin', 'ConsistentHash' or 'Topology'"),
+    ("unknown algorithm", algorithm(lbAlgorithm="Random"), "spec.poolAlgorithmSettings.lbAlgorithm = 'Random': Input should be 'RoundRobin', 'ConsistentHash', 'Topology' or 'Geo'"),
     ("hashMask without ConsistentHash", algorithm(lbAlgorithm="RoundRobin", hashMask=24), "spec.poolAlgorithmSettings.hashMask = 24: only used with lbAlgorithm ConsistentHash (lbAlgorithm is RoundRobin)"),
     ("hashMask 0", algorithm(lbAlgorithm="ConsistentHash", hashMask=0), "spec.poolAlgorithmSettings.hashMask = 0: Input should be greater than or equal to 1"),
     ("hashMask 129", algorithm(lbAlgorithm="ConsistentHash", hashMask=129), "spec.poolAlgorithmSettings.hashMask = 129: Input should be less than or equal to 128"),
@@ -134,7 +143,8 @@ GDP_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("malformed CIDR", algorithm(lbAlgorithm="Topology", topology=[{"clientSubnet": "10.0.0.0/33", "site": "s2"}]), "spec.poolAlgorithmSettings.topology[0].clientSubnet = '10.0.0.0/33': '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"),
     ("subnet twice", algorithm(lbAlgorithm="Topology", topology=[{"clientSubnet": "10.0.0.0/8", "site": "s2"}, {"clientSubnet": "10.1.0.0/8", "site": "s1az1"}]), "spec.poolAlgorithmSettings.topology[1].clientSubnet = '10.0.0.0/8': listed twice"),
     ("topology site unknown", algorithm(lbAlgorithm="Topology", topology=[{"clientSubnet": "10.0.0.0/8", "site": "dc9"}]), f"spec.poolAlgorithmSettings.topology[0].site = 'dc9': not a member cluster or third-party site {MEMBERS}"),
-    ("fallback with RoundRobin", algorithm(fallbackAlgorithm={"lbAlgorithm": "RoundRobin"}), "spec.poolAlgorithmSettings.fallbackAlgorithm: RoundRobin always decides, so it takes no fallback (allowed with ConsistentHash or Topology)"),
+    ("fallback with RoundRobin", algorithm(fallbackAlgorithm={"lbAlgorithm": "RoundRobin"}), "spec.poolAlgorithmSettings.fallbackAlgorithm: RoundRobin always decides, so it takes no fallback (allowed with ConsistentHash, Topology or Geo)"),
+    ("Geo without a located member cluster", algorithm(lbAlgorithm="Geo"), "spec.poolAlgorithmSettings.lbAlgorithm: Geo needs a location on at least one member cluster (GSLBConfig spec.memberClusters[].location: latitude and longitude, country or continent); none has one"),
     ("Topology as fallback", algorithm(lbAlgorithm="ConsistentHash", fallbackAlgorithm={"lbAlgorithm": "Topology"}), "spec.poolAlgorithmSettings.fallbackAlgorithm.lbAlgorithm = 'Topology': Input should be 'RoundRobin' or 'ConsistentHash'"),
     ("fallback hashMask without ConsistentHash", algorithm(lbAlgorithm="Topology", topology=[{"clientSubnet": "10.0.0.0/8", "site": "s2"}], fallbackAlgorithm={"lbAlgorithm": "RoundRobin", "hashMask": 24}), "spec.poolAlgorithmSettings.fallbackAlgorithm.hashMask = 24: only used with fallback lbAlgorithm ConsistentHash"),
     ("In without values", gdp(matchRules={"appSelector": {"matchExpressions": [{"key": "app", "operator": "In"}]}}), "spec.matchRules.appSelector.matchExpressions[0].values = []: In needs values"),
@@ -259,3 +269,30 @@ def test_every_valid_kind_and_field_is_accepted() -> None:
         healthMonitorTemplate={"kind": "tcp"},
     )
     assert _status(RULE, full_rule).state == PolicyState.ACCEPTED
+
+
+def test_a_geo_service_carries_the_locations_of_its_member_clusters_only() -> None:
+    located = config(
+        memberClusters=[
+            {"clusterContext": "s1az1", "location": {"country": "ES", "continent": "EU"}},
+            {"clusterContext": "s1az2", "location": {"latitude": 50.1, "longitude": 8.7}},
+            {"clusterContext": "s2"},
+        ]
+    )
+    objects = [
+        PolicyObject(ref=CONFIG, spec=located),
+        PolicyObject(ref=GDP, spec=algorithm(lbAlgorithm="GSLB_ALGORITHM_GEO")),
+    ]
+    result = plan(OBSERVED, {o.ref: o for o in objects})
+    assert result.statuses[GDP].state == PolicyState.ACCEPTED
+    service = result.services[HELLO]
+    assert service.algorithm == "Geo" and service.fallback_algorithm == "RoundRobin"
+    # s1az2 has a location but no member of this name; s2 has members but no location.
+    assert [(s.site, s.location.country) for s in service.site_locations] == [("s1az1", "ES")]
+    assert b"siteLocations" in encode(service)
+
+
+def test_a_service_that_is_not_geo_encodes_without_site_locations() -> None:
+    objects = [PolicyObject(ref=CONFIG, spec=CONFIG_SPEC), PolicyObject(ref=GDP, spec=GDP_SPEC)]
+    service = plan(OBSERVED, {o.ref: o for o in objects}).services[HELLO]
+    assert b"siteLocations" not in encode(service)

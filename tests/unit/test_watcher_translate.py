@@ -3,6 +3,7 @@ it leaves out and why. Objects are the JSON the API serves."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,7 +18,16 @@ from services.watcher.translate import (
     status_fields,
     status_patch,
 )
-from shared.models import HostPath, ObjectKind, PolicyKind, PolicyRef, PolicyState, PolicyStatus
+from shared.models import (
+    DelegationState,
+    DelegationStatus,
+    HostPath,
+    ObjectKind,
+    PolicyKind,
+    PolicyRef,
+    PolicyState,
+    PolicyStatus,
+)
 from shared.names import NameProblem
 
 HOST = "hello.avi.iberia.local"
@@ -283,3 +293,33 @@ def test_a_different_status_is_merge_patched_whole_with_null_removing_a_key() ->
     patch = status_patch(status_fields(rejected()), desired)
     assert patch == {"status": desired}
     assert patch["status"]["acceptedGeneration"] is None
+
+
+def test_a_gslbconfig_status_carries_the_delegation_results_and_removes_them_when_gone() -> None:
+    config = PolicyRef(kind=PolicyKind.GSLB_CONFIG, namespace="avi-system", name="gc-1")
+    since = datetime(2026, 12, 7, 15, 0, tzinfo=UTC)
+    result = DelegationStatus(
+        zone="avi.iberia.local", parent="iberia.local", server="127.0.0.1:53",
+        state=DelegationState.FAILED, message="BADKEY: the parent's server does not know this "
+        "TSIG key (127.0.0.1:53)", since=since,
+    )  # fmt: skip
+    status = PolicyStatus(
+        ref=config, state=PolicyState.ACCEPTED, message="active GSLBConfig",
+        observed_generation=1, accepted_generation=1, delegation=[result],
+    )  # fmt: skip
+    assert status_fields(status)["delegation"] == [
+        {
+            "zone": "avi.iberia.local",
+            "parent": "iberia.local",
+            "server": "127.0.0.1:53",
+            "state": "Failed",
+            "message": result.message,
+            "lastTransitionTime": "2026-12-07T15:00:00Z",
+        }
+    ]
+    # Delegation turned off: the merge patch removes the entry (null); other kinds never carry it.
+    without = status.model_copy(update={"delegation": []})
+    patch = status_patch(status_fields(status), status_fields(without))
+    assert patch is not None and patch["status"]["delegation"] is None
+    assert status_patch({"state": "Accepted"}, {"state": "Accepted", "delegation": None}) is None
+    assert "delegation" not in status_fields(rejected())
