@@ -19,7 +19,6 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
-from services.reconciler.delegation_keeper import DelegationKeeper
 from services.reconciler.first_sync import FirstSync, Verdict
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
@@ -52,7 +51,7 @@ from services.reconciler.writes import (
     StreamFence,
     in_flight,
 )
-from services.reconciler.zone_keys import KeyKeeper
+from services.reconciler.zone_keys import KeysAndDelegation
 from shared import bus, subjects, wire
 from shared.logs import set_level
 from shared.models import (
@@ -135,7 +134,7 @@ class Reconciler:
         self._rebuild_due = False
         """JetStream lost its state: write everything again as soon as leading."""
         self._events: JetStreamContext.PushSubscription | None = None
-        self.delegation = DelegationKeeper(self.leadership, self.planner, settings, self._dirty.set)
+        self.delegation = KeysAndDelegation.of(self)
 
     @property
     def ready(self) -> bool:
@@ -170,7 +169,6 @@ class Reconciler:
         self._homes = HomeKeeper(
             self._leases, self.leadership, lambda: self.planner.policies.config, self.settings
         )
-        keys = KeyKeeper(self.js, self.leadership, self.planner, self.settings)
         self._events = await self._subscribe_events()
         events = self._events
         info = await events.consumer_info()
@@ -183,7 +181,6 @@ class Reconciler:
                 self._lease_loop(),
                 self._resync_loop(),
                 self._homes.run(),
-                keys.run(),
                 self.keeper.run(),
                 self.delegation.run(),
             )

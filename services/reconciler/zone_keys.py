@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Protocol
 
 from cryptography.fernet import Fernet
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
+from services.reconciler.delegation_keeper import DelegationKeeper
 from services.reconciler.lease import Leadership
 from services.reconciler.plan import Planner
 from services.reconciler.rollover import RolloverPolicy, zsk_step
@@ -55,6 +57,14 @@ def zones_needing_keys(
     ]
 
 
+class ReconcilerParts(Protocol):
+    js: JetStreamContext
+    leadership: Leadership
+    planner: Planner
+    settings: ReconcilerSettings
+    _dirty: asyncio.Event
+
+
 class KeyKeeper:
     def __init__(
         self,
@@ -69,6 +79,8 @@ class KeyKeeper:
         self.settings = settings
         self._secret: Fernet | None = None
         self._have: set[str] = set()
+        self.known: dict[str, ZoneKeys] = {}
+        """The keys last read per signed zone (their DS is what the parent should hold)."""
         self._complained: set[str] = set()
         self.policy = RolloverPolicy(
             timedelta(seconds=settings.dnssec_zsk_lifetime_seconds),
@@ -135,6 +147,7 @@ class KeyKeeper:
             if entry.value is None:
                 continue
             keys = wire.decode(entry.value, ZoneKeys)
+            self.known[zone] = keys
             secret = self._load_secret(zone)
             if secret is None:
                 continue
@@ -147,6 +160,16 @@ class KeyKeeper:
                 log.info("zone %s ZSK rollover: %s", zone, describe(rolled))
             except KeyWrongLastSequenceError:
                 pass  # changed meanwhile (an operator, another replica): next round
+
+    def ds_of(self, zone: str) -> list[str] | None:
+        """The DS RDATA of a signed zone's KSKs (every one listed, so a KSK rollover puts the
+        new DS next to the old one), or None while its keys are not known: the automatic
+        delegation then leaves the parent's DS alone."""
+        spec = self.planner.policies.zones.get(zone)
+        keys = self.known.get(zone)
+        if spec is None or not spec.signed or keys is None:
+            return None
+        return [record.split(" IN DS ", 1)[1] for record in dnssec.ds_records(keys)]
 
     def _load_secret(self, zone: str) -> Fernet | None:
         if self._secret is None:
@@ -169,3 +192,22 @@ def _zsk(number: int, secret: Fernet, now: datetime) -> DnssecKey:
 
 def describe(keys: ZoneKeys) -> str:
     return ", ".join(f"{k.role.value} {dnssec.key_tag(k)} {k.state.value}" for k in keys.keys)
+
+
+class KeysAndDelegation(DelegationKeeper):
+    """The automatic delegation (`delegation_keeper.py`) with the zones' DNSSEC keys kept
+    alongside: the `KeyKeeper` runs with it, and the DS it hands the parent is the keys'."""
+
+    def __init__(self, keys: KeyKeeper, changed: Callable[[], None]) -> None:
+        super().__init__(keys.leadership, keys.planner, keys.settings, changed, keys.ds_of)
+        self.keys = keys
+
+    @classmethod
+    def of(cls, reconciler: ReconcilerParts) -> KeysAndDelegation:
+        keeper = KeyKeeper(
+            reconciler.js, reconciler.leadership, reconciler.planner, reconciler.settings
+        )
+        return cls(keeper, reconciler._dirty.set)
+
+    async def run(self) -> None:
+        await asyncio.gather(super().run(), self.keys.run())

@@ -523,3 +523,42 @@ async def test_kgslb_dnssec_ds_for_a_zone_without_keys_says_why(nats_client: Cli
     )  # fmt: skip
     assert result.returncode == 2
     assert "zone unsigned.example has no DNSSEC keys" in result.stderr
+
+
+# Automatic delegation (RFC 2136) carries the DS of a signed zone into the parent -------------
+
+from tests.integration.test_delegation_update import (  # noqa: E402
+    CONFIG,
+    FAST_LEASE,
+    Parent,
+    config,
+    nameservers,
+    parent,
+    publish_policy,
+    secrets_dir,
+)
+from tests.integration.test_delegation_update import SECRET as TSIG_SECRET  # noqa: E402
+
+__all__ = ["parent"]  # the fixture, shared with test_delegation_update
+
+
+@needs_bind
+async def test_automatic_delegation_puts_the_ds_of_the_signed_zone_in_the_parent(
+    nats_client: Client, services: Services, parent: Parent, tmp_path: Path
+) -> None:
+    services.start(
+        "reconciler", "reconciler",
+        env={**FAST_LEASE, "KGSLB_TSIG_SECRETS_DIR": str(secrets_dir(tmp_path, TSIG_SECRET)),
+             "KGSLB_DELEGATION_CHECK_SECONDS": "1", "KGSLB_DNSSEC_KEY_SECRET": new_secret()},
+    )  # fmt: skip
+    spec = config(parent, nameservers(("ns-s1", "127.0.0.11")))
+    assert spec["zones"][0]["dnssec"]["enabled"]  # the seed's zone is signed
+    await publish_policy(nats_client, CONFIG, spec, generation=1)
+
+    def parent_ds() -> set[str]:
+        return parent.records().get((ZONE, "DS"), set())
+
+    await eventually(parent_ds, timeout_seconds=60)
+    signed = SignedDns(0, services.nats.url, "")
+    expected = " ".join(ds_record(signed).split()[3:]).lower()
+    assert {text.lower() for text in parent_ds()} == {expected}
