@@ -40,7 +40,9 @@ class HelloSite:
     site: str = ""
     """Shown as `MESSAGE: This service resides in <site>`; default: the cluster in capitals."""
     hosts: tuple[str, ...] = ()
-    """Virtual hosts it serves, like an Ingress rule; other Host headers get 404. Empty: any."""
+    """Virtual hosts it serves, like an Ingress rule; other Host headers get 404. Empty: any.
+    `*.avi.iberia.local` serves every name below the zone (`kgslb up`'s default, so a second
+    app added by hand is answered and stays up)."""
 
     @property
     def message(self) -> str:
@@ -80,6 +82,19 @@ PAGE = """<!DOCTYPE html>
 </body>
 </html>
 """
+
+
+def serves(hosts: Iterable[str], host: str) -> bool:
+    """Whether a Host header matches one of `hosts`: a name exactly (case-insensitive), or
+    `*.zone` any name below the zone, at any depth."""
+    host = host.rstrip(".").lower()
+    for pattern in hosts:
+        pattern = pattern.rstrip(".").lower()
+        if pattern.startswith("*.") and host.endswith(pattern[1:]):
+            return True
+        if host == pattern:
+            return True
+    return False
 
 
 def render_page(site: HelloSite) -> str:
@@ -201,12 +216,12 @@ class HelloBackends:
             raise ValueError(f"unknown action {action!r} (allowed: {', '.join(ACTIONS)})")
 
     def _handler(self, running: _Running) -> Any:
-        hosts = {host.lower() for host in running.site.hosts}
+        hosts = running.site.hosts
         page = render_page(running.site)
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            host = (request.host or "").rsplit(":", 1)[0].lower()
-            if hosts and host not in hosts:
+            host = (request.host or "").rsplit(":", 1)[0]
+            if hosts and not serves(hosts, host):
                 # What an ingress controller's default backend says to an unknown Host.
                 return web.Response(status=404, text="default backend - 404\n")
             if running.fault is Fault.HANG:

@@ -5,7 +5,10 @@ and keep a tally per site against the configured weights."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -13,9 +16,11 @@ from dataclasses import dataclass
 import dns.asyncquery
 import dns.message
 import httpx
+from nats.js.errors import KeyNotFoundError
 from rich.console import Console
 from rich.table import Table
 
+from kgslb import natscmd
 from shared import bus, subjects, wire
 from shared.models import GslbService
 from shared.settings import NatsSettings
@@ -34,22 +39,27 @@ class Probe:
 
 
 async def configured_weights(nats_url: str, fqdn: str) -> dict[str, tuple[str, int]]:
-    """ip -> (cluster, weight) from the desired service, or {} when NATS is not reachable."""
+    """ip -> (cluster, weight) from the desired service; {} with one line on stderr when NATS
+    does not answer within seconds or holds no such name (the check goes on without)."""
+    settings = NatsSettings(nats_url=nats_url)
     try:
-        nc = await asyncio.wait_for(bus.connect(NatsSettings(nats_url=nats_url), "kgslb-check"), 3)
-    except Exception:
-        return {}
-    try:
-        kv = await nc.jetstream().key_value(subjects.KV_SERVICES)
-        entry = await kv.get(subjects.fqdn_key(fqdn))
-        if not entry.value:
-            return {}
-        service = wire.decode(entry.value, GslbService)
-        return {m.ip: (m.cluster, m.weight) for m in service.all_members()}
-    except Exception:
-        return {}
-    finally:
-        await nc.drain()
+        async with natscmd.session(settings, "kgslb-check") as nc:
+            kv = await nc.jetstream().key_value(subjects.KV_SERVICES)
+            entry = await kv.get(subjects.fqdn_key(fqdn))
+            if not entry.value:
+                return {}
+            service = wire.decode(entry.value, GslbService)
+            return {m.ip: (m.cluster, m.weight) for m in service.all_members()}
+    except KeyNotFoundError:
+        warn(f"{fqdn} is not in KV {subjects.KV_SERVICES}; no configured weights shown")
+    except Exception as exc:
+        line = natscmd.describe(exc, nats_url) or bus.attempt_reason(exc)
+        warn(f"{line}; no configured weights shown")
+    return {}
+
+
+def warn(line: str) -> None:
+    print(f"kgslb check: {line}", file=sys.stderr)
 
 
 async def probe_once(
@@ -94,26 +104,54 @@ def tally_table(tally: Counter[str], members: dict[str, tuple[str, int]]) -> Tab
     return table
 
 
+@dataclass
+class CheckResult:
+    tally: Counter[str]
+    checks: int
+    failed: int
+    interrupted: bool
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every check answered; 1 when any failed (or none ran); 130 after Ctrl-C."""
+        if self.interrupted:
+            return 130
+        return 1 if self.failed or not self.checks else 0
+
+
 async def run_check(
     fqdn: str, server: str, port: int, http_port: int, interval_seconds: float,
-    count: int | None, nats_url: str,
-) -> Counter[str]:  # fmt: skip
+    count: int, nats_url: str,
+) -> CheckResult:  # fmt: skip
+    """`count` checks (0: until Ctrl-C), then the tally; Ctrl-C prints the tally too."""
     console = Console(highlight=False)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     members = await configured_weights(nats_url, fqdn)
     colour_of: dict[str, str] = {}
     tally: Counter[str] = Counter()
-    done = 0
+    done = failed = 0
     async with httpx.AsyncClient(timeout=2) as client:
-        while count is None or done < count:
+        while not stop.is_set() and (count == 0 or done < count):
             probe = await probe_once(client, fqdn, server, port, http_port, members)
             colour = colour_of.setdefault(probe.cluster, COLOURS[len(colour_of) % len(COLOURS)])
             stamp = time.strftime("%H:%M:%S", time.localtime(probe.at))
             text = probe.error or probe.message
             console.print(f"{stamp}  {probe.answer:<15} [{colour}]{probe.cluster:<8} {text}[/]")
-            if not probe.error:
+            if probe.error:
+                failed += 1
+            else:
                 tally[probe.cluster] += 1
             done += 1
-            if count is None or done < count:
-                await asyncio.sleep(interval_seconds)
+            if count == 0 or done < count:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_seconds)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
     console.print(tally_table(tally, members))
-    return tally
+    if failed:
+        console.print(f"[red]{failed} of {done} check(s) failed[/]")
+    return CheckResult(tally, done, failed, stop.is_set())

@@ -14,13 +14,36 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 
-from shared.settings import SettingsError, env_key, load_settings
+from shared.settings import NatsSettings, SettingsError, env_key, load_settings
 
 app = typer.Typer(
-    help="kgslb: multi-cluster global server load balancer for Kubernetes, on NATS.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("kgslb")
+        except PackageNotFoundError:
+            shown = "unknown (not installed)"
+        print(f"kgslb {shown}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version"
+    ),
+) -> None:
+    """kgslb: multi-cluster global server load balancer for Kubernetes, on NATS.
+
+    Shell completion: `kgslb --install-completion` (bash, zsh, fish, PowerShell)."""
+
 
 SETTINGS_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -48,9 +71,11 @@ def parse_flags(args: list[str], model: type[BaseModel]) -> dict[str, Any]:
     return flags
 
 
-def settings_help(model: type[BaseModel]) -> str:
+def settings_help(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
     rows = []
     for name, field in model.model_fields.items():
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
         default = "" if field.default is None else f" (default {field.default!r})"
         rows.append(f"{flag} / {env_key(name)}{default}")
@@ -60,14 +85,17 @@ def settings_help(model: type[BaseModel]) -> str:
 def run_service_command(
     ctx: typer.Context, model: type[BaseModel], main: Callable[[Any], Coroutine[Any, Any, None]]
 ) -> None:
-    from shared.runtime import run
+    from shared.runtime import ServiceFailed, run
 
     try:
         settings = load_settings(model, parse_flags(ctx.args, model))
     except SettingsError as exc:
         print(f"kgslb {ctx.info_name}: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    run(main(settings))
+    try:
+        run(main(settings))
+    except ServiceFailed:
+        raise typer.Exit(1) from None  # run_service logged why
 
 
 def _service_command(name: str, package: str, settings_class: str, summary: str) -> None:
@@ -108,54 +136,123 @@ def up(
     stack_file: Path = typer.Option(
         Path("examples/seed/kgslb.yaml"), "--config", "-c", help="stack file (the seed's topology)"
     ),
-    state_dir: Path = typer.Option(Path(".kgslb"), help="JetStream storage and process logs"),
+    state_dir: Path = typer.Option(
+        Path(".kgslb"), help="JetStream storage, the simulator's objects and process logs"
+    ),
+    clean: bool = typer.Option(
+        False,
+        "--clean",
+        help="start afresh: forget the Kubernetes objects and the JetStream store of the "
+        "last run (kept by default, as a cluster keeps them)",
+    ),
 ) -> None:
-    """Start the whole system on this machine, on embedded defaults."""
+    """Start the whole system on this machine, on embedded defaults.
+
+    The simulated clusters keep their objects in STATE_DIR/kubesim across runs, so what you
+    changed with kubectl is still there next time; --clean starts from the seed."""
     from kgslb.up import run_up
 
-    raise typer.Exit(run_up(stack_file, state_dir))
+    raise typer.Exit(run_up(stack_file, state_dir, clean))
 
 
-@app.command(context_settings=SETTINGS_CONTEXT)
-def status(ctx: typer.Context) -> None:
-    """Show every GSLB service with its members, weights and health, and rejected policies."""
-    from kgslb.status import StatusSettings, show_status
-    from shared.runtime import run
-
-    try:
-        settings = load_settings(StatusSettings, parse_flags(ctx.args, StatusSettings))
-    except SettingsError as exc:
-        print(f"kgslb status: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    run(show_status(settings))
+COMMAND_SKIPS = ("stream_replicas", "state_check_seconds")
+"""Service settings a command does not use: no flag for them."""
+SHORT_FLAGS = {"output": "-o"}
 
 
-@app.command(context_settings=SETTINGS_CONTEXT)
-def home(ctx: typer.Context) -> None:
-    """Show the active home cluster and each possible home; --activate CLUSTER fails over by
-    hand."""
-    from kgslb.home import HomeSettings, run_home
-    from shared.runtime import run
+def settings_flags(
+    model: type[BaseModel], *skip: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one typer option per setting of `model` (`--nats-url`, shown in its
+    --help with the environment variable), and pass the command `settings`: the model filled
+    from defaults, `KGSLB_*` variables and the options given (`load_settings`)."""
+    import functools
+    import inspect
 
-    try:
-        settings = load_settings(HomeSettings, parse_flags(ctx.args, HomeSettings))
-    except SettingsError as exc:
-        print(f"kgslb home: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    code: list[int] = []
+    names = [name for name in model.model_fields if name not in (*skip, *COMMAND_SKIPS)]
 
-    async def main() -> None:
-        code.append(await run_home(settings))
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != "settings"]
+        added = []
+        for name in names:
+            field = model.model_fields[name]
+            flags = [
+                "--" + name.replace("_", "-"),
+                *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else []),
+            ]
+            default = "" if field.default in (None, "") else f"; default {field.default}"
+            help_text = (
+                f"{field.description or name.replace('_', ' ')} (env {env_key(name)}{default})"
+            )
+            option = typer.Option(None, *flags, help=help_text, show_default=False)
+            added.append(
+                inspect.Parameter(
+                    name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str | None
+                )
+            )
 
-    run(main())
-    raise typer.Exit(code[0] if code else 1)
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in names}
+            try:
+                settings = load_settings(model, given)
+            except SettingsError as exc:
+                shown = command.__name__.replace("_", " ")
+                print(f"kgslb {shown}: {exc}", file=sys.stderr)
+                raise typer.Exit(2) from None
+            return command(*args, settings=settings, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {
+            **{p.name: p.annotation for p in kept},
+            **{p.name: p.annotation for p in added},
+        }
+        return wrapper
+
+    return decorate
+
+
+def _settings_model(module: str, name: str) -> type[BaseModel]:
+    import importlib
+
+    model: type[BaseModel] = getattr(importlib.import_module(module), name)
+    return model
+
+
+@app.command()
+@settings_flags(_settings_model("kgslb.status", "StatusSettings"))
+def status(settings: Any) -> None:
+    """Show every GSLB service with its members, weights and health, and rejected policies.
+
+    A terminal gets tables; a pipe or a file gets plain columns, nothing cut; -o json or
+    -o yaml for scripts. Reads only: fails within seconds, with one line, when NATS does not
+    answer."""
+    from kgslb import natscmd
+    from kgslb.status import show_status
+
+    natscmd.run_command("status", settings, show_status(settings))
+
+
+@app.command()
+@settings_flags(_settings_model("kgslb.home", "HomeSettings"))
+def home(settings: Any) -> None:
+    """Show the active home cluster and each possible home.
+
+    --activate CLUSTER fails over by hand."""
+    from kgslb import natscmd
+    from kgslb.home import run_home
+
+    raise typer.Exit(natscmd.run_command("home", settings, run_home(settings)))
 
 
 @app.command()
 def check(
     fqdn: str = typer.Argument(..., help="the GSLB name, e.g. hello.avi.iberia.local"),
     interval: float = typer.Option(2.0, "--interval", "-i", help="seconds between checks"),
-    count: int | None = typer.Option(None, "--count", "-n", help="stop after N checks"),
+    count: int = typer.Option(
+        20, "--count", "-n", min=0, help="stop after N checks; 0: until Ctrl-C"
+    ),
     server: str = typer.Option("127.0.0.1", help="the kgslb DNS address"),
     port: int = typer.Option(1053, help="the kgslb DNS port"),
     http_port: int = typer.Option(80, help="port of the application behind each answer"),
@@ -163,12 +260,16 @@ def check(
         "nats://127.0.0.1:4222", envvar="KGSLB_NATS_URL", help="for the configured weights"
     ),
 ) -> None:
-    """Resolve FQDN through kgslb, fetch the page from the answer, show which site served it."""
+    """Resolve FQDN through kgslb, fetch the page from the answer, show which site served it.
+
+    Ends after --count checks (or Ctrl-C) with the tally per site; exits 1 when any check
+    failed (no DNS answer, a timeout, an HTTP error)."""
     import asyncio
 
     from kgslb.check import run_check
 
-    asyncio.run(run_check(fqdn, server, port, http_port, interval, count, nats_url))
+    result = asyncio.run(run_check(fqdn, server, port, http_port, interval, count, nats_url))
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()
@@ -376,38 +477,53 @@ logs_app = typer.Typer(
 app.add_typer(logs_app, name="logs")
 
 
-def _logs_settings(ctx: typer.Context) -> Any:
-    from kgslb.logs import LogsSettings
+def _fqdn_argument(fqdn: str | None, deprecated: str | None) -> str:
+    """`kgslb logs export FQDN`, like `logs split FQDN`; `--fqdn FQDN` still works, with a
+    note."""
+    if deprecated is not None:
+        print("kgslb logs export: --fqdn is deprecated, give the name as the first argument "
+              "(kgslb logs export FQDN --csv FILE)", file=sys.stderr)  # fmt: skip
+        if fqdn is not None and fqdn != deprecated:
+            print(f"kgslb logs export: two names, {fqdn!r} and --fqdn {deprecated!r}",
+                  file=sys.stderr)  # fmt: skip
+            raise typer.Exit(2)
+        return deprecated
+    if fqdn is None:
+        print("kgslb logs export: missing the FQDN (kgslb logs export FQDN --csv FILE)",
+              file=sys.stderr)  # fmt: skip
+        raise typer.Exit(2)
+    return fqdn
 
-    try:
-        return load_settings(LogsSettings, parse_flags(ctx.args, LogsSettings))
-    except SettingsError as exc:
-        print(f"kgslb logs {ctx.info_name}: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
 
-
-@logs_app.command("export", context_settings=SETTINGS_CONTEXT)
+@logs_app.command("export")
+@settings_flags(_settings_model("kgslb.logs", "LogsSettings"))
 def logs_export(
-    ctx: typer.Context,
-    fqdn: str = typer.Option(..., "--fqdn", help="the GSLB name whose queries to export"),
+    settings: Any,
+    fqdn: str | None = typer.Argument(None, help="the GSLB name whose queries to export"),
     since: str = typer.Option("1h", "--since", help="how far back: 90s, 10m, 2h, 1d"),
     csv_path: Path = typer.Option(..., "--csv", help="the CSV file to write"),
+    fqdn_option: str | None = typer.Option(
+        None, "--fqdn", help="deprecated: give FQDN as the argument", hidden=True
+    ),
 ) -> None:
-    """Write the query logs of one name as CSV (one row per query). NATS flags: --nats-url..."""
+    """Write the query logs of one name as CSV (one row per query)."""
+    from kgslb import natscmd
     from kgslb.logs import LogsError, export_command
-    from shared.runtime import run
 
-    settings = _logs_settings(ctx)
+    name = _fqdn_argument(fqdn, fqdn_option)
     try:
-        run(export_command(settings, fqdn, since, csv_path))
+        natscmd.run_command(
+            "logs export", settings, export_command(settings, name, since, csv_path)
+        )
     except LogsError as exc:
         print(f"kgslb logs export: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
 
 
-@logs_app.command("split", context_settings=SETTINGS_CONTEXT)
+@logs_app.command("split")
+@settings_flags(_settings_model("kgslb.logs", "LogsSettings"))
 def logs_split(
-    ctx: typer.Context,
+    settings: Any,
     fqdn: str = typer.Argument(..., help="the GSLB name to analyse"),
     since: str = typer.Option("1h", "--since", help="how far back: 90s, 10m, 2h, 1d"),
     png: Path | None = typer.Option(None, "--png", help="also draw a bar and pie chart here"),
@@ -415,12 +531,13 @@ def logs_split(
 ) -> None:
     """Observed share per member and cluster against the configured weights, with a
     chi-square p-value (needs scipy; --png needs matplotlib: pip install scipy matplotlib)."""
+    from kgslb import natscmd
     from kgslb.logs import LogsError, split_command
-    from shared.runtime import run
 
-    settings = _logs_settings(ctx)
     try:
-        run(split_command(settings, fqdn, since, png, qtype.upper()))
+        natscmd.run_command(
+            "logs split", settings, split_command(settings, fqdn, since, png, qtype.upper())
+        )
     except LogsError as exc:
         print(f"kgslb logs split: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
@@ -432,22 +549,26 @@ dnssec_app = typer.Typer(help="DNSSEC of the signed zones.", no_args_is_help=Tru
 app.add_typer(dnssec_app, name="dnssec")
 
 
-@dnssec_app.command("ds", context_settings=SETTINGS_CONTEXT)
+@dnssec_app.command("ds")
+@settings_flags(NatsSettings)
 def dnssec_ds(
-    ctx: typer.Context,
+    settings: Any,
     zone: str = typer.Argument(..., help="the signed zone, e.g. avi.iberia.local"),
     dnskey: bool = typer.Option(False, "--dnskey", help="print the DNSKEY RRset instead"),
     digest: str = typer.Option("SHA256", "--digest", help="SHA256 or SHA384"),
 ) -> None:
-    """Print the DS record of the zone's KSK, to add to the parent zone. NATS flags:
-    --nats-url..."""
-    from kgslb.dnssec_cli import DnssecError, ds_command
-    from shared.settings import NatsSettings
+    """Print the DS record of the zone's KSK, to add to the parent zone.
 
+    Reads KV kgslb_keys only; exits 1 when NATS does not answer or the zone has no keys."""
+    from kgslb import natscmd
+    from kgslb.dnssec_cli import DnssecError, read_zone_keys, zone_lines
+
+    if digest.upper() not in ("SHA256", "SHA384"):
+        print(f"kgslb dnssec ds: --digest {digest}: SHA256 or SHA384", file=sys.stderr)
+        raise typer.Exit(2)
     try:
-        settings = load_settings(NatsSettings, parse_flags(ctx.args, NatsSettings))
-        lines = ds_command(settings, zone, dnskey, digest.upper())
-    except (SettingsError, DnssecError) as exc:
+        keys = natscmd.run_command("dnssec ds", settings, read_zone_keys(settings, zone))
+    except DnssecError as exc:
         print(f"kgslb dnssec ds: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    print("\n".join(lines))
+        raise typer.Exit(1) from None
+    print("\n".join(zone_lines(keys, dnskey, digest.upper())))

@@ -1,31 +1,31 @@
 """`kgslb dnssec ds ZONE`: the DS record(s) of a signed zone's KSK, to hand to the parent zone
 (or `--dnskey`: the DNSKEY RRset, a trust anchor for `delv`/`unbound` tests). Reads KV
-`kgslb_keys`; needs no secret (the public halves are stored in the clear)."""
+`kgslb_keys` only (`kgslb.natscmd`: fails fast, changes nothing); needs no secret (the public
+halves are stored in the clear)."""
 
 from __future__ import annotations
 
-import asyncio
+from nats.js.errors import NotFoundError
 
-from nats.js.errors import BucketNotFoundError, NotFoundError
-
-from shared import bus, dnssec, subjects, wire
+from kgslb import natscmd
+from shared import dnssec, subjects, wire
 from shared.models import ZoneKeys
 from shared.settings import NatsSettings
 from shared.subjects import normalize_fqdn
 
 
 class DnssecError(Exception):
-    """Nothing to print: the zone has no keys (yet), or the bucket cannot be read."""
+    """Nothing to print: the zone has no keys (yet)."""
 
 
 async def read_zone_keys(settings: NatsSettings, zone: str) -> ZoneKeys:
-    nc = await bus.connect(settings, "kgslb-dnssec")
-    try:
+    async with natscmd.session(settings, "kgslb-dnssec") as nc:
         js = nc.jetstream()
+        await natscmd.require(js, [f"KV_{subjects.KV_KEYS}"], settings.nats_url)
+        kv = await js.key_value(subjects.KV_KEYS)
         try:
-            kv = await js.key_value(subjects.KV_KEYS)
             entry = await kv.get(subjects.fqdn_key(normalize_fqdn(zone)))
-        except (BucketNotFoundError, NotFoundError):
+        except NotFoundError:
             raise DnssecError(
                 f"zone {normalize_fqdn(zone)} has no DNSSEC keys in KV {subjects.KV_KEYS}: is it "
                 "signed (GSLBConfig zones[].dnssec.enabled: true) and the reconciler running "
@@ -33,8 +33,6 @@ async def read_zone_keys(settings: NatsSettings, zone: str) -> ZoneKeys:
             ) from None
         assert entry.value is not None
         return wire.decode(entry.value, ZoneKeys)
-    finally:
-        await nc.drain()
 
 
 def zone_lines(keys: ZoneKeys, show_dnskey: bool, digest: str) -> list[str]:
@@ -45,17 +43,3 @@ def zone_lines(keys: ZoneKeys, show_dnskey: bool, digest: str) -> list[str]:
         f"{key.state.value}, key tag {dnssec.key_tag(key)}"
         for key in keys.keys
     ]
-
-
-TIMEOUT_SECONDS = 15.0
-
-
-def ds_command(settings: NatsSettings, zone: str, show_dnskey: bool, digest: str) -> list[str]:
-    try:
-        keys = asyncio.run(asyncio.wait_for(read_zone_keys(settings, zone), TIMEOUT_SECONDS))
-    except TimeoutError:
-        raise DnssecError(
-            f"no answer from NATS at {bus.redact_url(settings.nats_url)} within "
-            f"{TIMEOUT_SECONDS:g} s (--nats-url)"
-        ) from None
-    return zone_lines(keys, show_dnskey, digest)

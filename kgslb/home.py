@@ -12,6 +12,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
+from kgslb import natscmd
 from shared import bus, subjects, wire
 from shared.models import ActiveHome, WatcherHeartbeat, utcnow
 from shared.settings import NatsSettings
@@ -66,8 +67,10 @@ async def activate(kv: KeyValue, cluster: str) -> ActiveHome:
 
 async def run_home(settings: HomeSettings) -> int:
     console = Console()
-    nc = await bus.connect(settings, "kgslb-home")
-    try:
+    async with natscmd.session(settings, "kgslb-home") as nc:
+        await natscmd.require(
+            nc.jetstream(), [bus.kv_stream(subjects.KV_LEASES)], settings.nats_url
+        )
         kv = await nc.jetstream().key_value(subjects.KV_LEASES)
         if settings.activate:
             try:
@@ -83,8 +86,6 @@ async def run_home(settings: HomeSettings) -> int:
             with contextlib.suppress(KeyNotFoundError, wire.WireError):
                 entry = await kv.get(subjects.watcher_key(cluster))
                 heartbeats[cluster] = wire.decode(entry.value or b"", WatcherHeartbeat)
-    finally:
-        await nc.drain()
     if home is None:
         console.print("one home cluster (no homeClusters in the GSLBConfig in force)")
         return 0

@@ -12,7 +12,7 @@ import contextlib
 import csv
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
+from kgslb import natscmd
 from shared import bus, subjects, wire
 from shared.models import DnsQueryLog, GslbService
 from shared.settings import NatsSettings
@@ -36,6 +37,14 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 class LogsSettings(NatsSettings):
     pass
+
+
+LOGS_STREAMS = (
+    subjects.STREAM_DNSLOG,
+    bus.kv_stream(subjects.KV_ZONES),
+    bus.kv_stream(subjects.KV_SERVICES),
+)
+"""What `kgslb logs` reads; looked up, never created."""
 
 
 class LogsError(ValueError):
@@ -69,7 +78,13 @@ async def _zone_names(js: JetStreamContext) -> list[str]:
     return []
 
 
-async def read_logs(js: JetStreamContext, fqdn: str, since: timedelta) -> list[DnsQueryLog]:
+Progress = Callable[[int, int], None]
+"""`progress(read, total)`: records read so far of those the stream holds for the window."""
+
+
+async def read_logs(
+    js: JetStreamContext, fqdn: str, since: timedelta, progress: Progress | None = None
+) -> list[DnsQueryLog]:
     """Every query-log record for `fqdn` (case-insensitive) newer than `since`, oldest first.
     Only the subject of the name's zone is read when the zone is known."""
     zone = _zone_of(fqdn, await _zone_names(js))
@@ -88,8 +103,12 @@ async def read_logs(js: JetStreamContext, fqdn: str, since: timedelta) -> list[D
     records: list[DnsQueryLog] = []
     try:
         remaining = (await psub.consumer_info()).num_pending or 0
+        total, read = remaining, 0
         while remaining > 0:
             batch = await psub.fetch(min(remaining, FETCH_BATCH), timeout=5)
+            read += len(batch)
+            if progress is not None:
+                progress(read, total)
             for msg in batch:
                 with contextlib.suppress(wire.WireError):
                     record = wire.decode(msg.data, DnsQueryLog)
@@ -278,13 +297,32 @@ def write_chart(report: SplitReport, path: Path) -> None:
 # Commands ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def reading_progress() -> Iterator[Progress | None]:
+    """A progress bar on stderr while the query logs are read, when stderr is a terminal."""
+    import sys
+
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress as Bar
+
+    with Bar(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("reading query logs", total=None)
+
+        def update(read: int, total: int) -> None:
+            bar.update(task, completed=read, total=total)
+
+        yield update
+
+
 async def export_command(settings: LogsSettings, fqdn: str, since: str, csv_path: Path) -> int:
     window = parse_since(since)
-    nc = await bus.connect(settings, "kgslb-logs")
-    try:
-        records = await read_logs(nc.jetstream(), fqdn, window)
-    finally:
-        await nc.drain()
+    async with natscmd.session(settings, "kgslb-logs") as nc:
+        await natscmd.require(nc.jetstream(), LOGS_STREAMS, settings.nats_url)
+        with reading_progress() as progress:
+            records = await read_logs(nc.jetstream(), fqdn, window, progress)
     write_csv(records, csv_path)
     print(f"{len(records)} query log record(s) for {fqdn} since {since} written to {csv_path}")
     return len(records)
@@ -297,13 +335,12 @@ async def split_command(
     from rich.table import Table
 
     window = parse_since(since)
-    nc = await bus.connect(settings, "kgslb-logs")
-    try:
+    async with natscmd.session(settings, "kgslb-logs") as nc:
         js = nc.jetstream()
-        records = await read_logs(js, fqdn, window)
+        await natscmd.require(js, LOGS_STREAMS, settings.nats_url)
+        with reading_progress() as progress:
+            records = await read_logs(js, fqdn, window, progress)
         service = await read_service(js, fqdn)
-    finally:
-        await nc.drain()
     report = traffic_split(fqdn, records, service, qtype)
     report = SplitReport(
         report.fqdn, report.qtype, report.answered, report.members, report.clusters,

@@ -6,15 +6,19 @@ runs here, its processes with their restarts."""
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
 from nats.js import JetStreamContext
 from pydantic import Field, field_validator
 from rich.console import Console
 from rich.table import Table
 
+from kgslb import natscmd
 from services.dns.quorum import QUORUM_HELP, HealthBook, Quorum, Verdict, Written
 from shared import bus, subjects, wire
 from shared.follow import read_values
@@ -30,6 +34,8 @@ from shared.models import (
 )
 from shared.settings import NatsSettings
 
+OUTPUTS = ("table", "json", "yaml")
+
 
 class StatusSettings(NatsSettings):
     state_dir: Path = Field(
@@ -41,6 +47,15 @@ class StatusSettings(NatsSettings):
         description="combine the vantage points' verdicts as a DNS with this --health-quorum "
         "does: " + QUORUM_HELP,
     )
+
+    output: str = Field(default="table", description="table, json or yaml")
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, value: str) -> str:
+        if value not in OUTPUTS:
+            raise ValueError(f"{value!r} is not one of {', '.join(OUTPUTS)}")
+        return value
 
     @field_validator("health_quorum")
     @classmethod
@@ -111,9 +126,8 @@ def show_up_processes(console: Console, state_dir: Path) -> None:
             console.print(f"kgslb up processes: {exc}")
         return
     children: dict[str, dict[str, Any]] = state.get("children", {})
-    table = Table(title=f"kgslb up processes ({state_dir})")
-    for column in ("process", "state", "pid", "restarts", "last exit", "when"):
-        table.add_column(column)
+    table = new_table(console, f"kgslb up processes ({state_dir})")
+    add_columns(table, "process", "state", "pid", "restarts", "last exit", "when")
     now = datetime.now(UTC)
     for name, child in children.items():
         if child.get("stopped_at"):
@@ -152,36 +166,128 @@ def _duration(elapsed: timedelta) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-async def show_status(settings: StatusSettings) -> None:
+def output_console() -> Console:
+    """A terminal gets rich tables that fold long cells; a pipe or a file gets plain columns,
+    never cut (`kgslb status | cat` shows whole FQDNs, addresses and sources)."""
     console = Console()
-    show_up_processes(console, settings.state_dir)
-    nc = await bus.connect(settings, "kgslb-status")
-    try:
+    if console.is_terminal:
+        return console
+    return Console(width=100_000, color_system=None, highlight=False, soft_wrap=True)
+
+
+def new_table(console: Console, title: str) -> Table:
+    if console.is_terminal:
+        return Table(title=title)
+    return Table(title=title, box=None, title_justify="left", pad_edge=False)
+
+
+def add_columns(table: Table, *columns: str) -> None:
+    for column in columns:
+        table.add_column(column, overflow="fold")
+
+
+async def read_status(
+    settings: StatusSettings,
+) -> tuple[dict[str, bytes], HealthBook, list[PolicyStatus]]:
+    """What `kgslb status` shows, read once. Lookups only: a read-only command creates and
+    changes no stream (a missing one is named, see `natscmd.require`)."""
+    async with natscmd.session(settings, "kgslb-status") as nc:
         js = nc.jetstream()
-        await bus.bootstrap(js)
+        await natscmd.require(
+            js,
+            [
+                *(
+                    bus.kv_stream(b)
+                    for b in (subjects.KV_SERVICES, subjects.KV_HEALTH, subjects.KV_LEASES)
+                ),
+                subjects.STREAM_STATUS,
+            ],
+            settings.nats_url,
+        )
         services = await read_values(js, subjects.KV_SERVICES)
         health_raw = await read_values(js, subjects.KV_HEALTH)
         leases_raw = await read_values(js, subjects.KV_LEASES)
         statuses = await read_statuses(js)
-    finally:
-        await nc.drain()
     book = health_book(health_raw, leases_raw, Quorum.parse(settings.health_quorum))
+    return services, book, statuses
+
+
+def status_document(
+    services: dict[str, bytes], book: HealthBook, statuses: list[PolicyStatus]
+) -> dict[str, Any]:
+    """`kgslb status -o json|yaml`: every service with its members, their health and each
+    vantage point's verdict, and the policy objects that were rejected."""
+    shown: list[dict[str, Any]] = []
+    for key in sorted(services):
+        try:
+            service = wire.decode(services[key], GslbService)
+        except wire.WireError as exc:
+            shown.append({"fqdn": subjects.fqdn_from_key(key), "error": f"unreadable: {exc}"})
+            continue
+        members = []
+        for group in service.groups:
+            for member in group.members:
+                member_key = subjects.member_key(service.fqdn, member.probe_ip)
+                members.append(
+                    {
+                        "priority": group.priority,
+                        "ip": member.ip,
+                        "cluster": member.cluster,
+                        "weight": member.weight,
+                        "health": book.combined.get(member_key, HealthState.UNKNOWN).value,
+                        "vantagePoints": [
+                            {"site": v.vantage, "state": v.state.value, "fresh": v.fresh}
+                            for v in book.verdicts_of(member_key)
+                        ],
+                        "sources": list(member.sources),
+                    }
+                )
+        shown.append(
+            {
+                "fqdn": service.fqdn,
+                "ttl": service.ttl_seconds,
+                "algorithm": str(service.algorithm),
+                "members": members,
+            }
+        )
+    rejected = [
+        {"object": str(s.ref), "generation": s.observed_generation, "reason": s.message}
+        for s in statuses
+        if s.state == PolicyState.REJECTED
+    ]
+    return {"services": shown, "policyObjects": len(statuses), "rejected": rejected}
+
+
+async def show_status(settings: StatusSettings) -> None:
+    services, book, statuses = await read_status(settings)
+    if settings.output != "table":
+        document = status_document(services, book, statuses)
+        if settings.output == "json":
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        else:
+            sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+        return
+    console = output_console()
+    show_up_processes(console, settings.state_dir)
 
     # One vantage point without a site has nothing to add to the health column.
     sited = book.vantages() - {""}
-    table = Table(title="GSLB services")
-    for column in ("FQDN", "TTL", "algorithm", "prio", "member", "cluster", "weight", "health",
-                   *(["vantage points"] if sited else []), "sources"):  # fmt: skip
-        table.add_column(column)
+    table = new_table(console, "GSLB services")
+    add_columns(table, "FQDN", "TTL", "algorithm", "prio", "member", "cluster", "weight",
+                "health", *(["vantage points"] if sited else []), "sources")  # fmt: skip
     for key in sorted(services):
         try:
             service = wire.decode(services[key], GslbService)
         except wire.WireError as exc:
             table.add_row(subjects.fqdn_from_key(key), "", f"[red]unreadable: {exc}")
             continue
+        # A terminal shows a name once per service; plain output repeats it on every row,
+        # so each line stands alone for grep and awk.
         first = True
+        repeat = not console.is_terminal
         for group in service.groups:
             for member in group.members:
+                first = first or repeat
                 key = subjects.member_key(service.fqdn, member.probe_ip)
                 shown = book.combined.get(key, HealthState.UNKNOWN)
                 colour = COLOURS.get(shown, "yellow")
@@ -201,10 +307,8 @@ async def show_status(settings: StatusSettings) -> None:
     console.print(table)
     rejected = [s for s in statuses if s.state == PolicyState.REJECTED]
     if rejected:
-        bad = Table(title="Rejected policy objects")
-        bad.add_column("object")
-        bad.add_column("generation")
-        bad.add_column("reason")
+        bad = new_table(console, "Rejected policy objects")
+        add_columns(bad, "object", "generation", "reason")
         for status in rejected:
             bad.add_row(str(status.ref), str(status.observed_generation), status.message)
         console.print(bad)

@@ -17,7 +17,9 @@ reconciler and watcher, which talk only to their site's server; `kgslb site fail
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import ipaddress
 import json
 import os
@@ -590,12 +592,57 @@ def prepare_jetstream(url: str, replicas: int, timeout_seconds: float) -> None:
     asyncio.run(prepare())
 
 
+QUERYFILE = "queryfile.txt"
+"""dnsperf's input (`dnsperf -d .kgslb/queryfile.txt`), written at every start."""
+
+
+def write_queryfile(path: Path, documents: dict[str, list[dict[str, Any]]]) -> None:
+    """One `NAME A` line per host of the stack's Ingresses (the GSLB names), for dnsperf."""
+    hosts = sorted(
+        {
+            rule["host"]
+            for docs in documents.values()
+            for document in docs
+            if document.get("kind") == "Ingress"
+            for rule in (document.get("spec") or {}).get("rules") or []
+            if isinstance(rule, dict) and rule.get("host")
+        }
+    )
+    path.write_text("".join(f"{host} A\n" for host in hosts or ["hello.avi.iberia.local"]))
+
+
+def _seed_digest(documents: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(documents, sort_keys=True).encode()).hexdigest()
+
+
+def remember_seed(kubesim_dir: Path, cluster: str, documents: list[dict[str, Any]]) -> None:
+    """Which manifests made the saved objects (see `seed_changed`)."""
+    kubesim_dir.mkdir(parents=True, exist_ok=True)
+    (kubesim_dir / f"{cluster}.seed.sha256").write_text(_seed_digest(documents) + "\n")
+
+
+def seed_changed(
+    kubesim_dir: Path, documents: dict[str, list[dict[str, Any]]], restored: dict[str, int]
+) -> list[str]:
+    """The restored clusters whose stack-file manifests differ from those applied then."""
+    changed = []
+    for cluster in restored:
+        path = kubesim_dir / f"{cluster}.seed.sha256"
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == _seed_digest(documents.get(cluster, [])):
+                continue
+        changed.append(cluster)
+    return changed
+
+
 class Stack:
     """The running parts of `kgslb up`."""
 
-    def __init__(self, config: StackConfig, state_dir: Path) -> None:
+    def __init__(self, config: StackConfig, state_dir: Path, clean: bool = False) -> None:
         self.config = config
         self.state_dir = state_dir
+        self.clean = clean
+        self.kubesim_dir = state_dir / "kubesim"
         self.logs = state_dir / "logs"
         self.kubeconfig = state_dir / "kubeconfig"
         self.sites = resolve_sites(config)
@@ -665,6 +712,14 @@ class Stack:
         config = self.config
         self.state_dir.mkdir(parents=True, exist_ok=True)
         documents = {c: manifests(config, config.source, c) for c in config.clusters}
+        if self.clean:
+            progress(
+                f"starting afresh (--clean): removing the saved Kubernetes objects "
+                f"({self.kubesim_dir}) and the JetStream store ({self.state_dir / 'jetstream'})"
+            )
+            for kept in (self.kubesim_dir, self.state_dir / "jetstream"):
+                shutil.rmtree(kept, ignore_errors=True)
+        write_queryfile(self.state_dir / QUERYFILE, documents)
 
         if self.sites:
             self._start_site_nats(progress)
@@ -678,6 +733,23 @@ class Stack:
 
         progress(f"starting the Kubernetes API simulator ({', '.join(config.clusters)})")
         self._start_kubesim()
+        restored: dict[str, int] = self.kubesim.sim.restored
+        if restored:
+            progress(
+                f"the Kubernetes objects of the last run are back ({sum(restored.values())} "
+                f"objects from {self.kubesim_dir}; kubectl changes kept, the stack file's "
+                "manifests not applied again): `kgslb up --clean` starts from the seed"
+            )
+            if changed := seed_changed(self.kubesim_dir, documents, restored):
+                progress(
+                    f"note: the manifests of {', '.join(changed)} changed since those objects "
+                    "were saved; `kgslb up --clean` applies them"
+                )
+        else:
+            progress(
+                f"the Kubernetes simulator keeps its objects in {self.kubesim_dir} across runs "
+                "(`kgslb up --clean` starts afresh)"
+            )
 
         sites = [
             f"{cluster}={spec.vip_pool[0]}={spec.site or cluster.upper()}"
@@ -710,9 +782,12 @@ class Stack:
         else:
             env = {"KGSLB_NATS_URL": self.nats_url}
             self._start_services("", list(config.clusters), config.dns, env)
-        progress("applying the seed manifests through the Kubernetes API")
-        for cluster, docs in documents.items():
+        fresh = {c: docs for c, docs in documents.items() if c not in restored}
+        if fresh:
+            progress("applying the seed manifests through the Kubernetes API")
+        for cluster, docs in fresh.items():
             apply_manifests(self.kubeconfig, cluster, docs)
+            remember_seed(self.kubesim_dir, cluster, docs)
         self._write_state()
 
     def _start_site_nats(self, progress: Callable[[str], None]) -> None:
@@ -779,12 +854,16 @@ class Stack:
         from kubesim.threaded import BackgroundKubeSim
 
         config = self.config
-        sim = KubeSim(
-            list(config.clusters),
-            host=config.kube_api.host,
-            vip_pools={c: spec.vip_pool for c, spec in config.clusters.items()},
-            base_port=config.kube_api.port,
-        )
+        try:
+            sim = KubeSim(
+                list(config.clusters),
+                host=config.kube_api.host,
+                vip_pools={c: spec.vip_pool for c, spec in config.clusters.items()},
+                base_port=config.kube_api.port,
+                state_dir=self.kubesim_dir,
+            )
+        except ValueError as exc:  # a saved cluster that cannot be read back
+            raise StartupError(str(exc)) from None
         self.kubesim = BackgroundKubeSim(sim)
         self.kubesim.start()
         sim.write_kubeconfig(str(self.kubeconfig))
@@ -978,7 +1057,8 @@ def summary(stack: Stack) -> str:
         if spec.vip_pool
     )
     ops = [f"{name} http://127.0.0.1:{port}/metrics" for name, port in stack.ops_ports.items()]
-    kubectl = f"kubectl --kubeconfig {stack.kubeconfig}"
+    kubectl = f"{command_hint('kubectl')} --kubeconfig {stack.kubeconfig}"
+    kgslb = command_hint("kgslb")
     if stack.sites:
         where = [
             f"  {'sites' if i == 0 else '':<12}{site.cluster:<7} DNS {site.dns.host}:"
@@ -1013,24 +1093,33 @@ def summary(stack: Stack) -> str:
             else []
         ),
         f"  dig @{dns_host} -p {dns_port} hello.avi.iberia.local +dnssec    (signed: RRSIG)",
-        f"  kgslb dnssec ds avi.iberia.local --nats-url {stack.nats_url}    (the DS for the parent)",
-        f"  kgslb status --nats-url {stack.nats_url} --state-dir {stack.state_dir}",
-        f"  kgslb check hello.avi.iberia.local --server {dns_host} --port {dns_port} "
+        f"  {kgslb} dnssec ds avi.iberia.local --nats-url {stack.nats_url}    (the DS for the parent)",
+        f"  {kgslb} status --nats-url {stack.nats_url} --state-dir {stack.state_dir}",
+        f"  {kgslb} check hello.avi.iberia.local --server {dns_host} --port {dns_port} "
         f"--http-port {config.backends.port} --nats-url {stack.nats_url}",
         f"  {kubectl} --context {config.home_cluster} get gdp -A",
         f"  {kubectl} --context {config.home_cluster} -n avi-system patch gdp global-gdp "
         '--type merge -p \'{"spec":{"trafficSplit":[{"cluster":"s1az1","weight":6},'
         '{"cluster":"s1az2","weight":3},{"cluster":"s2","weight":1}]}}\'',
-        f"  kgslb backend stop s2 --state-dir {stack.state_dir}",
+        f"  {kgslb} backend stop s2 --state-dir {stack.state_dir}",
         *(
             [
-                f"  kgslb site fail {stack.sites[0].cluster} --state-dir {stack.state_dir}"
+                f"  {kgslb} site fail {stack.sites[0].cluster} --state-dir {stack.state_dir}"
                 f"    (then: kgslb site restore {stack.sites[0].cluster})"
             ]
             if stack.sites
             else []
         ),
+        *(
+            [
+                f"  dnsperf -d {stack.state_dir / QUERYFILE} -s {dns_host} -p {dns_port} -n 5000 -Q 100"
+            ]
+            if shutil.which("dnsperf")
+            else []
+        ),
         "A process that exits is restarted (see `kgslb status`); Ctrl-C stops everything.",
+        f"The Kubernetes objects are kept in {stack.kubesim_dir} for the next `kgslb up` "
+        "(`kgslb up --clean` starts from the seed).",
     ]
     missing = [
         f"  note: `{tool}` is not installed (Debian package {package})"
@@ -1040,7 +1129,32 @@ def summary(stack: Stack) -> str:
     return "\n".join(lines + missing)
 
 
-def run_up(stack_file: Path, state_dir: Path) -> int:
+def command_hint(tool: str) -> str:
+    """How to run `tool` from here: its bare name when the shell finds this install's, else
+    the path of the one beside this Python (`.venv/bin/kgslb`), relative when below the
+    current directory, so every hint `kgslb up` prints runs as written."""
+    beside = Path(sys.executable).parent / tool
+    if not beside.exists():
+        return tool
+    found = shutil.which(tool)
+    if found is not None and Path(found).resolve() == beside.resolve():
+        return tool
+    with contextlib.suppress(ValueError):
+        return str(beside.absolute().relative_to(Path.cwd()))
+    return str(beside.absolute())
+
+
+def waiting(what: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner saying `what`, on a terminal; nothing otherwise (a
+    log file or a test reads plain lines)."""
+    if not sys.stdout.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console().status(f"{what} ...", spinner="dots")
+
+
+def run_up(stack_file: Path, state_dir: Path, clean: bool = False) -> int:
     stop_requested = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -1052,7 +1166,7 @@ def run_up(stack_file: Path, state_dir: Path) -> int:
     stack: Stack | None = None
     try:
         config = load_stack_config(stack_file)
-        stack = Stack(config, state_dir)
+        stack = Stack(config, state_dir, clean)
         stack.start(progress=lambda line: print(f"… {line}", flush=True))
 
         def supervise() -> bool:
@@ -1062,10 +1176,13 @@ def run_up(stack_file: Path, state_dir: Path) -> int:
             return not stop_requested
 
         first: list[str] = []
-        for host, port in stack.dns_addresses:
-            first = first or wait_for_answer(host, port, "hello.avi.iberia.local", 30, supervise)
-            if stop_requested:
-                return 0
+        with waiting("waiting for the first DNS answer for hello.avi.iberia.local"):
+            for host, port in stack.dns_addresses:
+                first = first or wait_for_answer(
+                    host, port, "hello.avi.iberia.local", 30, supervise
+                )
+                if stop_requested:
+                    return 0
         print(summary(stack), flush=True)
         print(f"\nfirst answer for hello.avi.iberia.local: {', '.join(first)}", flush=True)
         while supervise():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import yaml
 from kubesim.ako import VipAllocator
 from kubesim.resources import CRDS, gateway_api_crds, kgslb_crds
 from kubesim.server import ClusterServer, Faults
-from kubesim.store import DEFAULT_HISTORY_SECONDS, ApiError, ClusterStore
+from kubesim.store import DEFAULT_HISTORY_SECONDS, ApiError, ClusterStore, WatchEvent
 
 __all__ = [
     "ApiError",
@@ -29,6 +31,26 @@ __all__ = [
 ]
 
 TOKEN = "kubesim"
+SAVE_INTERVAL_SECONDS = 0.5
+
+
+def load_snapshot(path: Path) -> dict[str, object]:
+    try:
+        snapshot = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"{path}: not a saved cluster of the simulator ({exc}); remove it to start afresh"
+        ) from None
+    if not isinstance(snapshot, dict):
+        raise ValueError(f"{path}: not a saved cluster of the simulator; remove it to start afresh")
+    return snapshot
+
+
+def save_snapshot(path: Path, snapshot: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(snapshot, separators=(",", ":")))
+    os.replace(partial, path)
 
 
 class KubeSim:
@@ -37,6 +59,10 @@ class KubeSim:
     `vip_pools` maps a cluster to the addresses its AKO stand-in hands out; `crds` installs
     the kgslb.io CRDs. With `base_port` 0 every cluster gets an ephemeral port, otherwise
     cluster i listens on base_port + i. `faults[cluster]` holds that cluster's fault switches.
+
+    With `state_dir` the objects outlive the process, as a cluster's etcd does: each cluster's
+    are read from `<state_dir>/<cluster>.json` if it exists (`restored` counts them), written
+    back within `SAVE_INTERVAL_SECONDS` of a change while serving, and at `stop`.
     """
 
     def __init__(
@@ -51,6 +77,7 @@ class KubeSim:
         history_seconds: float | None = DEFAULT_HISTORY_SECONDS,
         bookmark_interval: float = 1.0,
         shared_ingress_vip: bool = True,
+        state_dir: Path | None = None,
     ) -> None:
         if not clusters or len(set(clusters)) != len(clusters):
             raise ValueError(f"need distinct cluster names, got {clusters!r}")
@@ -60,13 +87,26 @@ class KubeSim:
         self.host = host
         self.base_port = base_port
         self._servers: dict[str, ClusterServer] = {}
+        self.state_dir = state_dir
+        self.restored: dict[str, int] = {}
+        """Cluster -> objects read back from `state_dir` (none: it started from scratch)."""
+        self._dirty: set[str] = set()
+        self._saver: asyncio.Task[None] | None = None
         for name in clusters:
             store = ClusterStore(history_size, history_seconds)
             if crds:
                 for crd in [*kgslb_crds(), *gateway_api_crds()]:
                     store.create(CRDS, None, crd)
+            saved = self._saved_file(name)
+            if saved is not None and saved.exists():
+                self.restored[name] = store.restore(load_snapshot(saved))
             if pool := (vip_pools or {}).get(name):
-                store.add_controller(VipAllocator(pool, shared_ingress_vip=shared_ingress_vip))
+                allocator = VipAllocator(pool, shared_ingress_vip=shared_ingress_vip)
+                allocator.adopt(store)
+                store.add_controller(allocator)
+            if state_dir is not None:
+                store.subscribe(self._marker(name))
+                self._dirty.add(name)
             self._servers[name] = ClusterServer(name, store, bookmark_interval=bookmark_interval)
         self.faults: dict[str, Faults] = {n: s.faults for n, s in self._servers.items()}
 
@@ -77,10 +117,45 @@ class KubeSim:
         except BaseException:
             await self.stop()
             raise
+        if self.state_dir is not None:
+            self.save()
+            self._saver = asyncio.create_task(self._save_while_serving())
 
     async def stop(self) -> None:
+        if self._saver is not None:
+            self._saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._saver
+            self._saver = None
         for server in self._servers.values():
             await server.stop()
+        if self.state_dir is not None:
+            self.save()
+
+    def _marker(self, cluster: str) -> Callable[[WatchEvent], None]:
+        """A store listener: `cluster` changed since the last save."""
+
+        def mark(_: WatchEvent) -> None:
+            self._dirty.add(cluster)
+
+        return mark
+
+    def _saved_file(self, cluster: str) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / f"{cluster}.json"
+
+    def save(self) -> None:
+        """Write the clusters changed since the last save to `state_dir` (atomically)."""
+        changed, self._dirty = self._dirty, set()
+        for cluster in changed:
+            path = self._saved_file(cluster)
+            if path is not None:
+                save_snapshot(path, self._servers[cluster].store.snapshot())
+
+    async def _save_while_serving(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL_SECONDS)
+            if self._dirty:
+                self.save()
 
     async def stop_cluster(self, cluster: str) -> None:
         """Take one cluster's API server down abruptly, as a lost site would: connections,

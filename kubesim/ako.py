@@ -51,6 +51,17 @@ class VipAllocator:
         self._shared_ingress_vip = shared_ingress_vip
         self._assigned: dict[tuple[str, str, str], str] = {}  # (plural, ns, name) -> ip
 
+    def adopt(self, store: ClusterStore) -> None:
+        """Take over the addresses objects restored into `store` already hold."""
+        for rtype in (INGRESSES, SERVICES):
+            for obj in store.iter_objects(rtype):
+                ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+                if ingress and ingress[0].get("ip"):
+                    meta = obj["metadata"]
+                    self._assigned[(rtype.plural, meta["namespace"], meta["name"])] = ingress[0][
+                        "ip"
+                    ]
+
     def __call__(self, store: ClusterStore, event: WatchEvent) -> None:
         rtype = store.registry.by_key(event.resource)
         if rtype is None:

@@ -182,6 +182,44 @@ class ClusterStore:
         for name in ("default", "kube-system"):
             self.create(NAMESPACES, None, {"metadata": {"name": name}})
 
+    # ----- persistence -------------------------------------------------------------------
+
+    def snapshot(self) -> Obj:
+        """Every object and the resourceVersion, JSON-serialisable, for `restore`."""
+        keys = sorted(self._objects, key=lambda key: key != CRDS.key)  # CRDs first
+        return {
+            "resourceVersion": self.rv,
+            "resources": [
+                {"resource": list(key), "items": list(self._objects[key].values())}
+                for key in keys
+                if self._objects[key]
+            ],
+        }
+
+    def restore(self, snapshot: Obj) -> int:
+        """Replace every object by those of `snapshot` (as an API server restarted on its
+        etcd): the same uids, resourceVersions and statuses, the CRDs' types served again,
+        no controller run. The watch history starts empty, so a watch from before gets 410
+        and relists. Returns the number of objects."""
+        objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
+        for entry in snapshot.get("resources") or []:
+            group, plural = entry["resource"]
+            objects[(group, plural)] = {_key(obj): obj for obj in entry["items"]}
+        self.registry = Registry()
+        for crd in objects.get(CRDS.key, {}).values():
+            self.registry.set_crd(crd["metadata"]["name"], types_from_crd(crd))
+        self._objects = objects
+        self.rv = max(self.rv, int(snapshot.get("resourceVersion") or 0))
+        self.compacted_rv = self.rv
+        self._history.clear()
+        self._snapshots.clear()
+        used = [
+            _cluster_ip_index((service.get("spec") or {}).get("clusterIP"))
+            for service in objects.get(SERVICES.key, {}).values()
+        ]
+        self._cluster_ips = itertools.count(max((n for n in used if n is not None), default=9) + 1)
+        return sum(len(items) for items in objects.values())
+
     # ----- observation -------------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -766,6 +804,14 @@ class ClusterStore:
                     f'metadata.name: Invalid value: "{name}": must'
                     ' be spec.names.plural+"."+spec.group',
                 )
+
+
+def _cluster_ip_index(ip: object) -> int | None:
+    """`10.96.A.B` (as `_default` hands them out) -> A * 256 + B; None for any other."""
+    parts = str(ip or "").split(".")
+    if len(parts) != 4 or parts[:2] != ["10", "96"] or not all(p.isdigit() for p in parts[2:]):
+        return None
+    return int(parts[2]) * 256 + int(parts[3])
 
 
 def _parse_rv(text: str) -> int:

@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -136,29 +135,77 @@ def tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
     return context
 
 
+CONNECT_RETRY_SECONDS = 0.2
+CONNECT_MAX_RETRY_SECONDS = 5.0
+RECONNECT_WAIT_SECONDS = 0.5
+
+
+class NatsUnreachable(ConnectionError):
+    """NATS did not answer in time; the message names the URL and the last reason."""
+
+
+def attempt_reason(exc: BaseException) -> str:
+    """`[Errno 111] Connect call failed ('127.0.0.1', 1)`, `nats: timeout`, ... never empty."""
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _attempted_url(nc: Client, fallback: str) -> str:
+    """The server of the attempt that just failed: nats-py moves it to the end of its pool."""
+    servers = nc.servers
+    if not servers:
+        return redact_url(fallback)
+    return redact_url(servers[-1].geturl())
+
+
+AttemptFailed = Callable[[str, BaseException], None]
+
+
 async def connect(
     settings: NatsSettings,
     name: str,
     on_state: Callable[[str], Awaitable[None]] | None = None,
+    on_attempt_failed: AttemptFailed | None = None,
 ) -> Client:
-    """Connect, retrying forever in the background after the first success."""
+    """Connect, retrying until it succeeds (cancel the call to give up), then reconnect
+    forever in the background.
 
-    client: list[Client] = []
+    Until the first connection every failed attempt is logged at WARNING as `waiting for
+    NATS at <url>: <reason>` (or handed to `on_attempt_failed`), with a back-off from 0.2 s
+    to 5 s; once connected, reconnects retry every 0.5 s and the callbacks report them."""
+
+    nc = Client()
+    connected = False
+    wait = [CONNECT_RETRY_SECONDS]
 
     async def report(state: str) -> None:
-        if client and (client[0].is_draining or client[0].is_closed):
+        if nc.is_draining or nc.is_closed:
             return
         log.warning("nats connection %s", state, extra={"nats_state": state})
         if on_state is not None:
             await on_state(state)
 
     async def disconnected() -> None:
-        await report("disconnected")
+        if connected:
+            await report("disconnected")
 
     async def reconnected() -> None:
         await report("reconnected")
 
     async def error(exc: Exception) -> None:
+        if not connected:
+            url = _attempted_url(nc, settings.nats_url)
+            if on_attempt_failed is not None:
+                on_attempt_failed(url, exc)
+            else:
+                log.warning(
+                    "waiting for NATS at %s: %s", url, attempt_reason(exc),
+                    extra={"nats_url": url, "retry_seconds": wait[0]},
+                )  # fmt: skip
+            # The next attempt waits `reconnect_time_wait`: back off while NATS stays away.
+            nc.options["reconnect_time_wait"] = wait[0]
+            wait[0] = min(wait[0] * 2, CONNECT_MAX_RETRY_SECONDS)
+            return
         # A permissions violation is a deployment mistake the operator must see; the rest are
         # reconnect noise that `report` already summarises.
         if "permissions violation" in str(exc).lower():
@@ -170,7 +217,7 @@ async def connect(
         "servers": [url.strip() for url in settings.nats_url.split(",") if url.strip()],
         "name": name,
         "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
+        "reconnect_time_wait": CONNECT_RETRY_SECONDS,
         "connect_timeout": 2,
         "allow_reconnect": True,
         "disconnected_cb": disconnected,
@@ -189,8 +236,55 @@ async def connect(
     tls = tls_context(settings)
     if tls is not None:
         options["tls"] = tls
-    client.append(await nats.connect(**options))
-    return client[0]
+    try:
+        await nc.connect(**options)
+    except BaseException:
+        # Cancelled (a deadline, SIGTERM) or failed: leave no half-open client behind.
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+    connected = True
+    nc.options["reconnect_time_wait"] = RECONNECT_WAIT_SECONDS
+    return nc
+
+
+CLI_CONNECT_SECONDS = 4.0
+
+
+async def connect_or_fail(
+    settings: NatsSettings, name: str, timeout: float = CLI_CONNECT_SECONDS
+) -> Client:
+    """A command's connection: NATS answers, or `NatsUnreachable` says which URL was tried
+    and why it failed (one line), once every URL has failed once or after `timeout`,
+    instead of waiting for NATS forever."""
+    urls = [url for url in settings.nats_url.split(",") if url.strip()]
+    failures: list[tuple[str, BaseException]] = []
+    all_failed = asyncio.Event()
+
+    def failed(url: str, exc: BaseException) -> None:
+        failures.append((url, exc))
+        if len(failures) >= len(urls):
+            all_failed.set()
+
+    connecting = asyncio.ensure_future(connect(settings, name, on_attempt_failed=failed))
+    given_up = asyncio.ensure_future(all_failed.wait())
+    try:
+        await asyncio.wait(
+            {connecting, given_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        given_up.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await connecting
+    if failures:
+        url, exc = failures[-1]
+        reason = attempt_reason(exc)
+    else:
+        url, reason = redact_url(settings.nats_url), f"no answer within {timeout:g} s"
+    raise NatsUnreachable(f"cannot reach NATS at {url}: {reason}")
 
 
 def _differs(desired: StreamConfig, actual: StreamConfig) -> list[str]:

@@ -66,7 +66,8 @@ class OpsServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        detail = f" ({self._detail()})" if self._detail is not None else ""
+        text = self._detail() if self._detail is not None else ""
+        detail = f" ({text})" if text else ""
         if self._ready():
             return web.Response(text=f"ready{detail}\n")
         return web.Response(status=503, text=f"not ready{detail}\n")

@@ -59,6 +59,13 @@ class ServiceSettings(NatsSettings):
     ops_host: str = Field(default="127.0.0.1", description="where /healthz /readyz /metrics listen")
     ops_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
     replica: str = Field(default="", description="replica name; default: hostname-pid")
+    shutdown_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="after SIGTERM/SIGINT, stop gracefully within this many seconds, else exit "
+        "1 (a second signal exits at once)",
+    )
 
 
 class DnssecSecretSettings(BaseModel):

@@ -7,7 +7,7 @@ import sys
 
 from services.dns.service import serve
 from services.dns.settings import DnsSettings
-from shared.runtime import run
+from shared.runtime import ServiceFailed, run
 from shared.settings import SettingsError, load_settings
 
 
@@ -17,7 +17,10 @@ def main() -> None:
     except SettingsError as exc:
         print(f"kgslb dns worker: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(serve(settings))
+    try:
+        run(serve(settings))
+    except ServiceFailed:
+        raise SystemExit(1) from None  # logged by run_service
 
 
 if __name__ == "__main__":

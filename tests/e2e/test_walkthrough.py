@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -183,8 +184,8 @@ def dnsperf_load(walk: Walkthrough, title: str) -> None:
         counted = picks(walk.dns_port, QUERIES)
         assert sum(counted.values()) == QUERIES
         return
-    queryfile = walk.state / "queryfile.txt"
-    queryfile.write_text(f"{HELLO}. A\n")
+    queryfile = walk.state / "queryfile.txt"  # written by `kgslb up`
+    assert queryfile.read_text() == f"{HELLO} A\n"
     output = walk.run(
         title,
         f"dnsperf -d {queryfile} -s 127.0.0.1 -p {walk.dns_port} -n {QUERIES} -Q {RATE}",
@@ -196,8 +197,7 @@ def exported_split(walk: Walkthrough, since_seconds: float) -> dict[str, float]:
     path = walk.state / "export.csv"
     walk.run(
         "Export the query log (the seed's CSV export)",
-        f"kgslb logs export --fqdn {HELLO} --since {int(since_seconds) + 1}s --csv {path} "
-        f"{walk.nats}",
+        f"kgslb logs export {HELLO} --since {int(since_seconds) + 1}s --csv {path} {walk.nats}",
     )
     with path.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row["qtype"] == "A"]
@@ -271,8 +271,9 @@ def test_04_status_shows_one_service_with_three_members(walk: Walkthrough) -> No
     )
     for vip in VIPS.values():
         assert vip in output
-    processes = [line.split("│")[1].strip() for line in output.splitlines()
-                 if line.startswith("│") and "running" in line]  # fmt: skip
+    # Piped, not a terminal: plain columns, the process name first.
+    processes = [line.split()[0] for line in output.splitlines()
+                 if re.search(r"\s{2}running\s{2}", line)]  # fmt: skip
     assert processes[0] == "nats-server" and "dns" in processes, "the processes of kgslb up"
 
 

@@ -126,7 +126,7 @@ async def test_logs_export_writes_every_logged_query_as_csv(
     out = tmp_path / "logged.csv"
 
     async def exported_all() -> list[dict[str, str]]:
-        result = kgslb(services.nats.url, "logs", "export", "--fqdn", LOGGED, "--since", "10m",
+        result = kgslb(services.nats.url, "logs", "export", LOGGED, "--since", "10m",
                        "--csv", str(out))  # fmt: skip
         assert result.returncode == 0, result.stderr
         rows = list(csv.DictReader(out.open()))
@@ -163,8 +163,10 @@ async def test_logs_split_compares_the_observed_shares_with_the_weights(
 async def test_logs_export_refuses_a_bad_since_with_a_clear_message(
     nats_client: Client, services: Services, tmp_path: Path
 ) -> None:
+    # The old form, `--fqdn NAME`, still works, with a note to give the name as the argument.
     result = kgslb(services.nats.url, "logs", "export", "--fqdn", HELLO, "--since", "soon",
                    "--csv", str(tmp_path / "x.csv"))  # fmt: skip
 
     assert result.returncode == 2
+    assert "--fqdn is deprecated, give the name as the first argument" in result.stderr
     assert "--since 'soon': expected a number with s, m, h or d" in result.stderr

@@ -63,6 +63,24 @@ async def test_an_unknown_host_gets_the_ingress_default_404(backends: HelloBacke
     assert reply.status_code == 404
 
 
+async def test_a_wildcard_host_serves_every_name_of_the_zone() -> None:
+    port = free_port()
+    running = HelloBackends([HelloSite("s2", "127.20.2.2", port, "SITE2", ("*.avi.iberia.local",))])
+    await running.start()
+    try:
+        address = f"http://127.20.2.2:{port}/"
+        shop = await get(address, host="shop.avi.iberia.local")
+        deeper = await get(address, host="a.b.avi.iberia.local:80")
+        outside = await get(address, host="shop.example.org")
+        apex_lookalike = await get(address, host="evilavi.iberia.local")
+    finally:
+        await running.stop()
+
+    assert "MESSAGE: This service resides in SITE2" in shop.text
+    assert deeper.status_code == 200
+    assert (outside.status_code, apex_lookalike.status_code) == (404, 404)
+
+
 async def test_a_stopped_site_refuses_connections_and_serves_again_once_started(
     backends: HelloBackends,
 ) -> None:

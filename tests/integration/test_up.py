@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -247,8 +248,9 @@ def test_a_killed_service_is_restarted_and_the_rest_of_the_stack_keeps_running(
     assert {n: p for n, p in after.items() if n != "dns"} == {
         n: p for n, p in before.items() if n != "dns"
     }
-    dns_row = next(line for line in status.stdout.splitlines() if line.startswith("│ dns "))
-    cells = [cell.strip() for cell in dns_row.strip("│").split("│")]
+    # Piped: plain columns, two spaces or more apart.
+    dns_row = next(line for line in status.stdout.splitlines() if line.startswith("dns "))
+    cells = re.split(r"\s{2,}", dns_row.strip())
     assert cells[:5] == ["dns", "running", str(after["dns"]), "1", "signal 9 (SIGKILL)"]
 
 
@@ -357,3 +359,117 @@ def test_backends_on_a_high_port_are_probed_there_and_every_member_is_answered(
         assert answers(dns_port, 12) == SEED_VIPS
     finally:
         stop_up(process)
+
+
+# The embedded clusters keep their objects (issue 20, item 6) ---------------------------------
+
+SHOP = "shop.avi.iberia.local"
+
+
+def shop_app(cluster: str) -> list[dict[str, Any]]:
+    """A second app as the README adds one: the seed's hello Deployment, Service and Ingress
+    renamed shop, for shop.avi.iberia.local."""
+    documents = list(yaml.safe_load_all((SEED.parent / f"hello-{cluster}.yaml").read_text()))
+    for document in documents:
+        document["metadata"]["name"] = "shop"
+        if document["kind"] == "Ingress":
+            document["spec"]["rules"][0]["host"] = SHOP
+            document["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] = "shop"
+    return documents
+
+
+def shop_answers(port: int) -> set[str]:
+    """The members answered for shop over 12 queries (one address per answer)."""
+    seen: set[str] = set()
+    for _ in range(12):
+        try:
+            reply = query(port, SHOP)
+        except dns.exception.DNSException:
+            continue
+        seen |= {rr.address for rrset in reply.answer for rr in rrset if rr.rdtype == 1}
+    return seen
+
+
+def test_objects_applied_through_the_simulator_outlive_kgslb_up_and_a_second_app_stays_up(
+    tmp_path: Path,
+) -> None:
+    from kgslb.up import apply_manifests
+
+    dns_port, nats_port = free_port(), free_port()
+    stack = stack_file(tmp_path, dns_port, nats_port, FAST_MONITOR)
+    state = tmp_path / "state"
+    shop_vips = {"127.10.26.40", "127.10.23.40"}
+    process = start_up(stack, state)
+    try:
+        for cluster in ("s1az2", "s2"):
+            apply_manifests(state / "kubeconfig", cluster, shop_app(cluster))
+        wait_until(lambda: shop_answers(dns_port) == shop_vips, 30)
+        # Probed every 0.5 s, down after 2 failures: a backend that did not answer shop
+        # (HTTP 404) would have withdrawn both members well within this.
+        time.sleep(4)
+        assert shop_answers(dns_port) == shop_vips
+    finally:
+        stop_up(process)
+    assert sorted(p.name for p in (state / "kubesim").glob("*.json")) == [
+        "s1az1.json", "s1az2.json", "s2.json",
+    ]  # fmt: skip
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kgslb", "up", "-c", str(stack), "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output = wait_for_line(process, "Ctrl-C", 60)
+        wait_until(lambda: shop_answers(dns_port) == shop_vips, 30)
+        kubectl = subprocess.run(
+            [sys.executable, "-m", "kgslb", "status", "-o", "json", "--nats-url",
+             f"nats://127.0.0.1:{nats_port}", "--state-dir", str(state)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        stop_up(process)
+    assert "the Kubernetes objects of the last run are back" in output
+    assert "applying the seed manifests" not in output
+    assert "`kgslb up --clean` starts from the seed" in output
+    shown = {service["fqdn"] for service in json.loads(kubectl.stdout)["services"]}
+    assert shown == {"hello.avi.iberia.local", SHOP}
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kgslb", "up", "-c", str(stack), "--state-dir", str(state),
+         "--clean"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output = wait_for_line(process, "Ctrl-C", 60)
+        assert answered(dns_port)
+        assert shop_answers(dns_port) == set()
+    finally:
+        stop_up(process)
+    assert "starting afresh (--clean)" in output
+    assert "applying the seed manifests" in output
+
+
+def test_up_writes_the_dnsperf_queryfile_and_hints_that_run_as_written(tmp_path: Path) -> None:
+    dns_port, nats_port = free_port(), free_port()
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kgslb", "up", "-c", str(stack_file(tmp_path, dns_port, nats_port)),
+         "--state-dir", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PATH": "/usr/bin:/bin"},  # no kgslb on PATH, as after `make up`
+    )  # fmt: skip
+    try:
+        output = wait_for_line(process, "Ctrl-C", 60)
+        hints = [line.strip() for line in output.splitlines() if "status --nats-url" in line]
+        queryfile = (state / "queryfile.txt").read_text()
+        status = subprocess.run(hints[0], shell=True, capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "PATH": "/usr/bin:/bin"})  # fmt: skip
+    finally:
+        stop_up(process)
+
+    assert queryfile == "hello.avi.iberia.local A\n"
+    assert hints[0].split()[0] == str(Path(sys.executable).parent / "kgslb") or hints[0].startswith(
+        ".venv/bin/kgslb"
+    )
+    assert status.returncode == 0, status.stderr
+    assert "hello.avi.iberia.local" in status.stdout

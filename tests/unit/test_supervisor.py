@@ -297,7 +297,7 @@ def test_status_shows_each_child_with_its_restarts_and_a_gone_up_as_such(tmp_pat
         },
     }  # fmt: skip
     (tmp_path / "stack.json").write_text(json.dumps(state))
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=200, force_terminal=True)
 
     show_up_processes(console, tmp_path)
 
@@ -320,7 +320,7 @@ def test_status_shows_a_child_stopped_on_purpose_and_how_to_bring_it_back(
                                 "stopped_at": stopped_at}},
     }  # fmt: skip
     (tmp_path / "stack.json").write_text(json.dumps(state))
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=200, force_terminal=True)
 
     show_up_processes(console, tmp_path)
 
@@ -330,7 +330,7 @@ def test_status_shows_a_child_stopped_on_purpose_and_how_to_bring_it_back(
 
 
 def test_status_shows_no_processes_where_no_kgslb_up_runs(tmp_path: Path) -> None:
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=200, force_terminal=True)
 
     show_up_processes(console, tmp_path)
 
