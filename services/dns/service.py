@@ -15,28 +15,28 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.dns.denial import SigningKey
 from services.dns.geoip_file import GeoIpFile
 from services.dns.quorum import HealthBook, Quorum, State, Written
 from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
 from services.dns.server import DnsEngine, QueryCountCollector
 from services.dns.settings import DnsSettings
 from services.dns.signed import Window
-from services.dns.signer import SigningKey
 from services.dns.sockets import listening
 from services.dns.table import AnswerTable
 from services.dns.tcp import TcpCollector, TcpLimits, TcpListener
 from services.dns.udp import udp_server
 from services.dns.wire import wire_to_name
 from services.dns.workers import supervise
-from shared import bus, dnssec, subjects, wire
+from shared import bus, subjects, wire
 from shared.follow import BucketFollower, Change
 from shared.models import (
     DnsQueryLog,
@@ -48,6 +48,9 @@ from shared.models import (
     ZoneSpec,
 )
 from shared.runtime import replica_name, run_service
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = logging.getLogger(__name__)
 SERVICE = "dns"
@@ -100,6 +103,8 @@ class DnsService:
         )
         self._key_secret: Fernet | None = None
         if settings.dnssec_key_secret or settings.dnssec_key_secret_file:
+            from shared import dnssec  # `cryptography`: only loaded where it is used
+
             self._key_secret = dnssec.load_secret(
                 settings.dnssec_key_secret, settings.dnssec_key_secret_file
             )
@@ -273,6 +278,8 @@ class DnsService:
                 zone,
             )
             return
+        from shared import dnssec
+
         try:
             signing = [SigningKey(k, dnssec.private_key(k, self._key_secret)) for k in keys.keys]
             self.table.set_zone_keys(zone, signing, now)

@@ -15,18 +15,16 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from services.dns import wire
+from services.dns.denial import APEX_KEY_TYPES, SigningKey, nodata_proof, nxdomain_proofs
 from services.dns.gslb import GslbName
 from services.dns.rotation import Rotation
-from services.dns.signer import (
-    APEX_KEY_TYPES,
-    SigningKey,
-    ZoneSigner,
-    nodata_proof,
-    nxdomain_proofs,
-)
 from services.dns.zone import RRSet, Section, Zone
+
+if TYPE_CHECKING:
+    from services.dns.signer import ZoneSigner
 
 INCEPTION_SLACK_SECONDS = 3600
 """Inception an hour back, for validators whose clock runs behind ours."""
@@ -165,6 +163,8 @@ def rotation_section(
 def make_signer(
     zone: Zone, keys: Sequence[SigningKey], now: int, window: Window, made: Counter[bytes]
 ) -> SignedZone:
+    from services.dns.signer import ZoneSigner  # dnspython's DNSSEC and `cryptography`: lazily
+
     signer = ZoneSigner(
         zone.key,
         keys,

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from services.dns import wire
 from services.dns.algorithms import Caching, Client, Pick
+from services.dns.denial import APEX_KEY_TYPES, RRSIG, SigningKey
 from services.dns.geo import GeoIp, Lookup
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
 from services.dns.signed import SignedZone, Window, make_signer, rotation_section, types_at
-from services.dns.signer import APEX_KEY_TYPES, RRSIG, SigningKey
 from services.dns.zone import (
     SERIAL_MODULO,
     RRSet,

@@ -19,8 +19,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from services.dns.denial import SigningKey, nxdomain_proofs, predecessor, successor
 from services.dns.server import DnsEngine
-from services.dns.signer import SigningKey, nxdomain_proofs, predecessor, successor
 from services.dns.table import AnswerTable
 from services.dns.wire import name_to_wire
 from shared import dnssec
