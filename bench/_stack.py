@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from dns_stack import rss_mb  # noqa: E402
+from dns_stack import cpu_seconds, rss_mb  # noqa: E402
 
 from kgslb.embedded import (  # noqa: E402
     ManagedProcess,
@@ -293,6 +293,19 @@ class E2EStack:
         for name, process in self.processes.items():
             if not process.running:
                 raise SystemExit(f"{name} exited; its last lines:\n{process.tail()}")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each process of the stack has used so far, and this
+        process's (the bench: it serves the simulator's lists and polls): a load-independent
+        view of what a step cost, where wall times on a shared machine are not."""
+        out = {}
+        for name, process in self.processes.items():
+            if process.process is not None and process.running:
+                out[name] = cpu_seconds(process.process.pid)
+        for server in self.nats_servers or [self.nats]:
+            out[server.name] = cpu_seconds(server.process.pid) if server.process else 0.0
+        out["bench+simulator"] = cpu_seconds(os.getpid())
+        return out
 
     def rss_mb(self) -> dict[str, float]:
         out = {}

@@ -336,6 +336,7 @@ def main() -> None:
         print(f"created {total} Ingresses in the simulator in {created:.1f} s", flush=True)
 
         load_before = load()
+        cpu_before = stack.cpu_seconds()
         started = time.monotonic()
         stack.start_all(health=True, page_size=args.page_size)
         profilers = start_profilers(stack, args.profile, args.profile_seconds)
@@ -353,6 +354,12 @@ def main() -> None:
             "load": [load_before, load()],
         }
         print(f"cold convergence: {cold:.1f} s (load {load()})", flush=True)
+        cpu = {
+            name: round(seconds - cpu_before.get(name, 0.0), 2)
+            for name, seconds in stack.cpu_seconds().items()
+        }
+        results["cold"]["cpu_seconds"] = {**cpu, "total": round(sum(cpu.values()), 2)}
+        print(f"CPU seconds of the cold start: {results['cold']['cpu_seconds']}", flush=True)
         results["cold"]["kv_writes"] = cold_writes(stack)
         print(f"KV writes of the cold start: {results['cold']['kv_writes']}", flush=True)
         results["rss_after_cold_mb"] = {k: round(v, 1) for k, v in stack.rss_mb().items()}

@@ -34,6 +34,7 @@ from shared.models import (
     SyncMarker,
     Tombstone,
     WatcherHeartbeat,
+    ZoneKeys,
     ZoneSpec,
 )
 
@@ -149,6 +150,16 @@ CHANNELS = (
         _kv(subjects.KV_ZONES, "{zone}"),
         (ZoneSpec,),
         f"KV bucket {subjects.KV_ZONES}: SOA, NS, glue and static records of every zone.",
+        senders=("reconciler",),
+        receivers=("dns",),
+    ),
+    Channel(
+        "zone-keys",
+        _kv(subjects.KV_KEYS, "{zone}"),
+        (ZoneKeys,),
+        f"KV bucket {subjects.KV_KEYS}: the DNSSEC keys (KSK, ZSK) of every signed zone, "
+        f"private keys encrypted with --dnssec-key-secret; created once by the reconciler "
+        f"leader (a KV create), read by every DNS.",
         senders=("reconciler",),
         receivers=("dns",),
     ),

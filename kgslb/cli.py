@@ -563,3 +563,34 @@ def logs_split(
     except LogsError as exc:
         print(f"kgslb logs split: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
+
+
+# ----- dnssec (issue 21) ----------------------------------------------------------------------
+
+dnssec_app = typer.Typer(help="DNSSEC of the signed zones.", no_args_is_help=True)
+app.add_typer(dnssec_app, name="dnssec")
+
+
+@dnssec_app.command("ds")
+@settings_flags(NatsSettings)
+def dnssec_ds(
+    settings: Any,
+    zone: str = typer.Argument(..., help="the signed zone, e.g. avi.iberia.local"),
+    dnskey: bool = typer.Option(False, "--dnskey", help="print the DNSKEY RRset instead"),
+    digest: str = typer.Option("SHA256", "--digest", help="SHA256 or SHA384"),
+) -> None:
+    """Print the DS record of the zone's KSK, to add to the parent zone.
+
+    Reads KV kgslb_keys only; exits 1 when NATS does not answer or the zone has no keys."""
+    from kgslb import natscmd
+    from kgslb.dnssec_cli import DnssecError, read_zone_keys, zone_lines
+
+    if digest.upper() not in ("SHA256", "SHA384"):
+        print(f"kgslb dnssec ds: --digest {digest}: SHA256 or SHA384", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        keys = natscmd.run_command("dnssec ds", settings, read_zone_keys(settings, zone))
+    except DnssecError as exc:
+        print(f"kgslb dnssec ds: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    print("\n".join(zone_lines(keys, dnskey, digest.upper())))

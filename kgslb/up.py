@@ -868,9 +868,21 @@ class Stack:
         self.kubesim.start()
         sim.write_kubeconfig(str(self.kubeconfig))
 
+    def _dnssec_secret_file(self) -> Path:
+        """The secret the DNSSEC private keys are encrypted with in NATS, made once per state
+        directory (a Kubernetes Secret in a deployment) and readable only by its owner."""
+        path = self.state_dir / "dnssec-key-secret"
+        if not path.exists():
+            from shared.dnssec import new_secret
+
+            path.touch(mode=0o600)
+            path.write_text(new_secret() + "\n")
+        return path
+
     def _start_service(self, name: str, args: list[str], env: dict[str, str], site: str) -> None:
         port = free_port()
         self.ops_ports[name] = port
+        env = {**env, "KGSLB_DNSSEC_KEY_SECRET_FILE": str(self._dnssec_secret_file())}
         process = service_process(name, args, self.logs, {**env, "KGSLB_OPS_PORT": str(port)})
         process.start()
         self.supervisor.adopt(process, site=site)
@@ -1080,6 +1092,8 @@ def summary(stack: Stack) -> str:
             if stack.sites
             else []
         ),
+        f"  dig @{dns_host} -p {dns_port} hello.avi.iberia.local +dnssec    (signed: RRSIG)",
+        f"  {kgslb} dnssec ds avi.iberia.local --nats-url {stack.nats_url}    (the DS for the parent)",
         f"  {kgslb} status --nats-url {stack.nats_url} --state-dir {stack.state_dir}",
         f"  {kgslb} check hello.avi.iberia.local --server {dns_host} --port {dns_port} "
         f"--http-port {config.backends.port} --nats-url {stack.nats_url}",

@@ -95,7 +95,10 @@ def stream_configs() -> list[StreamConfig]:
     ]
 
 
-KV_BUCKETS = (subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_HEALTH, subjects.KV_LEASES)
+KV_BUCKETS = (
+    subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_HEALTH, subjects.KV_LEASES,
+    subjects.KV_KEYS,
+)  # fmt: skip
 
 LOOKUP_INTERVAL_SECONDS = 1.0
 CREATE_ATTEMPTS = 3

@@ -510,6 +510,26 @@ class UnhandledPolicy(StrEnum):
     DROP = "drop"
 
 
+class DnssecAlgorithm(StrEnum):
+    """DNSSEC signing algorithms kgslb signs with (RFC 8624: both MUST for validators)."""
+
+    ECDSAP256SHA256 = "ECDSAP256SHA256"
+    ED25519 = "ED25519"
+
+
+DNSSEC_ALGORITHM_NUMBERS = {DnssecAlgorithm.ECDSAP256SHA256: 13, DnssecAlgorithm.ED25519: 15}
+
+
+class ZoneDnssec(Value):
+    """Online DNSSEC signing of one zone (see docs/architecture.md, "DNSSEC")."""
+
+    enabled: bool = Field(default=False, description="sign the zone's answers (DO=1 queries)")
+    algorithm: DnssecAlgorithm = Field(
+        default=DnssecAlgorithm.ECDSAP256SHA256,
+        description="ECDSAP256SHA256 (algorithm 13) or ED25519 (algorithm 15)",
+    )
+
+
 class ZoneSpec(WireModel):
     """A zone the DNS is authoritative for."""
 
@@ -520,6 +540,67 @@ class ZoneSpec(WireModel):
     records: list[StaticRecord] = Field(default_factory=list)
     default_ttl_seconds: int = Field(default=30, ge=0, le=86400)
     unhandled: UnhandledPolicy = UnhandledPolicy.RESPOND
+    dnssec: ZoneDnssec | None = Field(
+        default=None, description="left out when the zone is not signed (reads as before)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unsigned(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.dnssec is None:
+            data.pop("dnssec", None)
+        return data
+
+    @property
+    def signed(self) -> bool:
+        return self.dnssec is not None and self.dnssec.enabled
+
+
+class KeyRole(StrEnum):
+    KSK = "ksk"
+    """Key signing key: signs the DNSKEY RRset; its DS is in the parent (flags 257)."""
+    ZSK = "zsk"
+    """Zone signing key: signs every other RRset (flags 256)."""
+
+
+class KeyState(StrEnum):
+    ACTIVE = "active"
+    """Published in the DNSKEY RRset and signing."""
+    PUBLISHED = "published"
+    """Published only, not signing yet: a key being introduced (pre-publish rollover)."""
+    RETIRED = "retired"
+    """Published only, no longer signing: kept until signatures it made have expired from
+    caches, then removed."""
+
+
+class DnssecKey(Value):
+    role: KeyRole
+    algorithm: int = Field(description="DNSSEC algorithm number (13, 15)")
+    public_key: str = Field(description="the DNSKEY public key field, base64")
+    private_key: str = Field(
+        repr=False, description="the PKCS#8 private key, encrypted (Fernet, --dnssec-key-secret)"
+    )
+    state: KeyState = KeyState.ACTIVE
+    created_at: datetime
+    state_since: datetime | None = Field(
+        default=None, description="when the key entered its state (None: since created_at)"
+    )
+
+    @property
+    def in_state_since(self) -> datetime:
+        return self.state_since or self.created_at
+
+    @property
+    def flags(self) -> int:
+        return 257 if self.role == KeyRole.KSK else 256
+
+
+class ZoneKeys(WireModel):
+    """The DNSSEC keys of one signed zone (KV `kgslb_keys`), the same for every DNS replica."""
+
+    KIND = "ZoneKeys"
+    zone: str
+    keys: list[DnssecKey]
 
 
 # Health (health -> KV -> dns) ---------------------------------------------------------------

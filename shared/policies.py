@@ -24,6 +24,7 @@ from shared.models import (
     SoaSpec,
     StaticRecord,
     UnhandledPolicy,
+    ZoneDnssec,
 )
 
 API_GROUP = "kgslb.io"
@@ -390,6 +391,11 @@ class ZoneConfig(Spec):
     unhandled: UnhandledPolicy = Field(
         default=UnhandledPolicy.RESPOND,
         description="respond: NXDOMAIN/NODATA with SOA; drop: no reply (clients wait)",
+    )
+    dnssec: ZoneDnssec | None = Field(
+        default=None,
+        description="online DNSSEC signing: {enabled: true, algorithm: ECDSAP256SHA256 or "
+        "ED25519}; keys are made by the reconciler, `kgslb dnssec ds ZONE` prints the DS",
     )
     delegation: DelegationSpec | None = Field(
         default=None,

@@ -6,11 +6,13 @@ fails before anything starts, with one line naming the key (`KGSLB_DNS_PORT`) an
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ENV_PREFIX = "KGSLB_"
 
@@ -64,6 +66,34 @@ class ServiceSettings(NatsSettings):
         description="after SIGTERM/SIGINT, stop gracefully within this many seconds, else exit "
         "1 (a second signal exits at once)",
     )
+
+
+class DnssecSecretSettings(BaseModel):
+    """The secret the DNSSEC private keys in KV `kgslb_keys` are encrypted with (the reconciler
+    encrypts new keys with it, every DNS decrypts them); only needed with a signed zone."""
+
+    dnssec_key_secret: str = Field(
+        default="",
+        repr=False,
+        description="Fernet key (32 bytes, url-safe base64) encrypting the DNSSEC private keys "
+        "at rest in NATS; the same for the reconciler and every DNS",
+    )
+    dnssec_key_secret_file: str = Field(
+        default="", description="a file holding --dnssec-key-secret (a mounted Secret)"
+    )
+
+    @field_validator("dnssec_key_secret")
+    @classmethod
+    def _fernet_key(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                raw = base64.urlsafe_b64decode(value.encode())
+            except (ValueError, binascii.Error):
+                raw = b""
+            if len(raw) != 32:
+                raise ValueError("must be 32 bytes in url-safe base64 (44 characters)")
+        return value
 
 
 S = TypeVar("S", bound=BaseModel)

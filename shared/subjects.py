@@ -43,6 +43,9 @@ KV_HEALTH = "kgslb_health"
 as that vantage point sees it."""
 KV_LEASES = "kgslb_leases"
 """Leader lease of the reconciler and heartbeats of health replicas (TTL'd bucket)."""
+KV_KEYS = "kgslb_keys"
+"""key = signed zone name (`fqdn_key`), value = its DNSSEC keys (`ZoneKeys`), private keys
+encrypted; created by the reconciler leader, read by every DNS replica."""
 
 FENCE_KEYS = "_kgslb/fence/"
 """In every bucket the reconciler leader writes (`kgslb_services`, `kgslb_zones`): the keys of

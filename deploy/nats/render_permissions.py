@@ -126,7 +126,12 @@ GRANTS: dict[str, Grant] = {
             subjects.RESYNC_SUBJECT,
         ),
         reads_streams=(subjects.STREAM_EVENTS, subjects.STREAM_STATUS),
-        writes_buckets=(subjects.KV_SERVICES, subjects.KV_ZONES, subjects.KV_LEASES),
+        writes_buckets=(
+            subjects.KV_SERVICES,
+            subjects.KV_ZONES,
+            subjects.KV_LEASES,
+            subjects.KV_KEYS,
+        ),
         owns_streams=True,
     ),
     "health": Grant(
@@ -144,6 +149,7 @@ GRANTS: dict[str, Grant] = {
             subjects.KV_ZONES,
             subjects.KV_HEALTH,
             subjects.KV_LEASES,
+            subjects.KV_KEYS,
         ),
         subscribes=(f"{subjects.HEALTH_LIVE_PREFIX}.>",),
     ),

@@ -12,24 +12,29 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.dns.denial import SigningKey
 from services.dns.geoip_file import GeoIpFile
 from services.dns.quorum import HealthBook, Quorum, State, Written
 from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
 from services.dns.server import DnsEngine, QueryCountCollector
 from services.dns.settings import DnsSettings
+from services.dns.signed import Window
 from services.dns.sockets import listening
 from services.dns.table import AnswerTable
 from services.dns.tcp import TcpCollector, TcpLimits, TcpListener
 from services.dns.udp import udp_server
+from services.dns.wire import wire_to_name
 from services.dns.workers import supervise
 from shared import bus, subjects, wire
 from shared.follow import BucketFollower, Change
@@ -39,15 +44,21 @@ from shared.models import (
     HealthHeartbeat,
     HealthState,
     MemberHealth,
+    ZoneKeys,
     ZoneSpec,
 )
 from shared.runtime import replica_name, run_service
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 log = logging.getLogger(__name__)
 SERVICE = "dns"
 LOG_QUEUE_RECORDS = 10_000
 EXPIRE_SECONDS = 0.5
 """How often silent health replicas are looked for (their verdicts stop counting)."""
+RESIGN_CHECK_SECONDS = 60.0
+"""How often the DNSSEC signatures' age is checked (made anew after --dnssec-resign-seconds)."""
 
 TABLE_UPDATES = Counter("kgslb_dns_table_updates_total", "KV updates applied", ["bucket"])
 LIVE_VERDICTS = Counter(
@@ -84,7 +95,19 @@ class DnsService:
     ) -> None:
         self.settings = settings
         self.nc = nc
-        self.table = AnswerTable(udp_payload_limit=settings.edns_udp_size)
+        self.table = AnswerTable(
+            udp_payload_limit=settings.edns_udp_size,
+            dnssec_window=Window(
+                settings.dnssec_signature_validity_seconds, settings.dnssec_resign_seconds
+            ),
+        )
+        self._key_secret: Fernet | None = None
+        if settings.dnssec_key_secret or settings.dnssec_key_secret_file:
+            from shared import dnssec  # `cryptography`: only loaded where it is used
+
+            self._key_secret = dnssec.load_secret(
+                settings.dnssec_key_secret, settings.dnssec_key_secret_file
+            )
         self.geoip = (
             GeoIpFile(settings.geoip_database, self.table, settings.geoip_check_seconds)
             if settings.geoip_database
@@ -119,6 +142,7 @@ class DnsService:
         self.tcp_sock = tcp_sock
         self.health = HealthBook(Quorum.parse(settings.health_quorum))
         REGISTRY.register(VerdictCollector(self.health, settings.health_verdict_metrics))
+        REGISTRY.register(DnssecCollector(self.table))
         self._live_verdicts: dict[str, tuple[str, datetime]] = {}
         """Verdicts applied from core NATS whose KV copy has not arrived yet: per health key,
         the writer and its probe time."""
@@ -141,6 +165,7 @@ class DnsService:
                 on_missing=self.keeper.notice,
             ),
             self._follower(subjects.KV_SERVICES, self._apply_service),
+            self._follower(subjects.KV_KEYS, self._apply_keys),
         ]
         self._holds: set[str] = set()
         """Members held under manualResume: answered as down whatever their health."""
@@ -181,6 +206,7 @@ class DnsService:
             *([self.geoip.run()] if self.geoip is not None else []),
             self._publish_logs(),
             self._expire_loop(),
+            self._resign_loop(),
             self.keeper.run(),
         )
         try:
@@ -240,6 +266,43 @@ class DnsService:
             self.table.set_zone(spec, revision)
         except ValueError as exc:
             log.error("zone %s not loaded, previous version kept: %s", spec.name, exc)
+
+    def _apply_keys(self, key: str, value: bytes | None, revision: int) -> None:
+        """A signed zone's keys: decrypted here, once, and handed to the table."""
+        try:
+            zone = subjects.fqdn_from_key(key)
+        except ValueError:
+            return
+        now = int(time.time())
+        if value is None:
+            self.table.set_zone_keys(zone, None, now)
+            return
+        keys = self._decode(key, value, ZoneKeys)
+        if keys is None:
+            return
+        if self._key_secret is None:
+            log.error(
+                "zone %s has DNSSEC keys but this DNS has no --dnssec-key-secret "
+                "(KGSLB_DNSSEC_KEY_SECRET): answering it unsigned",
+                zone,
+            )
+            return
+        from shared import dnssec
+
+        try:
+            signing = [SigningKey(k, dnssec.private_key(k, self._key_secret)) for k in keys.keys]
+            self.table.set_zone_keys(zone, signing, now)
+        except ValueError as exc:
+            BAD_VALUES.labels(ZoneKeys.KIND).inc()
+            log.error("DNSSEC keys of zone %s not loaded: %s", zone, exc)
+            return
+        log.info("DNSSEC keys of zone %s loaded", zone, extra={"keys": len(keys.keys)})
+
+    async def _resign_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RESIGN_CHECK_SECONDS)
+            for zone in self.table.refresh_signatures(int(time.time())):
+                log.info("DNSSEC signatures of zone %s made anew from now on", zone)
 
     def _apply_service(self, key: str, value: bytes | None, revision: int) -> None:
         if value is None:
@@ -343,6 +406,31 @@ class DnsService:
             record = await self._logs.get()
             with contextlib.suppress(Exception):
                 await self.nc.publish(subjects.dnslog_subject(record.zone), wire.encode(record))
+
+
+class DnssecCollector(Collector):
+    """Signing work: RRsets signed since start and signatures kept, per signed zone."""
+
+    def __init__(self, table: AnswerTable) -> None:
+        self.table = table
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        made = CounterMetricFamily(
+            "kgslb_dns_dnssec_signatures",
+            "RRsets signed (once per distinct RRset, key set and validity window)",
+            labels=["zone"],
+        )
+        for key, count in sorted(dict(self.table.signatures_made).items()):
+            made.add_metric([wire_to_name(key).rstrip(".")], count)
+        yield made
+        kept = GaugeMetricFamily(
+            "kgslb_dns_dnssec_cached_signatures",
+            "Signed RRsets kept for reuse, per signed zone that has its keys",
+            labels=["zone"],
+        )
+        for key, signed in sorted(dict(self.table.signed).items()):
+            kept.add_metric([wire_to_name(key).rstrip(".")], len(signed.signatures))
+        yield kept
 
 
 class VerdictCollector(Collector):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from services.dns.quorum import QUORUM_HELP, Quorum
-from shared.settings import ServiceSettings
+from shared.settings import DnssecSecretSettings, ServiceSettings
 
 
-class DnsSettings(ServiceSettings):
+class DnsSettings(ServiceSettings, DnssecSecretSettings):
     dns_host: str = "127.0.0.1"
     dns_port: int = Field(default=1053, ge=0, le=65535)
     workers: int = Field(
@@ -100,7 +100,28 @@ class DnsSettings(ServiceSettings):
         description="how often the GeoIP database file is checked for a change (mtime, size, inode)",
     )  # fmt: skip
 
+    dnssec_signature_validity_seconds: int = Field(
+        default=7 * 86400, ge=3600, le=90 * 86400,
+        description="RRSIG validity: expiration this long after signing (inception an hour "
+        "before it)",
+    )  # fmt: skip
+    dnssec_resign_seconds: int = Field(
+        default=86400, ge=60,
+        description="signatures older than this are made anew (lazily, on the next query); "
+        "must stay well under --dnssec-signature-validity-seconds",
+    )  # fmt: skip
+
     @field_validator("health_quorum")
     @classmethod
     def _quorum(cls, value: str) -> str:
         return Quorum.parse(value).rule
+
+    @model_validator(mode="after")
+    def _resign_before_expiry(self) -> DnsSettings:
+        if self.dnssec_resign_seconds * 2 > self.dnssec_signature_validity_seconds:
+            raise ValueError(
+                "--dnssec-resign-seconds must be at most half of "
+                "--dnssec-signature-validity-seconds, so signatures are made anew long before "
+                "they expire"
+            )
+        return self

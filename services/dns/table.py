@@ -10,14 +10,16 @@ in `algorithms.py`); this module finds the zone and the name, and assembles the 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.dns import wire
 from services.dns.algorithms import Caching, Client, Pick
+from services.dns.denial import APEX_KEY_TYPES, RRSIG, SigningKey
 from services.dns.geo import GeoIp, Lookup
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
+from services.dns.signed import SignedZone, Window, make_signer, rotation_section, types_at
 from services.dns.zone import (
     SERIAL_MODULO,
     RRSet,
@@ -82,6 +84,15 @@ class AnswerTable:
     _retired_answers: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
     """Per fqdn, answers counted on rotations that a change has since replaced, by (cluster,
     ip). Forgotten when the name is removed, so deleted names do not accumulate."""
+    dnssec_window: Window = field(default_factory=Window)
+    signed: dict[bytes, SignedZone] = field(default_factory=dict)
+    """Per signed zone that has its keys: the signer and the signatures made so far."""
+    _zone_keys: dict[bytes, Sequence[SigningKey]] = field(default_factory=dict)
+    signatures_made: Counter[bytes] = field(default_factory=Counter)
+    """RRsets signed since start, per zone key (the signatures of one RRset count once)."""
+    _signing_time: int = 0
+    """The clock as the shell last told it (keys or refresh): a zone loaded later signs from
+    then; the next refresh moves it on."""
 
     # Updates ----------------------------------------------------------------------------
 
@@ -99,6 +110,8 @@ class AnswerTable:
         self._zone_revisions[zone.key] = revision
         self._zone_services_revisions[zone.key] = services_revision
         self._count_ancestors(zone, +1)
+        previous = self.signed.get(zone.key)
+        self._sign_zone(zone.key, previous.signed_at if previous else None, keep=True)
         self.generation += 1
 
     def set_geoip(self, lookup: Lookup | None, source: str = "") -> None:
@@ -112,7 +125,58 @@ class AnswerTable:
             self._count_ancestors(zone, -1)
             self._zone_revisions.pop(zone.key, None)
             self._zone_services_revisions.pop(zone.key, None)
+            self.signed.pop(zone.key, None)
             self.generation += 1
+
+    # DNSSEC ------------------------------------------------------------------------------
+
+    def set_zone_keys(self, name: str, keys: Sequence[SigningKey] | None, now: int) -> None:
+        """The zone's keys (None: gone); signs from `now` on if the zone is signed. Raises
+        ValueError when the keys cannot sign (no active KSK or ZSK); the old ones stay."""
+        key = wire.name_to_wire(normalize_fqdn(name))
+        self._signing_time = now
+        previous = self._zone_keys.get(key)
+        if keys is None:
+            self._zone_keys.pop(key, None)
+        else:
+            self._zone_keys[key] = keys
+        try:
+            self._sign_zone(key, now)
+        except ValueError:
+            if previous is not None:
+                self._zone_keys[key] = previous
+            raise
+        self.generation += 1
+
+    def refresh_signatures(self, now: int) -> list[str]:
+        """Re-sign (lazily) the zones whose signatures are `resign_seconds` old: returns them."""
+        self._signing_time = now
+        due = [
+            key
+            for key, signed in self.signed.items()
+            if now - signed.signed_at >= self.dnssec_window.resign_seconds
+        ]
+        for key in due:
+            self._sign_zone(key, now)
+        if due:
+            self.generation += 1
+        return [self.zones[key].name for key in due]
+
+    def _sign_zone(self, key: bytes, now: int | None, keep: bool = False) -> None:
+        """(Re)build the zone's signer. `now` None: the zone's first signing, at once. `keep`:
+        same keys and window (a zone update), so the signatures made so far stay valid."""
+        zone = self.zones.get(key)
+        keys = self._zone_keys.get(key)
+        if zone is None or keys is None or not zone.spec.signed:
+            self.signed.pop(key, None)
+            return
+        previous = self.signed.get(key)
+        signed_at = now if now is not None else self._signing_time
+        self.signed[key] = make_signer(
+            zone, keys, signed_at, self.dnssec_window, self.signatures_made
+        )
+        if keep and previous is not None and previous.signed_at == signed_at:
+            self.signed[key].signatures = previous.signatures
 
     def _count_ancestors(self, zone: Zone, sign: int) -> None:
         for owner in zone.static:
@@ -253,9 +317,13 @@ class AnswerTable:
         if zone is None or query.qclass != wire.CLASS_IN or qtype in (wire.AXFR, wire.IXFR):
             return self._reply(query, wire.REFUSED, False, udp, None, Section())
         key = query.key
+        signed = self.signed.get(zone.key) if query.dnssec_ok else None
         cut = zone.delegation(key, qtype)
         if cut is not None:
-            return self._reply(query, wire.NOERROR, False, udp, zone, cut.referral())
+            referral = cut.referral()
+            if signed is not None:
+                signed.add_no_ds(referral, cut.key, zone.negative_ttl)
+            return self._reply(query, wire.NOERROR, False, udp, zone, referral)
         rrsets = zone.static.get(key)
         gslb = self.gslb.get(key)
         if qtype == wire.ANY:
@@ -264,20 +332,56 @@ class AnswerTable:
         if gslb is not None and qtype in (wire.A, wire.AAAA):
             pick = decide(gslb, qtype, client)
             if pick is not None:
-                return self._gslb_reply(query, udp, zone, pick)
+                return self._gslb_reply(query, udp, zone, pick, signed)
             if gslb.has_family(qtype) and gslb.all_down_is_empty:
-                return self._reply(query, wire.NOERROR, True, udp, zone, zone.negative())
+                # EMPTY answers NODATA even in a zone that drops unhandled queries.
+                return self._negative(query, zone, wire.NOERROR, udp, signed, rrsets, gslb, True)
+        if qtype == RRSIG and zone.key in self.signed:
+            rotations = [r for r in (gslb.a, gslb.aaaa) if r is not None] if gslb else []
+            sigs = self.signed[zone.key].all_rrsigs(zone, key, rrsets, rotations)
+            if sigs is not None:
+                return self._reply(query, wire.NOERROR, True, udp, zone, sigs)
+        if key == zone.key and qtype in APEX_KEY_TYPES and zone.key in self.signed:
+            keyset = self.signed[zone.key].signer.apex_set(qtype)
+            section = Section([keyset.render()], keyset.count)
+            if signed is not None:
+                signed.add_rrsig(section, key, keyset, wire.QUESTION_NAME_POINTER)
+            return self._reply(query, wire.NOERROR, True, udp, zone, section)
         if rrsets is not None:
             static = zone.static_answer(key, qtype)
             if static is not None:
                 section, found = static
+                if signed is not None:
+                    signed.add_rrsig(section, key, found, wire.QUESTION_NAME_POINTER)
                 return self._reply(query, wire.NOERROR, True, udp, zone, section, found.ips)
             cname = rrsets.get(wire.CNAME)
             if cname is not None:
-                return self._cname_reply(query, udp, zone, cname, qtype, client)
+                return self._cname_reply(query, udp, zone, cname, qtype, client, signed)
         if rrsets is not None or gslb is not None or self._ancestors.get(key):
-            return self._unhandled(query, zone, wire.NOERROR, udp)
-        return self._unhandled(query, zone, wire.NXDOMAIN, udp)
+            return self._negative(query, zone, wire.NOERROR, udp, signed, rrsets, gslb)
+        return self._negative(query, zone, wire.NXDOMAIN, udp, signed, rrsets, gslb)
+
+    def _negative(
+        self,
+        query: wire.Query,
+        zone: Zone,
+        rcode: int,
+        udp: bool,
+        signed: SignedZone | None,
+        rrsets: Mapping[int, RRSet] | None,
+        gslb: GslbName | None,
+        always: bool = False,
+    ) -> Response:
+        """NXDOMAIN or NODATA: answered with the SOA (and, for a DO query in a signed zone, the
+        NSEC proof), or dropped if the zone says so and not `always`."""
+        if zone.drop_unhandled and not always:
+            return Response(None, rcode, zone.name, cacheable=False)
+        if signed is None:
+            return self._reply(query, rcode, True, udp, zone, zone.negative())
+        types = types_at(zone, query.key, rrsets, gslb, query.qtype)
+        section = zone.negative()
+        signed.add_negative(section, zone, rcode, query.key, types)
+        return self._reply(query, rcode, True, udp, zone, section)
 
     @staticmethod
     def _any_type(rrsets: Mapping[int, RRSet] | None, gslb: GslbName | None, apex: bool) -> int:
@@ -290,14 +394,16 @@ class AnswerTable:
                 return qtype
         return wire.ANY
 
-    def _gslb_reply(self, query: wire.Query, udp: bool, zone: Zone, pick: Pick) -> Response:
+    def _gslb_reply(
+        self, query: wire.Query, udp: bool, zone: Zone, pick: Pick, signed: SignedZone | None
+    ) -> Response:
         rotation = pick.rotation
         position = pick.take_position()
         members = rotation.chosen(position)
         ips = tuple(m.ip for m in members)
         response = self._reply(
             query, wire.NOERROR, True, udp, zone,
-            Section([rotation.records[position]], rotation.count), ips, pick.ecs_scope,
+            rotation_section(rotation, position, query.key, signed), ips, pick.ecs_scope,
         )  # fmt: skip
         response.members = members
         if pick.caching is Caching.NEVER:
@@ -310,17 +416,28 @@ class AnswerTable:
                 response.variants = tuple(
                     self._reply(
                         query, wire.NOERROR, True, udp, zone,
-                        Section([records], rotation.count), (), pick.ecs_scope,
+                        rotation_section(rotation, p, query.key, signed), (),
+                        pick.ecs_scope,
                     ).packet or b""
-                    for records in rotation.records
+                    for p in range(len(rotation.records))
                 )  # fmt: skip
         return response
 
     def _cname_reply(
-        self, query: wire.Query, udp: bool, zone: Zone, cname: RRSet, qtype: int, client: Client
+        self,
+        query: wire.Query,
+        udp: bool,
+        zone: Zone,
+        cname: RRSet,
+        qtype: int,
+        client: Client,
+        signed: SignedZone | None,
     ) -> Response:
-        """RFC 1034 4.3.2: answer the CNAME and, while the target is ours, its records."""
+        """RFC 1034 4.3.2: answer the CNAME and, while the target is ours, its records (each
+        RRset with its RRSIGs when the query has DO and the target's zone is signed)."""
         section = Section([cname.render()], cname.count)
+        if signed is not None:
+            signed.add_rrsig(section, query.key, cname, wire.QUESTION_NAME_POINTER)
         members: tuple[Target, ...] = ()
         ips: tuple[str, ...] = ()
         ecs_scope = 0
@@ -332,6 +449,7 @@ class AnswerTable:
             target_zone = self.find_zone(target, wire.label_offsets(target))
             if target_zone is None or target_zone.delegation(target, qtype) is not None:
                 break
+            target_signed = self.signed.get(target_zone.key) if query.dnssec_ok else None
             gslb = self.gslb.get(target)
             if gslb is not None and qtype in (wire.A, wire.AAAA):
                 pick = decide(gslb, qtype, client)
@@ -339,6 +457,10 @@ class AnswerTable:
                     position = pick.take_position()
                     section.answer.append(pick.rotation.render(position, target))
                     section.answer_count += pick.rotation.count
+                    if target_signed is not None:
+                        chosen = pick.rotation.cycle.chosen[position]
+                        answered = RRSet(tuple(pick.rotation.tails[i] for i in chosen))
+                        target_signed.add_rrsig(section, target, answered, target)
                     members = pick.rotation.chosen(position)
                     ips = tuple(m.ip for m in members)
                     ecs_scope = pick.ecs_scope
@@ -352,24 +474,27 @@ class AnswerTable:
             if rrset is not None:
                 section.answer.append(rrset.render(target))
                 section.answer_count += rrset.count
+                if target_signed is not None:
+                    target_signed.add_rrsig(section, target, rrset, target)
                 ips = rrset.ips
                 break
             next_cname = rrsets.get(wire.CNAME)
             if next_cname is None:
+                if target_signed is not None and (rrsets or gslb is not None):
+                    # The chain ends at a name without this type: prove it, as NODATA does.
+                    section.authority, section.authority_count = target_zone.negative_soa, 1
+                    types = types_at(target_zone, target, rrsets, gslb, qtype)
+                    target_signed.add_negative(section, target_zone, wire.NOERROR, target, types)
                 break
             section.answer.append(next_cname.render(target))
             section.answer_count += next_cname.count
+            if target_signed is not None:
+                target_signed.add_rrsig(section, target, next_cname, target)
             target = next_cname.first_target
         response = self._reply(query, wire.NOERROR, True, udp, zone, section, ips, ecs_scope)
         response.members = members
         response.cacheable = response.cacheable and cacheable
         return response
-
-    def _unhandled(self, query: wire.Query, zone: Zone, rcode: int, udp: bool) -> Response:
-        """NXDOMAIN or NODATA: answered with the SOA, or dropped if the zone says so."""
-        if zone.drop_unhandled:
-            return Response(None, rcode, zone.name, cacheable=False)
-        return self._reply(query, rcode, True, udp, zone, zone.negative())
 
     # Packets ----------------------------------------------------------------------------
 

@@ -129,6 +129,11 @@ class Zone:
             section.additional, section.additional_count = self.apex_glue
         return section, found
 
+    @property
+    def negative_ttl(self) -> int:
+        """RFC 2308: min(SOA TTL, SOA minimum); also the NSEC TTL (RFC 9077)."""
+        return min(self.spec.default_ttl_seconds, self.spec.soa.minimum_seconds)
+
     def negative(self) -> Section:
         """NXDOMAIN and NODATA carry the SOA in authority (RFC 2308)."""
         return Section(authority=self.negative_soa, authority_count=1)

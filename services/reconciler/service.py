@@ -19,7 +19,6 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
-from services.reconciler.delegation_keeper import DelegationKeeper
 from services.reconciler.first_sync import FirstSync, Verdict
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
@@ -52,6 +51,7 @@ from services.reconciler.writes import (
     StreamFence,
     in_flight,
 )
+from services.reconciler.zone_keys import KeysAndDelegation
 from shared import bus, subjects, wire
 from shared.logs import set_level
 from shared.models import (
@@ -134,7 +134,7 @@ class Reconciler:
         self._rebuild_due = False
         """JetStream lost its state: write everything again as soon as leading."""
         self._events: JetStreamContext.PushSubscription | None = None
-        self.delegation = DelegationKeeper(self.leadership, self.planner, settings, self._dirty.set)
+        self.delegation = KeysAndDelegation.of(self)
 
     @property
     def ready(self) -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.settings import DnssecSecretSettings, ServiceSettings
 
 
-class ReconcilerSettings(ServiceSettings):
+class ReconcilerSettings(ServiceSettings, DnssecSecretSettings):
     debounce_seconds: float = Field(default=0.005, ge=0, description="coalesce event bursts")
     lease_ttl_seconds: float = Field(
         default=5.0,
@@ -45,6 +45,18 @@ class ReconcilerSettings(ServiceSettings):
         le=3600,
         description="at start, plan names after this long whatever arrived (a watcher that "
         "publishes but never completes its first list)",
+    )
+    dnssec_zsk_lifetime_seconds: float = Field(
+        default=30 * 86400,
+        ge=0,
+        description="a signed zone's ZSK is rolled (pre-publish) after signing this long; 0 "
+        "never rolls",
+    )
+    dnssec_rollover_wait_seconds: float = Field(
+        default=86400,
+        gt=0,
+        description="a new ZSK is published this long before it signs, and an old one kept "
+        "this long after; at least the zone's longest TTL (DNSKEY's included)",
     )
     tsig_secrets_dir: str = Field(
         default="/etc/kgslb/tsig",

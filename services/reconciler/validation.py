@@ -452,6 +452,7 @@ def _zones(config: GSLBConfigSpec | None) -> dict[str, ZoneSpec]:
             records=zone.records,
             default_ttl_seconds=zone.default_ttl_seconds,
             unhandled=zone.unhandled,
+            dnssec=zone.dnssec,
         )
     return zones
 

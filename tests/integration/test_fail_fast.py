@@ -133,6 +133,7 @@ COMMANDS = {
     "home": ["home"],
     "logs split": ["logs", "split", "hello.avi.iberia.local"],
     "logs export": ["logs", "export", "hello.avi.iberia.local", "--csv", "out.csv"],
+    "dnssec ds": ["dnssec", "ds", "avi.iberia.local"],
 }
 
 

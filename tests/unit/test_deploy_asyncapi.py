@@ -87,5 +87,6 @@ def test_the_dns_only_receives_state_and_sends_query_logs() -> None:
     assert dns == {
         ("receive", "services"), ("receive", "zones"), ("receive", "health"),
         ("receive", "site-health"), ("receive", "heartbeats"),
-        ("receive", "health-live"), ("receive", "holds"), ("send", "dnslog"),
+        ("receive", "health-live"), ("receive", "holds"), ("receive", "zone-keys"),
+        ("send", "dnslog"),
     }  # fmt: skip
