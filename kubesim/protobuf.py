@@ -1,8 +1,10 @@
-"""Decoding of the one protobuf body kubectl sends that users are likely to type: a Namespace.
+"""Decoding of the protobuf bodies kubectl sends that users are likely to type: a Namespace,
+and the TokenRequest of `kubectl create token`.
 
 Typed kubectl commands (`kubectl create namespace avi-system`) send built-in kinds as
 Kubernetes protobuf and never fall back to JSON. Decoding them in general needs the generated
-schemas, so only Namespace (name, generateName, labels, annotations) is understood here.
+schemas, so only Namespace (name, generateName, labels, annotations) and TokenRequest
+(audiences, expirationSeconds) are understood here.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ def decode_namespace(body: bytes) -> Obj:
             kind = next((_text(v) for n, v in _fields(value) if n == 2), "")
         elif number == 2 and isinstance(value, bytes):  # raw
             raw = value
+    if kind == "TokenRequest":
+        return _token_request(raw)
     if kind != "Namespace":
         raise ProtobufError(f"kind {kind or '(none)'} in protobuf is not supported")
     namespace: Obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {}}
@@ -93,3 +97,15 @@ def decode_namespace(body: bytes) -> Obj:
         if number == 1 and isinstance(value, bytes):
             namespace["metadata"] = _object_meta(value)
     return namespace
+
+
+def _token_request(raw: bytes) -> Obj:
+    spec: Obj = {}
+    for number, value in _fields(raw):
+        if number == 2 and isinstance(value, bytes):  # spec
+            for field, item in _fields(value):
+                if field == 1:
+                    spec.setdefault("audiences", []).append(_text(item))
+                elif field == 4 and isinstance(item, int):
+                    spec["expirationSeconds"] = item
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
