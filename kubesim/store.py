@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kubesim import validation
 from kubesim.patch import PatchError, json_merge_patch, json_patch, strategic_merge_patch
 from kubesim.resources import (
     CRDS,
@@ -804,6 +805,8 @@ class ClusterStore:
                     f'metadata.name: Invalid value: "{name}": must'
                     ' be spec.names.plural+"."+spec.group',
                 )
+        if errors := validation.check(rtype, obj):  # built-in kinds, as kube-apiserver does
+            raise ApiError(422, "Invalid", *validation.rejection(rtype, name, errors))
 
 
 def _cluster_ip_index(ip: object) -> int | None:
