@@ -302,6 +302,11 @@ def cli_main(
             print(f"kube-sim: cluster {name} at {sim.url(name)} (VIP pool: {pool})", flush=True)
         if kubeconfig:
             print(f"kube-sim: kubeconfig {kubeconfig}, contexts {', '.join(sim.clusters)}")
+            print(
+                "kube-sim: HTTPS with its own CA and an admin token (both in the kubeconfig);"
+                " RBAC from the Roles and bindings you apply; `kubectl create token SA -n NS`"
+                " mints a ServiceAccount's token"
+            )
         print("kube-sim: Ctrl-C to stop", flush=True)
 
     async def main() -> None:
