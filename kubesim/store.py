@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubesim import validation
 from kubesim.patch import PatchError, json_merge_patch, json_patch, strategic_merge_patch
 from kubesim.resources import (
     CRDS,
@@ -37,6 +36,7 @@ from kubesim.resources import (
     types_from_crd,
 )
 from kubesim.selectors import FieldSelector, LabelSelector
+from kubesim.validation import builtin_errors, rejection
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -805,8 +805,8 @@ class ClusterStore:
                     f'metadata.name: Invalid value: "{name}": must'
                     ' be spec.names.plural+"."+spec.group',
                 )
-        if errors := validation.check(rtype, obj):  # built-in kinds, as kube-apiserver does
-            raise ApiError(422, "Invalid", *validation.rejection(rtype, name, errors))
+        if errors := builtin_errors(rtype, obj):  # built-in kinds, as kube-apiserver checks them
+            raise ApiError(422, "Invalid", *rejection(rtype, name, errors))
 
 
 def _cluster_ip_index(ip: object) -> int | None:

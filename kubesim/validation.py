@@ -77,7 +77,7 @@ def rejection(rtype: ResourceType, name: str, errors: list[FieldError]) -> tuple
     return f'{kind} "{name}" is invalid: {text}', details
 
 
-def check(rtype: ResourceType, obj: Obj) -> list[FieldError]:
+def builtin_errors(rtype: ResourceType, obj: Obj) -> list[FieldError]:
     """What kube-apiserver would refuse in `obj` (defaulted), if it is a built-in it checks."""
     validator = _VALIDATORS.get(rtype.key)
     return validator(obj) if validator is not None else []

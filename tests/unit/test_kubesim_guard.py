@@ -216,7 +216,7 @@ def test_service_errors_name_each_field_with_the_supported_values() -> None:
             "ports": [{"port": 0, "protocol": "TCP", "targetPort": "http"}],
         },
     }
-    errors = validation.check(SERVICES, service)
+    errors = validation.builtin_errors(SERVICES, service)
     assert [str(e) for e in errors] == [
         "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive",
         'spec.externalTrafficPolicy: Unsupported value: "Nearest": supported values: "Cluster",'
@@ -237,7 +237,7 @@ def test_an_ingress_path_needs_a_type_and_an_absolute_path_and_a_port_in_range()
         "metadata": {"name": "web"},
         "spec": {"rules": [{"http": {"paths": [{"path": "/", "backend": backend}, {"path": "x", "pathType": "Exact"}]}}]},
     }  # fmt: skip
-    assert [str(e) for e in validation.check(INGRESSES, ingress)] == [
+    assert [str(e) for e in validation.builtin_errors(INGRESSES, ingress)] == [
         "spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified",
         "spec.rules[0].http.paths[0].backend.service.port.number: Invalid value: 65536: must be"
         " between 1 and 65535, inclusive",
