@@ -124,12 +124,17 @@ class KubeSim:
             if state_dir is not None:
                 store.subscribe(self._marker(name))
                 self._dirty.add(name)
+            tokens = None
+            if auth:
+                tokens = Tokens(self.credentials.admin_token, self.credentials.ca_pem)
+                tokens.adopt(store)
+                store.add_controller(tokens)
             self._servers[name] = ClusterServer(
                 name,
                 store,
                 bookmark_interval=bookmark_interval,
                 ssl_context=ssl_context,
-                tokens=Tokens(self.credentials.admin_token) if auth else None,
+                tokens=tokens,
             )
         self.faults: dict[str, Faults] = {n: s.faults for n, s in self._servers.items()}
 

@@ -16,6 +16,9 @@ and the health endpoints are open to every authenticated user, as the default
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -27,10 +30,11 @@ from kubesim.resources import (
     CLUSTERROLES,
     ROLEBINDINGS,
     ROLES,
+    SECRETS,
     SERVICEACCOUNTS,
     Obj,
 )
-from kubesim.store import ApiError, ClusterStore
+from kubesim.store import ApiError, ClusterStore, WatchEvent
 
 MASTERS = "system:masters"
 AUTHENTICATED = "system:authenticated"
@@ -133,20 +137,75 @@ def forbidden(user: User, attrs: Attributes) -> ApiError:
 # ----- authentication ------------------------------------------------------------------------
 
 
+SA_TOKEN_SECRET = "kubernetes.io/service-account-token"
+SA_NAME_ANNOTATION = "kubernetes.io/service-account.name"
+SA_UID_ANNOTATION = "kubernetes.io/service-account.uid"
+
+
 @dataclass(frozen=True)
 class _Minted:
     namespace: str
     service_account: str
     uid: str
     expires: float
+    secret: str = ""  # a long-lived token lives as long as this Secret (in `namespace`)
 
 
 class Tokens:
     """Bearer tokens of one cluster: the admin's, and those minted for ServiceAccounts."""
 
-    def __init__(self, admin_token: str) -> None:
+    def __init__(self, admin_token: str, ca_pem: bytes = b"") -> None:
         self.admin_token = admin_token
+        self.ca_pem = ca_pem
         self._minted: dict[str, _Minted] = {}
+
+    # The tokens controller: a Secret of type kubernetes.io/service-account-token naming a
+    # ServiceAccount gets a long-lived token of it, the CA and the namespace in its data.
+
+    def adopt(self, store: ClusterStore) -> None:
+        """Take over the tokens that Secrets restored into `store` already hold."""
+        for secret in store.iter_objects(SECRETS):
+            self._fill(store, secret)
+
+    def __call__(self, store: ClusterStore, event: WatchEvent) -> None:
+        if event.type == "DELETED":
+            return
+        if event.resource == SECRETS.key:
+            self._fill(store, event.obj)
+        elif event.resource == SERVICEACCOUNTS.key and event.type == "ADDED":
+            for secret in list(store.iter_objects(SECRETS, event.obj["metadata"]["namespace"])):
+                self._fill(store, secret)
+
+    def _fill(self, store: ClusterStore, secret: Obj) -> None:
+        meta = secret["metadata"]
+        account = (meta.get("annotations") or {}).get(SA_NAME_ANNOTATION, "")
+        if secret.get("type") != SA_TOKEN_SECRET or not account:
+            return
+        namespace = meta["namespace"]
+        try:
+            uid = store.get(SERVICEACCOUNTS, namespace, account)["metadata"].get("uid", "")
+        except ApiError:
+            return  # the ServiceAccount does not exist (yet); a real cluster waits too
+        data = secret.get("data") or {}
+        try:
+            held = base64.b64decode(data.get("token", ""), validate=True).decode()
+        except (binascii.Error, ValueError):
+            held = ""  # not a token: the controller writes one
+        if held:
+            if held not in self._minted:
+                self._minted[held] = _Minted(namespace, account, uid, math.inf, meta["name"])
+            return
+        token = "kubesim-sa." + secrets.token_urlsafe(32)
+        self._minted[token] = _Minted(namespace, account, uid, math.inf, meta["name"])
+        filled = {
+            **data,
+            "token": base64.b64encode(token.encode()).decode(),
+            "ca.crt": base64.b64encode(self.ca_pem).decode(),
+            "namespace": base64.b64encode(namespace.encode()).decode(),
+        }
+        annotations = {**(meta.get("annotations") or {}), SA_UID_ANNOTATION: uid}
+        body = {**secret, "metadata": {**meta, "annotations": annotations}, "data": filled}
+        store.update(SECRETS, namespace, meta["name"], body)
 
     def mint(self, store: ClusterStore, namespace: str, name: str, body: Any) -> Obj:
         """Answer a TokenRequest for ServiceAccount `namespace/name` (404 if it does not exist)."""
@@ -196,6 +255,12 @@ class Tokens:
             return None
         if account["metadata"].get("uid", "") != minted.uid:
             return None  # deleted and created again: the old tokens die with the old one
+        if minted.secret:
+            try:
+                store.get(SECRETS, minted.namespace, minted.secret)
+            except ApiError:
+                del self._minted[token]
+                return None  # a long-lived token dies with its Secret
         return service_account_user(minted.namespace, minted.service_account)
 
 

@@ -154,6 +154,16 @@ SERVICEACCOUNTS = ResourceType(
     has_status=False,
     return_deleted_object=True,
 )
+SECRETS = ResourceType(
+    group="",
+    version="v1",
+    plural="secrets",
+    kind="Secret",
+    singular="secret",
+    namespaced=True,
+    has_status=False,
+    return_deleted_object=True,
+)
 _RBAC = "rbac.authorization.k8s.io"
 ROLES = ResourceType(
     group=_RBAC, version="v1", plural="roles", kind="Role", singular="role",
@@ -175,7 +185,7 @@ CLUSTERROLEBINDINGS = ResourceType(
     singular="clusterrolebinding", namespaced=False, has_status=False,
     return_deleted_object=False, name_pattern=PATH_SEGMENT_NAME,
 )  # fmt: skip
-GUARD_TYPES = (SERVICEACCOUNTS, ROLES, CLUSTERROLES, ROLEBINDINGS, CLUSTERROLEBINDINGS)
+GUARD_TYPES = (SERVICEACCOUNTS, SECRETS, ROLES, CLUSTERROLES, ROLEBINDINGS, CLUSTERROLEBINDINGS)
 CRDS = ResourceType(
     group="apiextensions.k8s.io",
     version="v1",

@@ -6,6 +6,7 @@ kinds validated as kube-apiserver validates them (422 naming the field). Through
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -434,3 +435,30 @@ def test_service_ports_types_and_protocols_are_checked_together(guarded: Guarded
     ]
     body["spec"] = {"type": "LoadBalancer", "ports": [{"port": 443, "protocol": "TCP"}]}
     assert core.create_namespaced_service("default", body).spec.ports[0].port == 443
+
+
+def test_a_service_account_token_secret_is_filled_and_its_token_lives_with_it(
+    guarded: Guarded,
+) -> None:
+    guarded.service_account("team", "app")
+    core = client.CoreV1Api(guarded.api())
+    secret = client.V1Secret(
+        metadata=client.V1ObjectMeta(
+            name="app-token", annotations={"kubernetes.io/service-account.name": "app"}
+        ),
+        type="kubernetes.io/service-account-token",
+    )
+    core.create_namespaced_secret("team", secret)
+
+    filled = core.read_namespaced_secret("app-token", "team")
+    assert base64.b64decode(filled.data["namespace"]) == b"team"
+    assert base64.b64decode(filled.data["ca.crt"]) == guarded.sim.credentials.ca_pem
+    uid = core.read_namespaced_service_account("app", "team").metadata.uid
+    assert filled.metadata.annotations["kubernetes.io/service-account.uid"] == uid
+    token = base64.b64decode(filled.data["token"]).decode()
+    as_app = client.CoreV1Api(guarded.api(guarded.as_token(token, "app")))
+    assert refused(as_app.list_namespaced_service, "team").status == 403, "authenticated"
+
+    core.delete_namespaced_secret("app-token", "team")
+
+    assert refused(as_app.list_namespaced_service, "team").status == 401

