@@ -6,6 +6,7 @@ kinds validated as kube-apiserver validates them (422 naming the field). Through
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -23,6 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubesim import KubeSim, tls
+from kubesim.resources import NAMESPACES, SECRETS, SERVICEACCOUNTS
 from kubesim.threaded import BackgroundKubeSim
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -462,3 +464,32 @@ def test_a_service_account_token_secret_is_filled_and_its_token_lives_with_it(
     core.delete_namespaced_secret("app-token", "team")
 
     assert refused(as_app.list_namespaced_service, "team").status == 401
+
+
+async def test_a_token_secret_outlives_a_restart_with_a_state_dir(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    async with KubeSim(["s1az1"], state_dir=state) as sim:
+        store = sim.store("s1az1")
+        store.create(NAMESPACES, None, {"metadata": {"name": "team"}})
+        store.create(SERVICEACCOUNTS, "team", {"metadata": {"name": "app"}})
+        annotations = {"kubernetes.io/service-account.name": "app"}
+        body = {"metadata": {"name": "app-token", "annotations": annotations}}
+        store.create(SECRETS, "team", {**body, "type": "kubernetes.io/service-account-token"})
+        data = store.get(SECRETS, "team", "app-token")["data"]
+        token = base64.b64decode(data["token"]).decode()
+
+    async with KubeSim(["s1az1"], state_dir=state) as again:
+        kubeconfig = again.write_kubeconfig(str(tmp_path / "app.kubeconfig"), token=token)
+
+        def list_services() -> int:
+            api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context="s1az1", persist_config=False
+            )
+            with api:
+                try:
+                    client.CoreV1Api(api).list_namespaced_service("team")
+                except ApiException as error:
+                    return int(error.status)
+            return 200
+
+        assert await asyncio.to_thread(list_services) == 403, "authenticated, not allowed"
