@@ -44,6 +44,7 @@ MIN_TOKEN_SECONDS = 600
 PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
 """Answered without credentials, as the `system:public-info-viewer` binding allows."""
 DISCOVERY_PREFIXES = ("/api", "/apis", "/openapi", "/version", "/healthz", "/livez", "/readyz")
+SELF_REVIEW = ("authorization.k8s.io", "selfsubjectaccessreviews", "create")
 _VERBS = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
@@ -279,6 +280,8 @@ def allowed(store: ClusterStore, user: User, attrs: Attributes) -> bool:
         return True
     if not attrs.resource_request and attrs.path.startswith(DISCOVERY_PREFIXES):
         return True
+    if (attrs.group, attrs.resource, attrs.verb) == SELF_REVIEW:
+        return True  # system:basic-user: anyone may ask what they may do
     return any(_rule_allows(rule, attrs) for rule in _rules_for(store, user, attrs.namespace))
 
 
@@ -347,3 +350,34 @@ def _resource_matches(resources: list[str], attrs: Attributes) -> bool:
         if attrs.subresource and resource == f"*/{attrs.subresource}":
             return True
     return False
+
+
+def review(store: ClusterStore, user: User, body: Any) -> Obj:
+    """Answer a SelfSubjectAccessReview (`kubectl auth can-i`) for `user`."""
+    spec = (body or {}).get("spec") or {} if isinstance(body, dict) else {}
+    resource = spec.get("resourceAttributes")
+    if isinstance(resource, dict):
+        attrs = Attributes(
+            verb=str(resource.get("verb", "")),
+            path="",
+            resource_request=True,
+            group=str(resource.get("group", "")),
+            resource=str(resource.get("resource", "")),
+            subresource=str(resource.get("subresource", "")),
+            namespace=str(resource.get("namespace", "")),
+            name=str(resource.get("name", "")),
+        )
+    else:
+        other = spec.get("nonResourceAttributes") or {}
+        attrs = Attributes(str(other.get("verb", "")), str(other.get("path", "")), False)
+    verdict = allowed(store, user, attrs)
+    status: Obj = {"allowed": verdict}
+    if verdict:
+        status["reason"] = "allowed by RBAC" if MASTERS not in user.groups else "system:masters"
+    return {
+        "kind": "SelfSubjectAccessReview",
+        "apiVersion": "authorization.k8s.io/v1",
+        "metadata": {"creationTimestamp": None},
+        "spec": spec,
+        "status": status,
+    }

@@ -41,6 +41,7 @@ VERSION_INFO = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+USER_KEY = web.RequestKey("kubesim.user", guard.User)
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -261,6 +262,7 @@ class ClusterServer:
                 attrs = guard.request_attributes(request.method, path, request.query)
                 if not guard.allowed(self.store, user, attrs):
                     raise guard.forbidden(user, attrs)
+                request[USER_KEY] = user
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -350,6 +352,11 @@ class ClusterServer:
             raise _not_found()
         if not rest:
             return _json(self._resource_list(group, version))
+        if (group, rest) == ("authorization.k8s.io", ["selfsubjectaccessreviews"]):
+            if request.method != "POST":
+                raise _method_not_allowed(request.method)
+            review = await _read_body(request)
+            return _json(guard.review(self.store, request.get(USER_KEY, guard.ADMIN), review), 201)
         target = self._resolve(group, version, rest)
         return await self._serve(request, target)
 

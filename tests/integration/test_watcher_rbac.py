@@ -216,6 +216,33 @@ async def test_the_home_watcher_works_with_deploys_rbac_and_reports_the_status_w
 
     await eventually(written, 60)
 
+    # And nothing more: what deploy/ grants the watcher's account, asked as it would be.
+    async def can_i(*args: str) -> bool:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [str(KUBECTL), "--kubeconfig", kubeconfig, "--context", "s1az1", "auth", "can-i", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return bool(result.stdout.strip() == "yes")
+
+    granted = [
+        ("watch", "ingresses.networking.k8s.io", "-A"),
+        ("list", "services", "-A"),
+        ("list", "globaldeploymentpolicies.kgslb.io", "-A"),
+        ("patch", "gslbconfigs.kgslb.io", "--subresource", "status", "-n", POLICIES),
+        ("update", "gslbhostrules.kgslb.io", "-n", POLICIES),
+    ]
+    refused = [
+        ("create", "ingresses.networking.k8s.io", "-n", "default"),
+        ("patch", "services", "-n", "default"),
+        ("get", "secrets", "-n", SYSTEM),
+        ("patch", "gslbconfigs.kgslb.io", "--subresource", "status", "-n", "default"),
+        ("patch", "gslbconfigs.kgslb.io", "-n", POLICIES),
+        ("delete", "namespaces", "-A"),
+    ]
+    assert [await can_i(*ask) for ask in granted] == [True] * len(granted)
+    assert [await can_i(*ask) for ask in refused] == [False] * len(refused)
+
 
 async def test_a_member_watcher_reports_a_403_list_in_the_cluster_status_until_rbac_allows_it(
     nats_client: Client, services: Services, cluster: Cluster

@@ -243,3 +243,20 @@ def test_an_ingress_path_needs_a_type_and_an_absolute_path_and_a_port_in_range()
         " between 1 and 65535, inclusive",
         'spec.rules[0].http.paths[1].path: Invalid value: "x": must be an absolute path',
     ]
+
+
+def test_a_self_subject_access_review_answers_for_the_asking_user() -> None:
+    rule = {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}
+    store = store_with(
+        cluster_role("svc", rule),
+        bind(CLUSTERROLEBINDINGS, "svc", "ClusterRole", {"kind": "ServiceAccount", "name": "app", "namespace": "team"}),
+    )  # fmt: skip
+
+    def asks(verb: str, resource: str) -> bool:
+        body = {"spec": {"resourceAttributes": {"verb": verb, "resource": resource}}}
+        return bool(guard.review(store, APP, body)["status"]["allowed"])
+
+    assert asks("list", "services")
+    assert not asks("delete", "services")
+    nonresource = {"spec": {"nonResourceAttributes": {"verb": "get", "path": "/metrics"}}}
+    assert guard.review(store, APP, nonresource)["status"]["allowed"] is False
