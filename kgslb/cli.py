@@ -417,7 +417,8 @@ def kube_sim(
     ),
 ) -> None:
     """Run the Kubernetes API simulator: one fake API server per cluster, for kubectl and the
-    watchers. A simulator for trying kgslb and for tests, not a Kubernetes."""
+    watchers, over HTTPS with its CA and an admin token in the kubeconfig, and RBAC enforced
+    from the Roles and bindings applied to it. For trying kgslb and for tests, not a Kubernetes."""
     try:
         from kubesim import cli_main
     except ModuleNotFoundError as exc:

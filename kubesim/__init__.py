@@ -11,12 +11,15 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from kubesim import tls as kubesim_tls
 from kubesim.ako import VipAllocator
+from kubesim.guard import Tokens
 from kubesim.resources import CRDS, gateway_api_crds, kgslb_crds
 from kubesim.server import ClusterServer, Faults
 from kubesim.store import DEFAULT_HISTORY_SECONDS, ApiError, ClusterStore, WatchEvent
@@ -30,7 +33,8 @@ __all__ = [
     "run_kubesim",
 ]
 
-TOKEN = "kubesim"
+ADMIN_USER = "kubesim-admin"
+"""The kubeconfig's user: its token authenticates as `kubernetes-admin` (system:masters)."""
 SAVE_INTERVAL_SECONDS = 0.5
 
 
@@ -63,6 +67,10 @@ class KubeSim:
     With `state_dir` the objects outlive the process, as a cluster's etcd does: each cluster's
     are read from `<state_dir>/<cluster>.json` if it exists (`restored` counts them), written
     back within `SAVE_INTERVAL_SECONDS` of a change while serving, and at `stop`.
+
+    It serves HTTPS with a CA of its own (`<state_dir>/tls/`, or in memory only) that the
+    kubeconfig carries, and checks bearer tokens and RBAC (`kubesim.guard`); `tls=False`
+    serves plain HTTP and `auth=False` lets every request through, for tests that need it.
     """
 
     def __init__(
@@ -78,6 +86,8 @@ class KubeSim:
         bookmark_interval: float = 1.0,
         shared_ingress_vip: bool = True,
         state_dir: Path | None = None,
+        tls: bool = True,
+        auth: bool = True,
     ) -> None:
         if not clusters or len(set(clusters)) != len(clusters):
             raise ValueError(f"need distinct cluster names, got {clusters!r}")
@@ -92,6 +102,13 @@ class KubeSim:
         """Cluster -> objects read back from `state_dir` (none: it started from scratch)."""
         self._dirty: set[str] = set()
         self._saver: asyncio.Task[None] | None = None
+        self.credentials = kubesim_tls.ensure(
+            state_dir / "tls" if state_dir is not None else None, host
+        )
+        """The CA (`ca_pem`) and the admin's bearer token (`admin_token`)."""
+        self.tls = tls
+        self.auth = auth
+        ssl_context = self.credentials.server_context() if tls else None
         for name in clusters:
             store = ClusterStore(history_size, history_seconds)
             if crds:
@@ -107,7 +124,18 @@ class KubeSim:
             if state_dir is not None:
                 store.subscribe(self._marker(name))
                 self._dirty.add(name)
-            self._servers[name] = ClusterServer(name, store, bookmark_interval=bookmark_interval)
+            tokens = None
+            if auth:
+                tokens = Tokens(self.credentials.admin_token, self.credentials.ca_pem)
+                tokens.adopt(store)
+                store.add_controller(tokens)
+            self._servers[name] = ClusterServer(
+                name,
+                store,
+                bookmark_interval=bookmark_interval,
+                ssl_context=ssl_context,
+                tokens=tokens,
+            )
         self.faults: dict[str, Faults] = {n: s.faults for n, s in self._servers.items()}
 
     async def start(self) -> None:
@@ -189,16 +217,43 @@ class KubeSim:
         """Direct access to a cluster's objects; only from the simulator's event loop."""
         return self._server(cluster).store
 
-    def write_kubeconfig(self, path: str) -> str:
-        """A kubeconfig with one context per cluster (named like it), token auth."""
+    @property
+    def admin_token(self) -> str:
+        return self.credentials.admin_token
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """Trusts the simulator's CA, for calling its API without a kubeconfig."""
+        return self.credentials.client_context()
+
+    def cluster_entry(self, cluster: str) -> dict[str, str]:
+        """A kubeconfig `cluster:` entry reaching `cluster`, verifying the simulator's CA."""
+        entry = {"server": self.url(cluster)}
+        if self.tls:
+            entry["certificate-authority-data"] = self.credentials.ca_data()
+        return entry
+
+    def mint_token(self, cluster: str, namespace: str, service_account: str) -> str:
+        """A bearer token of a ServiceAccount of `cluster`, as its TokenRequest subresource
+        mints one (only from the simulator's event loop)."""
+        tokens = self._server(cluster).tokens
+        if tokens is None:
+            raise RuntimeError("the simulator was started with auth=False")
+        minted = tokens.mint(self.store(cluster), namespace, service_account, None)
+        return str(minted["status"]["token"])
+
+    def write_kubeconfig(
+        self, path: str, *, token: str | None = None, user: str = ADMIN_USER
+    ) -> str:
+        """A kubeconfig with one context per cluster (named like it) and one user: the admin,
+        or whoever `token` (say a ServiceAccount's, from `mint_token`) authenticates."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "preferences": {},
-            "clusters": [{"name": n, "cluster": {"server": self.url(n)}} for n in self.clusters],
-            "users": [{"name": TOKEN, "user": {"token": TOKEN}}],
+            "clusters": [{"name": n, "cluster": self.cluster_entry(n)} for n in self.clusters],
+            "users": [{"name": user, "user": {"token": token or self.admin_token}}],
             "contexts": [
-                {"name": n, "context": {"cluster": n, "user": TOKEN, "namespace": "default"}}
+                {"name": n, "context": {"cluster": n, "user": user, "namespace": "default"}}
                 for n in self.clusters
             ],
             "current-context": self.clusters[0],
@@ -252,6 +307,11 @@ def cli_main(
             print(f"kube-sim: cluster {name} at {sim.url(name)} (VIP pool: {pool})", flush=True)
         if kubeconfig:
             print(f"kube-sim: kubeconfig {kubeconfig}, contexts {', '.join(sim.clusters)}")
+            print(
+                "kube-sim: HTTPS with its own CA and an admin token (both in the kubeconfig);"
+                " RBAC from the Roles and bindings you apply; `kubectl create token SA -n NS`"
+                " mints a ServiceAccount's token"
+            )
         print("kube-sim: Ctrl-C to stop", flush=True)
 
     async def main() -> None:

@@ -1,8 +1,10 @@
-"""Decoding of the one protobuf body kubectl sends that users are likely to type: a Namespace.
+"""Decoding of the protobuf bodies kubectl sends that users are likely to type: a Namespace,
+and the TokenRequest of `kubectl create token`.
 
 Typed kubectl commands (`kubectl create namespace avi-system`) send built-in kinds as
 Kubernetes protobuf and never fall back to JSON. Decoding them in general needs the generated
-schemas, so only Namespace (name, generateName, labels, annotations) is understood here.
+schemas, so only Namespace (name, generateName, labels, annotations) and TokenRequest
+(audiences, expirationSeconds) are understood here.
 """
 
 from __future__ import annotations
@@ -86,6 +88,10 @@ def decode_namespace(body: bytes) -> Obj:
             kind = next((_text(v) for n, v in _fields(value) if n == 2), "")
         elif number == 2 and isinstance(value, bytes):  # raw
             raw = value
+    if kind == "TokenRequest":
+        return _token_request(raw)
+    if kind == "SelfSubjectAccessReview":
+        return _self_review(raw)
     if kind != "Namespace":
         raise ProtobufError(f"kind {kind or '(none)'} in protobuf is not supported")
     namespace: Obj = {"apiVersion": "v1", "kind": "Namespace", "metadata": {}}
@@ -93,3 +99,46 @@ def decode_namespace(body: bytes) -> Obj:
         if number == 1 and isinstance(value, bytes):
             namespace["metadata"] = _object_meta(value)
     return namespace
+
+
+def _token_request(raw: bytes) -> Obj:
+    spec: Obj = {}
+    for number, value in _fields(raw):
+        if number == 2 and isinstance(value, bytes):  # spec
+            for field, item in _fields(value):
+                if field == 1:
+                    spec.setdefault("audiences", []).append(_text(item))
+                elif field == 4 and isinstance(item, int):
+                    spec["expirationSeconds"] = item
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+
+
+_RESOURCE_ATTRIBUTES = {
+    1: "namespace", 2: "verb", 3: "group", 4: "version", 5: "resource", 6: "subresource", 7: "name",
+}  # fmt: skip
+
+
+def _self_review(raw: bytes) -> Obj:
+    """`kubectl auth can-i`: spec.resourceAttributes or spec.nonResourceAttributes."""
+    spec: Obj = {}
+    for number, value in _fields(raw):
+        if number != 2 or not isinstance(value, bytes):  # spec
+            continue
+        for field, item in _fields(value):
+            if field == 1 and isinstance(item, bytes):
+                attributes = {
+                    _RESOURCE_ATTRIBUTES[n]: _text(v)
+                    for n, v in _fields(item)
+                    if n in _RESOURCE_ATTRIBUTES
+                }
+                spec["resourceAttributes"] = attributes
+            elif field == 2 and isinstance(item, bytes):
+                names = {1: "path", 2: "verb"}
+                spec["nonResourceAttributes"] = {
+                    names[n]: _text(v) for n, v in _fields(item) if n in names
+                }
+    return {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": spec,
+    }

@@ -144,6 +144,53 @@ DEPLOYMENTS = ResourceType(
         **{("spec", "template", "spec", *path): key for path, key in _POD_SPEC_KEYS.items()},
     },
 )
+# ServiceAccounts and RBAC, for kubesim.guard: tokens are minted for the one, the others are
+# what requests are authorized by. Role names are path segments (ClusterRoles such as
+# "system:controller:..." hold colons).
+PATH_SEGMENT_NAME = re.compile(r"^(?!\.\.?$)[^/%]+$")
+SERVICEACCOUNTS = ResourceType(
+    group="",
+    version="v1",
+    plural="serviceaccounts",
+    kind="ServiceAccount",
+    singular="serviceaccount",
+    namespaced=True,
+    short_names=("sa",),
+    has_status=False,
+    return_deleted_object=True,
+)
+SECRETS = ResourceType(
+    group="",
+    version="v1",
+    plural="secrets",
+    kind="Secret",
+    singular="secret",
+    namespaced=True,
+    has_status=False,
+    return_deleted_object=True,
+)
+_RBAC = "rbac.authorization.k8s.io"
+ROLES = ResourceType(
+    group=_RBAC, version="v1", plural="roles", kind="Role", singular="role",
+    namespaced=True, has_status=False, return_deleted_object=False,
+    name_pattern=PATH_SEGMENT_NAME,
+)  # fmt: skip
+CLUSTERROLES = ResourceType(
+    group=_RBAC, version="v1", plural="clusterroles", kind="ClusterRole",
+    singular="clusterrole", namespaced=False, has_status=False,
+    return_deleted_object=False, name_pattern=PATH_SEGMENT_NAME,
+)  # fmt: skip
+ROLEBINDINGS = ResourceType(
+    group=_RBAC, version="v1", plural="rolebindings", kind="RoleBinding",
+    singular="rolebinding", namespaced=True, has_status=False,
+    return_deleted_object=False, name_pattern=PATH_SEGMENT_NAME,
+)  # fmt: skip
+CLUSTERROLEBINDINGS = ResourceType(
+    group=_RBAC, version="v1", plural="clusterrolebindings", kind="ClusterRoleBinding",
+    singular="clusterrolebinding", namespaced=False, has_status=False,
+    return_deleted_object=False, name_pattern=PATH_SEGMENT_NAME,
+)  # fmt: skip
+GUARD_TYPES = (SERVICEACCOUNTS, SECRETS, ROLES, CLUSTERROLES, ROLEBINDINGS, CLUSTERROLEBINDINGS)
 CRDS = ResourceType(
     group="apiextensions.k8s.io",
     version="v1",
@@ -289,7 +336,7 @@ class Registry:
         self._crd_types: dict[str, list[ResourceType]] = {}  # CRD name -> its types
 
     def all(self) -> list[ResourceType]:
-        return [*BUILTINS, *(t for types in self._crd_types.values() for t in types)]
+        return [*BUILTINS, *GUARD_TYPES, *(t for types in self._crd_types.values() for t in types)]
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
         return next(

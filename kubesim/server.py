@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import logging
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -13,9 +14,9 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
-from kubesim import openapi
+from kubesim import guard, openapi
 from kubesim.protobuf import ProtobufError, decode_namespace
-from kubesim.resources import Obj, ResourceType
+from kubesim.resources import SERVICEACCOUNTS, Obj, ResourceType
 from kubesim.selectors import FieldSelector, LabelSelector, SelectorError
 from kubesim.store import (
     PATCH_TYPES,
@@ -40,6 +41,7 @@ VERSION_INFO = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
+USER_KEY = web.RequestKey("kubesim.user", guard.User)
 _ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -128,9 +130,20 @@ class _Target:
 class ClusterServer:
     """Serves one ClusterStore on one port."""
 
-    def __init__(self, name: str, store: ClusterStore, *, bookmark_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        store: ClusterStore,
+        *,
+        bookmark_interval: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
+        tokens: guard.Tokens | None = None,
+    ) -> None:
         self.name = name
         self.store = store
+        self.ssl_context = ssl_context
+        self.tokens = tokens
+        """Bearer tokens and RBAC are checked with these; None lets every request through."""
         self.faults = Faults(self)
         self.bookmark_interval = bookmark_interval
         self.port: int | None = None
@@ -138,7 +151,7 @@ class ClusterServer:
         self._watches: set[_WatchQueue] = set()
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.app = web.Application(middlewares=[self._errors, self._apply_faults])
+        self.app = web.Application(middlewares=[self._errors, self._apply_faults, self._guard])
         self.app.router.add_get("/kubesim/faults", self._get_faults)
         self.app.router.add_post("/kubesim/faults", self._post_faults)
         self.app.router.add_route("*", "/{path:.*}", self._dispatch)
@@ -147,7 +160,9 @@ class ClusterServer:
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError(f"cluster {self.name} is not started")
-        return f"http://{self._host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self, host: str, port: int) -> None:
         self._loop = asyncio.get_running_loop()
@@ -156,7 +171,7 @@ class ClusterServer:
             self.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=self.ssl_context)
         await site.start()
         self._runner = runner
         self._host = host
@@ -228,6 +243,26 @@ class ClusterServer:
                 raise ApiError(503, "ServiceUnavailable", message)
             if self.faults.unauthorized:
                 raise ApiError(401, "Unauthorized", "Unauthorized")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        """Authenticate the bearer token, then authorize the request by RBAC (kubesim.guard)."""
+        path = request.path.rstrip("/") or "/"
+        if self.tokens is not None and not path.startswith("/kubesim/"):
+            header = request.headers.get("Authorization", "")
+            user = self.tokens.authenticate(self.store, header)
+            if user is None:
+                if header or path not in guard.PUBLIC_PATHS:
+                    raise guard.unauthorized()
+            else:
+                attrs = guard.request_attributes(request.method, path, request.query)
+                if not guard.allowed(self.store, user, attrs):
+                    raise guard.forbidden(user, attrs)
+                request[USER_KEY] = user
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -317,6 +352,11 @@ class ClusterServer:
             raise _not_found()
         if not rest:
             return _json(self._resource_list(group, version))
+        if (group, rest) == ("authorization.k8s.io", ["selfsubjectaccessreviews"]):
+            if request.method != "POST":
+                raise _method_not_allowed(request.method)
+            review = await _read_body(request)
+            return _json(guard.review(self.store, request.get(USER_KEY, guard.ADMIN), review), 201)
         target = self._resolve(group, version, rest)
         return await self._serve(request, target)
 
@@ -335,7 +375,12 @@ class ClusterServer:
         subresource = rest[2] if len(rest) > 2 else None
         if rtype.namespaced and name is not None and namespace is None:
             raise _not_found()
-        if subresource is not None and (subresource != "status" or not rtype.has_status):
+        token = subresource == "token" and rtype is SERVICEACCOUNTS and self.tokens is not None
+        if (
+            subresource is not None
+            and not token
+            and (subresource != "status" or not rtype.has_status)
+        ):
             raise _not_found()
         return _Target(rtype, namespace, name, subresource)
 
@@ -345,6 +390,11 @@ class ClusterServer:
         dry_run = query.get("dryRun") == "All"
         validation = query.get("fieldValidation", "")
         method = request.method
+        if target.subresource == "token" and name is not None and namespace is not None:
+            if method != "POST" or self.tokens is None:
+                raise _method_not_allowed(method)
+            body = await _read_body(request)
+            return _json(self.tokens.mint(self.store, namespace, name, body), 201)
         if name is None:
             if method == "GET":
                 labels, fields = _selectors(query)
@@ -634,6 +684,18 @@ class ClusterServer:
             if t.categories:
                 entry["categories"] = list(t.categories)
             resources.append(entry)
+            if t is SERVICEACCOUNTS and self.tokens is not None:
+                resources.append(
+                    {
+                        "name": "serviceaccounts/token",
+                        "singularName": "",
+                        "namespaced": True,
+                        "group": "authentication.k8s.io",
+                        "version": "v1",
+                        "kind": "TokenRequest",
+                        "verbs": ["create"],
+                    }
+                )
             if t.has_status:
                 resources.append(
                     {

@@ -37,6 +37,7 @@ from kubesim.resources import (
     types_from_crd,
 )
 from kubesim.selectors import FieldSelector, LabelSelector
+from kubesim.validation import builtin_errors, rejection
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -841,6 +842,8 @@ class ClusterStore:
                     f'metadata.name: Invalid value: "{name}": must'
                     ' be spec.names.plural+"."+spec.group',
                 )
+        if errors := builtin_errors(rtype, obj):  # built-in kinds, as kube-apiserver checks them
+            raise ApiError(422, "Invalid", *rejection(rtype, name, errors))
 
 
 def _cluster_ip_index(ip: object) -> int | None:

@@ -216,7 +216,10 @@ def describe_error(exc: BaseException, cluster: str, resource: str) -> str:
                 message = str(exc.body)[:200]
         hint = {
             401: "the credentials of the kubeconfig user or service account were refused",
-            403: f"the identity may not list/watch {resource}; check its RBAC",
+            403: (
+                "the identity lacks that right; check its RBAC (deploy/base/rbac.yaml,"
+                " deploy/policy-namespace/rbac.yaml)"
+            ),
             404: (
                 "the kgslb CRDs are not installed (kubectl apply -f deploy/crds/)"
                 if resource in set(PolicyKind)

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import queue
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ from typing import Any, Protocol, cast
 
 import pytest
 import urllib3
+import yaml
 from kubernetes import client, config, watch
 from kubernetes.client import V1Ingress, V1Namespace, V1Service
 from kubernetes.client.exceptions import ApiException
@@ -238,9 +241,18 @@ class Sim:
             headers={"Content-Type": "application/json"},
             method="GET" if body is None else "POST",
         )
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(
+            request, timeout=5, context=self.kube.client_ssl_context()
+        ) as response:
             result: dict[str, Any] = json.load(response)
             return result
+
+    def urlopen(self, url: str, token: str | None = None) -> Any:
+        """GET `url` by hand, over HTTPS verifying the simulator's CA, as the admin."""
+        request = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {token or self.kube.admin_token}"}
+        )
+        return urllib.request.urlopen(request, timeout=10, context=self.kube.client_ssl_context())
 
     def close(self) -> None:
         for api in self._clients:
@@ -367,7 +379,7 @@ def test_kubeconfig_has_a_context_per_cluster_each_reaching_its_own_cluster(sim:
 def test_discovery_lists_the_kgslb_crds_with_short_names(sim: Sim) -> None:
     groups = client.ApisApi(sim.api_client()).get_api_versions().groups
     assert GROUP in [g.name for g in groups]
-    with urllib.request.urlopen(f"{sim.kube.url('s1az1')}/apis/{GROUP}/{VERSION}") as response:
+    with sim.urlopen(f"{sim.kube.url('s1az1')}/apis/{GROUP}/{VERSION}") as response:
         resources = {r["name"]: r for r in json.load(response)["resources"]}
     assert resources[GDPS]["shortNames"] == ["gdp"]
     assert resources["gslbconfigs"]["shortNames"] == ["gc"]
@@ -639,7 +651,7 @@ def test_watch_from_before_expired_history_gets_410_expired(sim: Sim) -> None:
     api.create_namespaced_ingress("default", ingress("hello"))
     sim.kube.faults["s1az2"].expire_history()
     url = f"{sim.kube.url('s1az2')}/apis/networking.k8s.io/v1/namespaces/default/ingresses"
-    with urllib.request.urlopen(f"{url}?watch=true&resourceVersion={old_rv}") as response:
+    with sim.urlopen(f"{url}?watch=true&resourceVersion={old_rv}") as response:
         lines = [json.loads(line) for line in response.read().splitlines()]
     assert len(lines) == 1
     assert lines[0]["type"] == "ERROR"
@@ -1120,12 +1132,18 @@ async def test_run_kubesim_serves_until_cancelled(tmp_path: Path) -> None:
     kube = await asyncio.wait_for(started, 5)
     assert f"server: {kube.url('s1az1')}" in kubeconfig.read_text()
     url = f"{kube.url('s1az1')}/healthz"
-    assert await asyncio.to_thread(lambda: urllib.request.urlopen(url).read()) == b"ok"
+    context = kube.client_ssl_context()
+
+    def healthz() -> bytes:
+        with urllib.request.urlopen(url, context=context) as response:
+            return bytes(response.read())
+
+    assert await asyncio.to_thread(healthz) == b"ok"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     with pytest.raises(OSError):
-        await asyncio.to_thread(urllib.request.urlopen, url)
+        await asyncio.to_thread(healthz)
 
 
 def test_cli_main_prints_its_clusters_and_stops_on_sigint(tmp_path: Path) -> None:
@@ -1140,10 +1158,12 @@ def test_cli_main_prints_its_clusters_and_stops_on_sigint(tmp_path: Path) -> Non
     ) as process:
         assert process.stdout is not None
         first = process.stdout.readline()
-        assert first.startswith("kube-sim: cluster s1az1 at http://127.0.0.1:")
+        assert first.startswith("kube-sim: cluster s1az1 at https://127.0.0.1:")
         url = first.split(" at ")[1].split()[0]
-        assert urllib.request.urlopen(f"{url}/readyz", timeout=5).read() == b"ok"
-        assert kubeconfig.exists()
+        written = yaml.safe_load(kubeconfig.read_text())
+        ca = base64.b64decode(written["clusters"][0]["cluster"]["certificate-authority-data"])
+        context = ssl.create_default_context(cadata=ca.decode())
+        assert urllib.request.urlopen(f"{url}/readyz", timeout=5, context=context).read() == b"ok"
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
