@@ -113,7 +113,9 @@ async def test_an_unreachable_cluster_holds_the_names_back_for_the_timeout_only(
     # s2 is a member cluster whose watcher never publishes (its API is unreachable).
     create_apps(kube, CLUSTERS)
     await publish_seed_policies(nats_client)
-    start_reconciler(services, KGSLB_FIRST_SYNC_TIMEOUT_SECONDS="4")
+    # The timeout runs from the first cluster's sync: long enough that the second watcher,
+    # started at the same time, syncs within it on a busy machine.
+    start_reconciler(services, KGSLB_FIRST_SYNC_TIMEOUT_SECONDS="10")
     for cluster in ("s1az1", "s1az2"):
         start_watcher(services, kube, cluster)
     await eventually(lambda: _listed(nats_client, 2 * NAMES), timeout_seconds=20)
