@@ -172,6 +172,8 @@ class LocalPod:
             source = entry["valueFrom"]
             if "secretKeyRef" in source:
                 ref = source["secretKeyRef"]
+                if ref.get("optional") and not self.has_secret(ref["name"]):
+                    continue  # as the kubelet leaves out an optional Secret that does not exist
                 resolved[entry["name"]] = self.secret(ref["name"])[ref["key"]]
             elif "configMapKeyRef" in source:
                 ref = source["configMapKeyRef"]
