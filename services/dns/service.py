@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.dns import channels
 from services.dns.geoip_file import GeoIpFile
 from services.dns.quorum import HealthBook, Quorum, State, Written
 from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
@@ -32,6 +32,7 @@ from services.dns.tcp import TcpCollector, TcpLimits, TcpListener
 from services.dns.udp import udp_server
 from services.dns.workers import supervise
 from shared import bus, subjects, wire
+from shared.broker import ServiceBroker
 from shared.follow import BucketFollower, Change
 from shared.models import (
     DnsQueryLog,
@@ -84,6 +85,9 @@ class DnsService:
     ) -> None:
         self.settings = settings
         self.nc = nc
+        routes, self._logs_out = channels.router(self._on_live_health)
+        self.broker = ServiceBroker(nc)
+        self.broker.include_router(routes)
         self.table = AnswerTable(udp_payload_limit=settings.edns_udp_size)
         self.geoip = (
             GeoIpFile(settings.geoip_database, self.table, settings.geoip_check_seconds)
@@ -164,7 +168,7 @@ class DnsService:
 
     async def run(self) -> None:
         await self.keeper.bootstrap()
-        await self.nc.subscribe(f"{subjects.HEALTH_LIVE_PREFIX}.>", cb=self._on_live_health)
+        await self.broker.start()  # FastStream: the live verdicts in, the query logs out
         if self.geoip is not None:
             await self.geoip.check()  # before the names load: Geo answers from the start
         mirrors = asyncio.gather(
@@ -193,6 +197,8 @@ class DnsService:
                 self.tcp.close()
         finally:
             mirrors.cancel()
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
 
     def _follower(
         self, bucket: str, apply: Callable[[str, bytes | None, int], None]
@@ -251,7 +257,7 @@ class DnsService:
             )  # fmt: skip
 
     def _apply_health(
-        self, key: str, value: bytes | None, revision: int, live: bool = False
+        self, key: str, value: bytes | MemberHealth | None, revision: int, live: bool = False
     ) -> None:
         try:
             member, vantage = subjects.split_health_key(key)
@@ -261,7 +267,9 @@ class DnsService:
             return
         written = None
         if value is not None:
-            health = self._decode(key, value, MemberHealth)
+            health = (
+                value if isinstance(value, MemberHealth) else self._decode(key, value, MemberHealth)
+            )
             if health is None or not self._newer_verdict(key, health, live):
                 return
             written = Written(HealthState(health.state), health.replica)
@@ -293,14 +301,14 @@ class DnsService:
         for member, state in changes.items():
             self.table.set_health(member, state)
 
-    async def _on_live_health(self, msg: Msg) -> None:
+    def _on_live_health(self, subject: str, health: MemberHealth) -> None:
         """A verdict on core NATS, ahead of its KV write (subjects.HEALTH_LIVE_PREFIX)."""
         try:
-            key = subjects.key_from_health_live_subject(msg.subject)
+            key = subjects.key_from_health_live_subject(subject)
         except ValueError:
             return
         LIVE_VERDICTS.inc()
-        self._apply_health(key, msg.data, 0, live=True)
+        self._apply_health(key, health, 0, live=True)
 
     def _newer_verdict(self, key: str, health: MemberHealth, live: bool) -> bool:
         """False for a verdict older than a live one already applied from the same writer: the
@@ -322,7 +330,9 @@ class DnsService:
         while True:
             record = await self._logs.get()
             with contextlib.suppress(Exception):
-                await self.nc.publish(subjects.dnslog_subject(record.zone), wire.encode(record))
+                await self._logs_out.publish(
+                    wire.encode(record), subjects.dnslog_subject(record.zone)
+                )
 
 
 class VerdictCollector(Collector):
