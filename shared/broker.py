@@ -65,7 +65,8 @@ class ResyncRequestMessage(BaseModel):
 
 
 class MemberHealthMessage(BaseModel):
-    """A MemberHealth in the kgslb envelope."""
+    """A MemberHealth in the kgslb envelope (the live verdicts stay on nats-py; this is what
+    bench/faststream_overhead.py measures them with)."""
 
     schema_version: Literal[1] = Field(description=VERSION_DESCRIPTION)
     kind: Literal["MemberHealth"] = Field(description=KIND_DESCRIPTION)
@@ -117,12 +118,6 @@ RESYNC_DESCRIPTION = (
     "(objects, sync markers, the home watcher's policies), forgetting what it remembers "
     "having published. Watchers that notice the loss themselves do the same unasked. "
     "Declared with FastStream (services/watcher/channels.py, services/reconciler/channels.py)."
-)
-HEALTH_LIVE_DESCRIPTION = (
-    "Core NATS, not stored: the same verdict as the KV kgslb_health write (same key: "
-    "`.{site}` only when the replica has a site), sent just before it, so that DNS in every "
-    "site applies it while the bucket's stream may be electing a new leader after a site was "
-    "lost. Declared with FastStream (services/health/channels.py, services/dns/channels.py)."
 )
 DNSLOG_DESCRIPTION = (
     "Throttled DNS query logs for analysis (`kgslb logs`): stream KGSLB_DNSLOG, kept for a "

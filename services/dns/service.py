@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -85,7 +86,7 @@ class DnsService:
     ) -> None:
         self.settings = settings
         self.nc = nc
-        routes, self._logs_out = channels.router(self._on_live_health)
+        routes, self._logs_out = channels.router()
         self.broker = ServiceBroker(nc)
         self.broker.include_router(routes)
         self.table = AnswerTable(udp_payload_limit=settings.edns_udp_size)
@@ -168,7 +169,9 @@ class DnsService:
 
     async def run(self) -> None:
         await self.keeper.bootstrap()
-        await self.broker.start()  # FastStream: the live verdicts in, the query logs out
+        # nats-py, not FastStream: bursty at a cold start (docs/architecture.md, "FastStream").
+        await self.nc.subscribe(f"{subjects.HEALTH_LIVE_PREFIX}.>", cb=self._on_live_health)
+        await self.broker.connect()  # FastStream: the query logs (publishers only)
         if self.geoip is not None:
             await self.geoip.check()  # before the names load: Geo answers from the start
         mirrors = asyncio.gather(
@@ -197,8 +200,6 @@ class DnsService:
                 self.tcp.close()
         finally:
             mirrors.cancel()
-            with contextlib.suppress(Exception):
-                await self.broker.stop()
 
     def _follower(
         self, bucket: str, apply: Callable[[str, bytes | None, int], None]
@@ -257,7 +258,7 @@ class DnsService:
             )  # fmt: skip
 
     def _apply_health(
-        self, key: str, value: bytes | MemberHealth | None, revision: int, live: bool = False
+        self, key: str, value: bytes | None, revision: int, live: bool = False
     ) -> None:
         try:
             member, vantage = subjects.split_health_key(key)
@@ -267,9 +268,7 @@ class DnsService:
             return
         written = None
         if value is not None:
-            health = (
-                value if isinstance(value, MemberHealth) else self._decode(key, value, MemberHealth)
-            )
+            health = self._decode(key, value, MemberHealth)
             if health is None or not self._newer_verdict(key, health, live):
                 return
             written = Written(HealthState(health.state), health.replica)
@@ -301,14 +300,14 @@ class DnsService:
         for member, state in changes.items():
             self.table.set_health(member, state)
 
-    def _on_live_health(self, subject: str, health: MemberHealth) -> None:
+    async def _on_live_health(self, msg: Msg) -> None:
         """A verdict on core NATS, ahead of its KV write (subjects.HEALTH_LIVE_PREFIX)."""
         try:
-            key = subjects.key_from_health_live_subject(subject)
+            key = subjects.key_from_health_live_subject(msg.subject)
         except ValueError:
             return
         LIVE_VERDICTS.inc()
-        self._apply_health(key, health, 0, live=True)
+        self._apply_health(key, msg.data, 0, live=True)
 
     def _newer_verdict(self, key: str, health: MemberHealth, live: bool) -> bool:
         """False for a verdict older than a live one already applied from the same writer: the

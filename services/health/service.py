@@ -24,7 +24,6 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from services.health import channels
 from services.health.monitor import (
     MemberState,
     ProbeResult,
@@ -43,7 +42,6 @@ from services.health.probes import Prober
 from services.health.scheduler import ProbeScheduler
 from services.health.settings import HealthSettings
 from shared import bus, subjects, wire
-from shared.broker import ServiceBroker
 from shared.follow import BucketFollower, Change
 from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth, utcnow
 from shared.runtime import replica_name, run_service
@@ -79,9 +77,6 @@ class HealthService:
     def __init__(self, settings: HealthSettings, nc: Client) -> None:
         self.settings = settings
         self.nc = nc
-        self.broker = ServiceBroker(nc)  # FastStream, for the live verdicts: channels.py
-        routes, self._live = channels.router()
-        self.broker.include_router(routes)
         self.replica = replica_name(settings)
         self.site = settings.site
         source = str(settings.probe_source) if settings.probe_source is not None else None
@@ -180,7 +175,6 @@ class HealthService:
 
     async def run(self) -> None:
         buckets = await self.keeper.bootstrap()
-        await self.broker.connect()  # publishers only: nothing to start or stop
         self._health_kv = buckets[subjects.KV_HEALTH]
         self._leases_kv = buckets[subjects.KV_LEASES]
         # Announce first: peers re-shard before this replica probes anything.
@@ -403,9 +397,9 @@ class HealthService:
         record = health_record(target, state, self.replica, known.health if known else None,
                                self.site)  # fmt: skip
         with contextlib.suppress(Exception):
-            await self._live.publish(
-                wire.encode(record),
+            await self.nc.publish(
                 subjects.health_live_subject(subjects.health_key(key, self.site)),
+                wire.encode(record),
             )
             self._live_sent[key] = state.state
 

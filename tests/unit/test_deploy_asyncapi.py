@@ -103,8 +103,9 @@ def test_every_handler_the_services_run_is_in_the_document() -> None:
         for endpoint in (*router.subscribers, *router.publishers)
     ]
     assert "watcher:receive:resync" in declared
-    assert "dns:receive:health-live" in declared
+    assert "reconciler:send:resync" in declared
+    assert "dns:send:dnslog" in declared
     assert [title for title in declared if title not in operations] == []
     schemas = document()["components"]["schemas"]
-    for kind in ("ResyncRequestMessage", "MemberHealthMessage", "DnsQueryLogMessage"):
+    for kind in ("ResyncRequestMessage", "DnsQueryLogMessage"):
         assert schemas[kind]["required"] == ["schema_version", "kind", "data"]
