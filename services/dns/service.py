@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from services.dns import channels
 from services.dns.denial import SigningKey
 from services.dns.geoip_file import GeoIpFile
 from services.dns.quorum import HealthBook, Quorum, State, Written
@@ -37,6 +38,7 @@ from services.dns.udp import udp_server
 from services.dns.wire import wire_to_name
 from services.dns.workers import supervise
 from shared import bus, subjects, wire
+from shared.broker import ServiceBroker
 from shared.follow import BucketFollower, Change
 from shared.models import (
     DnsQueryLog,
@@ -95,6 +97,9 @@ class DnsService:
     ) -> None:
         self.settings = settings
         self.nc = nc
+        routes, self._logs_out = channels.router()
+        self.broker = ServiceBroker(nc)
+        self.broker.include_router(routes)
         self.table = AnswerTable(
             udp_payload_limit=settings.edns_udp_size,
             dnssec_window=Window(
@@ -198,7 +203,9 @@ class DnsService:
 
     async def run(self) -> None:
         await self.keeper.bootstrap()
+        # nats-py, not FastStream: bursty at a cold start (docs/architecture.md, "FastStream").
         await self.nc.subscribe(f"{subjects.HEALTH_LIVE_PREFIX}.>", cb=self._on_live_health)
+        await self.broker.connect()  # FastStream: the query logs (publishers only)
         if self.geoip is not None:
             await self.geoip.check()  # before the names load: Geo answers from the start
         mirrors = asyncio.gather(
@@ -405,7 +412,9 @@ class DnsService:
         while True:
             record = await self._logs.get()
             with contextlib.suppress(Exception):
-                await self.nc.publish(subjects.dnslog_subject(record.zone), wire.encode(record))
+                await self._logs_out.publish(
+                    wire.encode(record), subjects.dnslog_subject(record.zone)
+                )
 
 
 class DnssecCollector(Collector):

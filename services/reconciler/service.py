@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
+from services.reconciler.channels import Channels
 from services.reconciler.first_sync import FirstSync, Verdict
 from services.reconciler.gc_tuning import GcTuning
 from services.reconciler.home_keeper import HomeKeeper
@@ -62,10 +63,8 @@ from shared.models import (
     PolicyRef,
     PolicyState,
     PolicyStatus,
-    ResyncRequest,
     SyncMarker,
     Tombstone,
-    utcnow,
 )
 from shared.names import NameProblem
 from shared.runtime import replica_name, run_service
@@ -135,6 +134,7 @@ class Reconciler:
         """JetStream lost its state: write everything again as soon as leading."""
         self._events: JetStreamContext.PushSubscription | None = None
         self.delegation = KeysAndDelegation.of(self)
+        self.channels = Channels(nc)
 
     @property
     def ready(self) -> bool:
@@ -221,11 +221,9 @@ class Reconciler:
             with contextlib.suppress(Exception):
                 await old.unsubscribe()
         self._events = await self._subscribe_events()
-        request = ResyncRequest(
-            requested_by=self.replica, reason="lost " + ", ".join(sorted(lost)), at=utcnow()
+        request = await self.channels.request_resync(
+            self.replica, "lost " + ", ".join(sorted(lost))
         )
-        await self.nc.publish(subjects.RESYNC_SUBJECT, wire.encode(request))
-        await self.nc.flush(timeout=5)
         log.warning(
             "asked the watchers to publish everything again on %s", subjects.RESYNC_SUBJECT,
             extra={"reason": request.reason},

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from prometheus_client import Counter, Gauge
 
-from services.watcher import kube
+from services.watcher import channels, kube
 from services.watcher.backoff import Backoff
 from services.watcher.home import Heartbeat, Home
 from services.watcher.hostnames import Hostnames
@@ -35,6 +35,7 @@ from services.watcher.status_writer import StatusWriter
 from services.watcher.translate import Skip
 from services.watcher.view import ClusterView, Decision, PolicyView
 from shared import bus, subjects, wire
+from shared.broker import ServiceBroker
 from shared.models import (
     ClusterState,
     ClusterStatus,
@@ -200,7 +201,9 @@ class Watcher:
             self._resync_loop(),
             self.hostnames.run(self._publisher.publish),
         ]
-        resync = await self.nc.subscribe(subjects.RESYNC_SUBJECT, cb=self._on_resync)
+        broker = ServiceBroker(self.nc)
+        broker.include_router(channels.router(self._on_resync))
+        await broker.start()
         heartbeat = Heartbeat(
             buckets[subjects.KV_LEASES],
             self.cluster,
@@ -260,10 +263,11 @@ class Watcher:
         finally:
             for watch in watches:
                 watch.stop()
-            for subscription in (self._status_subscription, resync):
-                if subscription is not None:
-                    with contextlib.suppress(Exception):
-                        await subscription.unsubscribe()
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            if self._status_subscription is not None:
+                with contextlib.suppress(Exception):
+                    await self._status_subscription.unsubscribe()
 
     async def _subscribe_statuses(self, js: JetStreamContext) -> JetStreamContext.PushSubscription:
         return await js.subscribe(
@@ -295,12 +299,7 @@ class Watcher:
                 await self.home.resubscribe()
             self._resync_wanted.set()
 
-    async def _on_resync(self, msg: Msg) -> None:
-        try:
-            request = wire.decode(msg.data, ResyncRequest)
-        except wire.WireError as exc:
-            await bus.dead_letter(self.nc, SERVICE, msg.subject, msg.data, str(exc))
-            return
+    async def _on_resync(self, request: ResyncRequest) -> None:
         log.warning(
             "%s asks for a resync (%s): publishing everything again",
             request.requested_by, request.reason, extra={"cluster": self.cluster},

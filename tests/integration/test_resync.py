@@ -61,3 +61,32 @@ async def test_a_resync_request_makes_the_home_watcher_publish_everything_again(
     assert await metric(services, watcher, "kgslb_watcher_resyncs_total", cluster="s1az1") == 1
     log = services.running[watcher].log_path.read_text()
     assert "test asks for a resync (store restored): publishing everything again" in log
+
+
+async def test_a_malformed_resync_request_is_dead_lettered_and_a_good_one_still_works(
+    nats_client: Client, services: Services, kube: Kube
+) -> None:
+    """The FastStream handler decodes as the nats-py ones do: what does not decode is parked
+    with its reason, not a resync, and the subscription stays."""
+    await call(kube.networking("s1az1").create_namespaced_ingress, "default", ingress("hello"))
+    watcher = start_watcher(services, kube, "s1az1")
+    await eventually(lambda: observed(nats_client, ingress_ref("hello")), timeout_seconds=20)
+    dead = await nats_client.subscribe(f"{subjects.DEADLETTER_PREFIX}.watcher.>")
+    await nats_client.flush()
+
+    await nats_client.publish(subjects.RESYNC_SUBJECT, b'{"schema_version": 1, "kind": "Nope"}')
+
+    parked = await dead.next_msg(timeout=10)
+    assert parked.headers is not None
+    assert parked.headers["Kgslb-Subject"] == subjects.RESYNC_SUBJECT
+    assert "ResyncRequest" in parked.headers["Kgslb-Reason"]
+    assert await metric(services, watcher, "kgslb_watcher_resyncs_total", cluster="s1az1") == 0
+
+    request = ResyncRequest(requested_by="test", reason="after a bad one", at=utcnow())
+    await nats_client.publish(subjects.RESYNC_SUBJECT, wire.encode(request))
+
+    async def resynced() -> bool:
+        count = await metric(services, watcher, "kgslb_watcher_resyncs_total", cluster="s1az1")
+        return count == 1
+
+    await eventually(resynced, timeout_seconds=20)

@@ -90,3 +90,23 @@ def test_the_dns_only_receives_state_and_sends_query_logs() -> None:
         ("receive", "health-live"), ("receive", "holds"), ("receive", "zone-keys"),
         ("send", "dnslog"),
     }  # fmt: skip
+
+
+def test_every_handler_the_services_run_is_in_the_document() -> None:
+    """The FastStream routers the services run are the ones the document is generated from:
+    every subscriber and publisher declared on them is an operation, with its envelope."""
+    from kgslb.asyncapi import service_routers
+
+    operations = document()["operations"]
+    declared = [
+        endpoint.specification.name
+        for router in service_routers()
+        for endpoint in (*router.subscribers, *router.publishers)
+    ]
+    assert "watcher:receive:resync" in declared
+    assert "reconciler:send:resync" in declared
+    assert "dns:send:dnslog" in declared
+    assert [title for title in declared if title not in operations] == []
+    schemas = document()["components"]["schemas"]
+    for kind in ("ResyncRequestMessage", "DnsQueryLogMessage"):
+        assert schemas[kind]["required"] == ["schema_version", "kind", "data"]
