@@ -446,10 +446,12 @@ def test_after_the_home_fails_over_an_edit_in_the_next_home_reaches_every_surviv
         annotations = gdp["metadata"].get("annotations") or {}
         return COPY_OF_ANNOTATION not in annotations
 
-    # An earlier test's failure of s1az1 may have moved the home already: start from s1az1.
+    # An earlier test's failure of s1az1 may have moved the home already: start from s1az1
+    # (once the reconciler leader has decided a home: a stack just started may not have yet).
+    nats_url = sites.state["sites"]["s1az2"]["nats_url"]
+    wait_for(lambda: asyncio.run(decided(nats_url)), 30, "a reconciler leader and a home")
     activated = subprocess.run(
-        [sys.executable, "-m", "kgslb", "home", "--activate", "s1az1", "--nats-url",
-         sites.state["sites"]["s1az2"]["nats_url"]],
+        [sys.executable, "-m", "kgslb", "home", "--activate", "s1az1", "--nats-url", nats_url],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert activated.returncode == 0, activated.stdout + activated.stderr
