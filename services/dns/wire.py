@@ -11,9 +11,14 @@ pre-rendered record is valid in any response to that name.
 from __future__ import annotations
 
 import ipaddress
-import shlex
 import struct
 from dataclasses import dataclass
+
+import dns.exception
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 
 # RR types and classes we name.
 A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, OPT, AXFR, IXFR, ANY = (
@@ -341,33 +346,28 @@ def absolute(name: str, zone: str) -> str:
 
 
 def rdata(rtype: int, value: str, zone: str) -> bytes:
-    """Presentation-form RDATA (as in a zone file) to wire form."""
-    fields = value.split()
-    match rtype:
-        case 1:
-            return ipaddress.IPv4Address(value.strip()).packed
-        case 28:
-            return ipaddress.IPv6Address(value.strip()).packed
-        case 2 | 5 | 12:
-            return name_to_wire(absolute(value, zone))
-        case 15:
-            preference, exchange = fields
-            return struct.pack("!H", int(preference)) + name_to_wire(absolute(exchange, zone))
-        case 33:
-            priority, weight, port, target = fields
-            return struct.pack("!3H", int(priority), int(weight), int(port)) + name_to_wire(
-                absolute(target, zone)
-            )
-        case 16:
-            out = bytearray()
-            for chunk in shlex.split(value) or [""]:
-                raw = chunk.encode()
-                for start in range(0, max(len(raw), 1), 255):
-                    piece = raw[start : start + 255]
-                    out.append(len(piece))
-                    out += piece
-            return bytes(out)
-    raise ValueError(f"record type {type_name(rtype)} is not supported in static records")
+    """Presentation-form RDATA (as in a zone file) to wire form, by dnspython's parser: names
+    relative to `zone` made absolute, and in canonical form (RFC 4034 6.2: lowercase,
+    uncompressed), as the signer and every replica render them. Rendered once per zone
+    change, never per query."""
+    if rtype not in STATIC_RECORD_TYPES:
+        raise ValueError(f"record type {type_name(rtype)} is not supported in static records")
+    origin = dns.name.from_text(zone)
+    try:
+        parsed = dns.rdata.from_text(
+            dns.rdataclass.IN,
+            dns.rdatatype.RdataType(rtype),
+            value,
+            origin=origin,
+            relativize=False,
+        )
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"not valid {type_name(rtype)} RDATA: {exc}") from None
+    return parsed.to_digestable(origin)
+
+
+STATIC_RECORD_TYPES = frozenset({1, 2, 5, 12, 15, 16, 28, 33})
+"""A, NS, CNAME, PTR, MX, TXT, AAAA, SRV: the types a zone's static records may have."""
 
 
 def soa_rdata(

@@ -134,3 +134,40 @@ def test_a_compression_pointer_in_the_question_is_formerr() -> None:
     data = packet()[:12] + b"\xc0\x0c" + struct.pack("!HH", 1, 1)
 
     assert error_of(data).rcode == wire.FORMERR
+
+
+# Static records' RDATA, rendered by dnspython's zone-file parser -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("rtype", "value", "expected"),
+    [
+        (1, "10.10.24.200", bytes([10, 10, 24, 200])),
+        (15, "10 Test", b"\x00\x0a\x04test\x03avi\x06iberia\x05local\x00"),
+        (5, "Other.Example.", b"\x05other\x07example\x00"),
+        (33, "0 5 80 test", b"\x00\x00\x00\x05\x00\x50\x04test\x03avi\x06iberia\x05local\x00"),
+        (16, '"kgslb zone" two', b"\x0akgslb zone\x03two"),
+        (2, "@", b"\x03avi\x06iberia\x05local\x00"),
+    ],
+    ids=["A", "MX relative", "CNAME absolute", "SRV", "TXT two strings", "NS apex"],
+)
+def test_static_rdata_is_rendered_absolute_and_canonical(
+    rtype: int, value: str, expected: bytes
+) -> None:
+    assert wire.rdata(rtype, value, "avi.iberia.local") == expected
+
+
+@pytest.mark.parametrize(
+    ("rtype", "value", "reason"),
+    [
+        (1, "10.10.24", "not valid A RDATA"),
+        (28, "10.10.24.200", "not valid AAAA RDATA"),
+        (15, "ten test", "not valid MX RDATA"),
+        (16, '"' + "x" * 256 + '"', "not valid TXT RDATA: string too long"),
+        (6, "a b 1 2 3 4 5", "record type SOA is not supported in static records"),
+    ],
+    ids=["short A", "A as AAAA", "MX preference", "TXT string over 255", "SOA"],
+)
+def test_bad_static_rdata_is_refused_saying_why(rtype: int, value: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        wire.rdata(rtype, value, "avi.iberia.local")
