@@ -21,7 +21,8 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
-from shared.models import HealthState
+from shared import subjects, wire
+from shared.models import HealthHeartbeat, HealthState
 
 QUORUM_HELP = (
     "'majority' (more than half of the vantage points with a fresh verdict), 'all' (every one "
@@ -266,3 +267,20 @@ class HealthBook:
                 self.combined[member] = after
                 changes[member] = after
         return changes
+
+
+def apply_heartbeat(
+    book: HealthBook, key: str, value: bytes | None, now: float
+) -> dict[str, State]:
+    """A change of a health replica's heartbeat key (KV kgslb_leases, `health.<replica>`)
+    applied to `book`: the replica heartbeats, or is gone (None). Raises ValueError
+    (wire.WireError included) for a key or value that cannot be read."""
+    try:
+        replica = subjects.decode_token(key.split(".", 1)[1])
+    except IndexError:
+        raise ValueError(f"{key}: not a health replica's key") from None
+    if value is None:
+        return book.replica_gone(replica, now)
+    beat = wire.decode(value, HealthHeartbeat)
+    valid_for = (beat.expires_at - beat.heartbeat_at).total_seconds()
+    return book.heartbeat(replica, beat.site, valid_for, now)

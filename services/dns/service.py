@@ -26,7 +26,6 @@ from prometheus_client.registry import Collector
 from services.dns import channels
 from services.dns.denial import SigningKey
 from services.dns.geoip_file import GeoIpFile
-from services.dns.quorum import HealthBook, Quorum, State, Written
 from services.dns.ratelimit import ClientQueryBudget, ResponseRateLimiter
 from services.dns.server import DnsEngine, QueryCountCollector
 from services.dns.settings import DnsSettings
@@ -49,6 +48,7 @@ from shared.models import (
     ZoneKeys,
     ZoneSpec,
 )
+from shared.quorum import HealthBook, Quorum, State, Written, apply_heartbeat
 from shared.runtime import replica_name, run_service
 
 if TYPE_CHECKING:
@@ -351,17 +351,10 @@ class DnsService:
     def _apply_heartbeat(self, change: Change) -> None:
         now = asyncio.get_running_loop().time()
         try:
-            replica = subjects.decode_token(change.key.split(".", 1)[1])
-        except (ValueError, IndexError):
-            return
-        if change.value is None:
-            self._set_health(self.health.replica_gone(replica, now))
-            return
-        beat = self._decode(change.key, change.value, HealthHeartbeat)
-        if beat is None:
-            return
-        valid_for = (beat.expires_at - beat.heartbeat_at).total_seconds()
-        self._set_health(self.health.heartbeat(replica, beat.site, valid_for, now))
+            self._set_health(apply_heartbeat(self.health, change.key, change.value, now))
+        except ValueError as exc:  # wire.WireError included
+            BAD_VALUES.labels(HealthHeartbeat.KIND).inc()
+            log.error("ignoring bad %s value for %s: %s", HealthHeartbeat.KIND, change.key, exc)
 
     async def _expire_loop(self) -> None:
         while True:

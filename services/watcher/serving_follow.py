@@ -37,13 +37,12 @@ from shared import subjects, wire
 from shared.follow import BucketFollower, Change
 from shared.models import (
     GslbService,
-    HealthHeartbeat,
     HealthState,
     MemberHealth,
     MemberHold,
     utcnow,
 )
-from shared.quorum import HealthBook, Quorum, State, Written
+from shared.quorum import HealthBook, Quorum, State, Written, apply_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -146,19 +145,8 @@ class ServingTracker:
 
     def _heartbeat(self, change: Change) -> None:
         now = asyncio.get_running_loop().time()
-        try:
-            replica = subjects.decode_token(change.key.split(".", 1)[1])
-        except (ValueError, IndexError):
-            return
-        if change.value is None:
-            self._combined(self.book.replica_gone(replica, now))
-            return
-        try:
-            beat = wire.decode(change.value, HealthHeartbeat)
-        except wire.WireError:
-            return
-        valid_for = (beat.expires_at - beat.heartbeat_at).total_seconds()
-        self._combined(self.book.heartbeat(replica, beat.site, valid_for, now))
+        with contextlib.suppress(ValueError):  # wire.WireError included
+            self._combined(apply_heartbeat(self.book, change.key, change.value, now))
 
     def _hold(self, change: Change) -> None:
         try:
