@@ -4,8 +4,6 @@ seed's "New Delegation" wizard."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,50 +15,35 @@ import dns.resolver
 import pytest
 from nats.aio.client import Client
 
-from kgslb.embedded import free_port, wait_for_tcp
+from kgslb.embedded import free_port
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_pipeline import SEED_SHARES, publish_seed, serving_all_members
+from tests.integration.unbound import UNBOUND, start, write_config
 
-UNBOUND = shutil.which("unbound") or (
-    "/usr/sbin/unbound" if Path("/usr/sbin/unbound").exists() else None
-)
 pytestmark = pytest.mark.skipif(
     UNBOUND is None, reason="unbound not installed (Debian package `unbound`)"
 )
 
 
 def unbound_config(directory: Path, port: int, kgslb_port: int) -> Path:
-    config = directory / "unbound.conf"
-    config.write_text(
-        f"""
-server:
-    interface: 127.0.0.1
-    port: {port}
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "{directory}"
-    pidfile: "{directory}/unbound.pid"
-    logfile: ""
-    use-syslog: no
-    verbosity: 1
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
+    return write_config(
+        directory,
+        port,
+        """
     module-config: "iterator"
     # The parent zone iberia.local is the company's own; it names the kgslb DNS g-dns.
     local-zone: "iberia.local." transparent
     local-data: "g-dns.iberia.local. 3600 IN A 127.0.0.1"
     domain-insecure: "iberia.local."
     cache-max-ttl: 1
+""",
+        f"""
 stub-zone:
     name: "avi.iberia.local."
     stub-addr: 127.0.0.1@{kgslb_port}
     stub-first: no
-remote-control:
-    control-enable: no
-"""
+""",
     )
-    return config
 
 
 @pytest.fixture
@@ -68,16 +51,8 @@ def unbound(tmp_path: Path, services: Services) -> Iterator[int]:
     assert UNBOUND is not None
     kgslb_port = services.dns_port or services.start_dns()
     port = free_port()
-    config = unbound_config(tmp_path, port, kgslb_port)
-    check = subprocess.run(["unbound-checkconf", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    process = subprocess.Popen(
-        [UNBOUND, "-d", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "unbound.log", "wb"),  # noqa: SIM115
-    )
+    process = start(unbound_config(tmp_path, port, kgslb_port), port)
     try:
-        wait_for_tcp("127.0.0.1", port, 10, "unbound")
         yield port
     finally:
         process.terminate()

@@ -32,13 +32,11 @@ from kgslb.embedded import free_port, wait_for_tcp
 from shared.dnssec import new_secret
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_pipeline import SEED_SHARES, publish_seed, serving_all_members
+from tests.integration.unbound import UNBOUND, start, write_config
 
 ZONE = "avi.iberia.local"
 HELLO = f"hello.{ZONE}"
 DELV = shutil.which("delv")
-UNBOUND = shutil.which("unbound") or (
-    "/usr/sbin/unbound" if Path("/usr/sbin/unbound").exists() else None
-)
 needs_delv = pytest.mark.skipif(DELV is None, reason="delv not installed (bind9-dnsutils)")
 needs_unbound = pytest.mark.skipif(UNBOUND is None, reason="unbound not installed (unbound)")
 
@@ -166,51 +164,41 @@ def ds_record(signed: SignedDns) -> str:
 # unbound with the DS as trust anchor, directly and through a proxy that tampers --------------
 
 
-def unbound_config(directory: Path, port: int, upstream: int, ds: str) -> Path:
-    config = directory / "unbound.conf"
-    config.write_text(
+def unbound_config(
+    directory: Path, port: int, upstream: int, ds: str, parent: int | None = None
+) -> Path:
+    """Validating with `ds` as trust anchor; the zone at `upstream`, and its parent
+    iberia.local at `parent` when given."""
+    parent_zone = (
         f"""
-server:
-    interface: 127.0.0.1
-    port: {port}
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "{directory}"
-    pidfile: "{directory}/unbound.pid"
-    logfile: ""
-    use-syslog: no
-    verbosity: 1
+stub-zone:
+    name: "iberia.local."
+    stub-addr: 127.0.0.1@{parent}
+"""
+        if parent is not None
+        else ""
+    )
+    return write_config(
+        directory,
+        port,
+        f"""
     val-log-level: 2
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
     module-config: "validator iterator"
     trust-anchor: "{ds}"
     cache-max-ttl: 1
+""",
+        f"""
 stub-zone:
     name: "{ZONE}."
     stub-addr: 127.0.0.1@{upstream}
-remote-control:
-    control-enable: no
-"""
+{parent_zone}""",
     )
-    return config
 
 
 def start_unbound(directory: Path, upstream: int, ds: str) -> tuple[subprocess.Popen[bytes], int]:
-    assert UNBOUND is not None
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = unbound_config(directory, port, upstream, ds)
-    check = subprocess.run(["unbound-checkconf", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    process = subprocess.Popen(
-        [UNBOUND, "-d", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(directory / "unbound.log", "wb"),  # noqa: SIM115
-    )
-    wait_for_tcp("127.0.0.1", port, 10, "unbound")
-    return process, port
+    return start(unbound_config(directory, port, upstream, ds), port), port
 
 
 @pytest.fixture
@@ -368,20 +356,6 @@ zone "iberia.local" {{ type primary; file "{directory}/db.signed"; }};
     return process, port, anchor.replace(" IN DNSKEY ", " DNSKEY ").replace("\t", " ")
 
 
-def unbound_under_parent(directory: Path, parent: int, child: int, anchor: str) -> Path:
-    config = unbound_config(directory, free_port(), child, anchor)
-    text = config.read_text()
-    port = int(text.split("port: ", 1)[1].split()[0])
-    text += f"""
-stub-zone:
-    name: "iberia.local."
-    stub-addr: 127.0.0.1@{parent}
-"""
-    config.write_text(text)
-    config.with_suffix(".port").write_text(str(port))
-    return config
-
-
 @needs_bind
 @needs_unbound
 @pytest.mark.parametrize("ds_matches", [True, False], ids=["right-ds", "wrong-ds"])
@@ -397,17 +371,10 @@ async def test_the_chain_from_a_bind_parent_holding_the_ds_is_secure(
     named, parent_port, anchor = await asyncio.to_thread(start_bind_parent, tmp_path / "bind", ds)
     directory = tmp_path / "resolver"
     directory.mkdir()
-    config = unbound_under_parent(directory, parent_port, signed_dns.port, anchor)
-    check = subprocess.run(["unbound-checkconf", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    port = int(config.with_suffix(".port").read_text())
-    unbound = subprocess.Popen(
-        [UNBOUND, "-d", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(directory / "unbound.log", "wb"),  # noqa: SIM115
-    )
+    port = free_port()
+    config = unbound_config(directory, port, signed_dns.port, anchor, parent=parent_port)
+    unbound = await asyncio.to_thread(start, config, port)
     try:
-        await asyncio.to_thread(wait_for_tcp, "127.0.0.1", port, 10, "unbound")
         # The parent's own DS answer is secure: the anchor is the parent's KSK.
         parent_ds = await recurse(port, ZONE, "DS")
         assert parent_ds.flags & dns.flags.AD, parent_ds

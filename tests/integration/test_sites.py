@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,9 +35,11 @@ import yaml
 from kubernetes.client import CustomObjectsApi
 from kubernetes.config import new_client_from_config
 
-from kgslb.embedded import free_port, port_in_use, wait_for_tcp
+from kgslb.embedded import free_port, port_in_use
 from shared.policies import API_GROUP, API_VERSION, COPY_OF_ANNOTATION
 from tests.integration.test_up import SEED, wait_for_line
+from tests.integration.unbound import UNBOUND, write_config
+from tests.integration.unbound import start as start_unbound
 
 T = TypeVar("T")
 HELLO = "hello.avi.iberia.local"
@@ -641,9 +642,6 @@ def test_failing_an_unknown_site_names_the_sites(sites: SiteStack) -> None:
 
 # A real resolver in front of the three sites ------------------------------------------------
 
-UNBOUND = shutil.which("unbound") or (
-    "/usr/sbin/unbound" if Path("/usr/sbin/unbound").exists() else None
-)
 LOAD_QPS = 250
 LOAD_SECONDS = 12.0
 FAIL_AFTER_SECONDS = 2.0
@@ -653,35 +651,22 @@ def unbound_config(directory: Path, port: int, dns_port: int) -> Path:
     """A recursive resolver with the zone delegated to the three sites, caching nothing, so
     every client query reaches a site."""
     stubs = "\n".join(f"    stub-addr: {host}@{dns_port}" for host in DNS_HOSTS.values())
-    config = directory / "unbound.conf"
-    config.write_text(
-        f"""
-server:
-    interface: 127.0.0.1
-    port: {port}
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "{directory}"
-    pidfile: "{directory}/unbound.pid"
-    logfile: ""
-    use-syslog: no
-    verbosity: 1
-    do-not-query-localhost: no
-    access-control: 127.0.0.0/8 allow
+    return write_config(
+        directory,
+        port,
+        """
     module-config: "iterator"
     domain-insecure: "iberia.local."
     cache-max-ttl: 0
     cache-max-negative-ttl: 0
     num-queries-per-thread: 1024
+""",
+        f"""
 stub-zone:
     name: "{ZONE}."
 {stubs}
-remote-control:
-    control-enable: no
-"""
+""",
     )
-    return config
 
 
 @dataclass
@@ -727,14 +712,8 @@ def test_a_resolver_delegating_to_the_sites_never_fails_while_one_site_goes(
 ) -> None:
     assert UNBOUND is not None
     port = free_port()
-    config = unbound_config(tmp_path, port, sites.dns_port)
-    resolver = subprocess.Popen(
-        [UNBOUND, "-d", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "unbound.log", "wb"),  # noqa: SIM115
-    )
+    resolver = start_unbound(unbound_config(tmp_path, port, sites.dns_port), port)
     try:
-        wait_for_tcp("127.0.0.1", port, 10, "unbound")
 
         async def load_while_a_site_fails() -> tuple[LoadResult, subprocess.CompletedProcess[str]]:
             load = asyncio.create_task(steady_load(port, LOAD_QPS, LOAD_SECONDS))
