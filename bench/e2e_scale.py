@@ -30,6 +30,7 @@ import collections
 import contextlib
 import functools
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -168,7 +169,7 @@ def cold_writes(stack: E2EStack) -> dict[str, float]:
 
 
 def ready(stack: E2EStack, name: str, needle: str = "") -> bool:
-    response = httpx.get(f"http://127.0.0.1:{stack.ops_ports[name]}/readyz", timeout=2)
+    response = stack.http.get(f"http://127.0.0.1:{stack.ops_ports[name]}/readyz", timeout=2)
     return response.status_code == 200 and needle in response.text
 
 
@@ -409,9 +410,12 @@ def start_profilers(
     out_dir.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).parent / "py-spy"
     profilers = []
-    for name, process in stack.processes.items():
-        assert process.process is not None
-        argv = [str(py_spy), "record", "--pid", str(process.process.pid), "--rate", "50"]
+    pids = {
+        name: process.process.pid for name, process in stack.processes.items() if process.process
+    }
+    pids["bench+simulator"] = os.getpid()  # serves the simulator's lists and polls
+    for name, pid in pids.items():
+        argv = [str(py_spy), "record", "--pid", str(pid), "--rate", "50"]
         argv += ["--duration", str(seconds), "--nonblocking", "--format", "raw"]
         argv += ["-o", str(out_dir / f"{name}.txt")]
         profilers.append(

@@ -499,6 +499,7 @@ class ClusterServer:
             continue_token=query.get("continue"),
             resource_version=query.get("resourceVersion"),
             resource_version_match=query.get("resourceVersionMatch"),
+            read_only=True,
         )
         metadata: Obj = {"resourceVersion": str(page.resource_version)}
         if page.continue_token:
