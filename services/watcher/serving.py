@@ -16,7 +16,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Any, Literal
 
 from shared.models import (
@@ -52,7 +51,9 @@ class MemberView:
 
     @property
     def v6(self) -> bool:
-        return ip_address(self.ip).version == 6
+        # `ip` is a validated address (GslbService): only IPv6's text form has a colon. Parsing
+        # it here again was a tenth of the home watcher's work at a cold start.
+        return ":" in self.ip
 
 
 @dataclass(frozen=True, slots=True)

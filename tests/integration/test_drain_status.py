@@ -10,6 +10,7 @@ Kubernetes client against the simulator (as `kubectl`), `kgslb backend stop|star
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,8 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 from kgslb.embedded import free_port
 from tests.integration.test_up import (
@@ -77,6 +80,23 @@ class Stack:
             if entry["fqdn"] == HELLO:
                 return {m["cluster"]: (m["health"], m["state"]) for m in entry["members"]}
         return {}
+
+    def serving_gauge(self) -> dict[str, float]:
+        """cluster -> `kgslb_watcher_serving_members{fqdn=hello}` of the watchers (only the
+        active home's exports any)."""
+        ops: dict[str, str] = json.loads((self.state / "stack.json").read_text())["ops"]
+        out: dict[str, float] = {}
+        for name, url in ops.items():
+            if not name.startswith("watcher"):
+                continue
+            for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+                for sample in family.samples:
+                    if (
+                        sample.name == "kgslb_watcher_serving_members"
+                        and sample.labels["fqdn"] == HELLO
+                    ):
+                        out[sample.labels["cluster"]] = sample.value
+        return out
 
     def events(self, reason: str) -> list[str]:
         return [
@@ -140,11 +160,13 @@ def test_status_shows_serving_members_and_events_tell_the_failover_and_recovery(
     )
     serving = next(e for e in stack.gdp()["status"]["serving"] if e["fqdn"] == HELLO)
     assert sorted(serving["addresses"]) == sorted(SEED_VIPS)
+    assert stack.serving_gauge() == {"s1az1": 1, "s1az2": 1, "s2": 1}
 
     stack.backend("stop", "s2")
     down_in = timed(lambda: stack.member_states().get("s2") == ("down", "Down"), 20)
     print(f"s2 Down in the GDP status {down_in:.2f} s after its backend stopped "
           f"(bound {BOUND_SECONDS:g} s)")  # fmt: skip
+    assert stack.serving_gauge() == {"s1az1": 1, "s1az2": 1, "s2": 0}
     wait_until(lambda: stack.events("Failover"), 10)
     (failover,) = [m for m in stack.events("Failover") if S2 in m]
     assert failover == (
