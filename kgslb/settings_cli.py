@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shutil
 import sys
 import types
 import typing
@@ -29,6 +30,9 @@ from shared.settings import KgslbSettings, SettingsError, env_key, flag_name, lo
 COMMAND_SKIPS = ("stream_replicas", "state_check_seconds")
 """Service settings the client commands (status, logs, ...) do not use: no flag for them."""
 SHORT_FLAGS = {"output": "-o"}
+RICH_HELP_COLUMNS = 120
+"""Narrower than this, or into a pipe, `--help` is plain text: rich's tables would cut the
+long flag and variable names (`KGSLB_TCP_CLIENT_QUERIES_PER_SECOND`) with an ellipsis."""
 
 
 def command_name(ctx: Any) -> str:
@@ -51,6 +55,17 @@ class SettingsCommand(TyperCommand):
             message = " ".join(exc.format_message().replace("Value error, ", "").split())
             print(f"{command_name(ctx)}: {message} (see --help)", file=sys.stderr)
             raise typer.Exit(2) from None
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        wide = sys.stdout.isatty() and shutil.get_terminal_size().columns >= RICH_HELP_COLUMNS
+        if wide:
+            super().format_help(ctx, formatter)
+            return
+        markup, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = markup
 
 
 def _plain_type(annotation: Any) -> Any:
@@ -162,8 +177,7 @@ def settings_flags(
             try:
                 settings = load_settings(model, given)
             except SettingsError as exc:
-                shown = command.__name__.replace("_", " ")  # logs_export: "logs export"
-                print(f"kgslb {shown}: {exc}", file=sys.stderr)
+                print(f"{command_name(ctx)}: {exc}", file=sys.stderr)
                 raise typer.Exit(2) from None
             return command(*args, settings=settings, **kwargs)
 
