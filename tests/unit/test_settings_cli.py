@@ -171,7 +171,7 @@ def test_the_help_of_each_service_lists_every_setting_typed_with_its_variable(
     text = " ".join(result.stdout.split())  # the plain help wraps long lines
 
     assert result.exit_code == 0
-    for name, field in SERVICES[service].model_fields.items():
+    for name in SERVICES[service].model_fields:
         assert f"{flag_name(name)} <" in text, name
         assert f"(env {env_key(name)})" in text, name
     assert "--nats-url <str>" in text
