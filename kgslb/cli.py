@@ -64,7 +64,6 @@ def _service_command(name: str, package: str, settings_class: str, summary: str)
         except ServiceFailed:
             raise typer.Exit(1) from None  # run_service logged why
 
-    command.__name__ = command.__qualname__ = name
     command.__doc__ = (
         f"{summary}\n\nEvery setting is a flag or a KGSLB_* variable; flags win over the "
         "environment, the environment over the defaults."
