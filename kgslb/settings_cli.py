@@ -106,7 +106,7 @@ def _panel(model: type[KgslbSettings], name: str) -> str | None:
 
 
 def settings_option(model: type[KgslbSettings], name: str) -> inspect.Parameter:
-    """The typer option of one field: typed (INTEGER, FLOAT, a choice, BOOLEAN, TEXT), not
+    """The typer option of one field: typed (`<int>`, `<float>`, a choice, `<bool>`, `<str>`), not
     given by default, its help naming the environment variable."""
     field = model.model_fields[name]
     kind = _plain_type(field.annotation)
