@@ -4,7 +4,6 @@ one site (in-process, over an HTTP control endpoint, or `python -m kgslb.backend
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -17,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import typer
 from aiohttp import web
 
 ACTIONS = ("start", "stop", "error", "hang", "heal")
@@ -278,7 +278,7 @@ def parse_site(text: str, port: int, hosts: tuple[str, ...]) -> HelloSite:
     cluster, sep, rest = text.partition("=")
     ip, _, site = rest.partition("=")
     if not sep or not cluster or not ip:
-        raise argparse.ArgumentTypeError(f"--site {text!r}: expected CLUSTER=IP[=SITE NAME]")
+        raise ValueError(f"{text!r}: expected CLUSTER=IP[=SITE NAME]")
     return HelloSite(cluster=cluster, ip=ip, port=port, site=site, hosts=hosts)
 
 
@@ -322,27 +322,28 @@ async def serve(
                 control_file.unlink()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kgslb.backends", description=__doc__)
-    parser.add_argument("--site", action="append", default=[], help="CLUSTER=IP[=SITE NAME]")
-    parser.add_argument("--port", type=int, default=80, help="port every site listens on")
-    parser.add_argument("--host", action="append", default=[], help="virtual host served")
-    parser.add_argument("--control-host", default="127.0.0.1")
-    parser.add_argument("--control-port", type=int, default=0)
-    parser.add_argument("--control-file", type=Path, help="write the control URL here")
-    args = parser.parse_args(argv)
-    hosts = tuple(args.host)
+def main(
+    site: list[str] = typer.Option([], "--site", help="CLUSTER=IP[=SITE NAME] (repeatable)"),
+    port: int = typer.Option(80, "--port", help="port every site listens on"),
+    host: list[str] = typer.Option([], "--host", help="virtual host served (repeatable)"),
+    control_host: str = typer.Option("127.0.0.1", "--control-host"),
+    control_port: int = typer.Option(0, "--control-port"),
+    control_file: Path | None = typer.Option(
+        None, "--control-file", help="write the control URL here"
+    ),
+) -> None:
+    """The demo hello backends of `kgslb up`, one per site, and their control endpoint."""
     try:
-        sites = [parse_site(text, args.port, hosts) for text in args.site]
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
+        sites = [parse_site(text, port, tuple(host)) for text in site]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--site") from None
     from shared.runtime import run
 
     try:
-        run(serve(sites, args.control_host, args.control_port, args.control_file))
+        run(serve(sites, control_host, control_port, control_file))
     except OSError as exc:
         raise SystemExit(f"kgslb backends: {exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -1,20 +1,20 @@
 """The `kgslb` command: one subcommand per service, plus the tools around them.
 
-Service subcommands take every setting as a flag (`--dns-port 1053`) or as an environment
-variable (`KGSLB_DNS_PORT=1053`); both go through `shared.settings.load_settings`.
+Service subcommands take every setting as a typed flag (`--dns-port 1053`) or as an environment
+variable (`KGSLB_DNS_PORT=1053`); flags win over the environment, the environment over the
+defaults (`kgslb.settings_cli`, `shared.settings`).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import BaseModel
 
-from shared.settings import NatsSettings, SettingsError, env_key, load_settings
+from kgslb.settings_cli import SettingsCommand, settings_flags
+from shared.settings import KgslbSettings, NatsSettings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -45,76 +45,30 @@ def main(
     Shell completion: `kgslb --install-completion` (bash, zsh, fish, PowerShell)."""
 
 
-SETTINGS_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def parse_flags(args: list[str], model: type[BaseModel]) -> dict[str, Any]:
-    """`--dns-port 1053` / `--dns-port=1053` -> {"dns_port": "1053"}, checked against model."""
-    flags: dict[str, Any] = {}
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if not arg.startswith("--"):
-            raise SettingsError(f"unexpected argument {arg!r}")
-        name, _, value = arg[2:].partition("=")
-        field = name.replace("-", "_")
-        if field not in model.model_fields:
-            allowed = ", ".join("--" + f.replace("_", "-") for f in model.model_fields)
-            raise SettingsError(f"unknown flag --{name} (allowed: {allowed})")
-        if not value:
-            if index + 1 >= len(args):
-                raise SettingsError(f"flag --{name} needs a value")
-            index += 1
-            value = args[index]
-        flags[field] = value
-        index += 1
-    return flags
-
-
-def settings_help(model: type[BaseModel], skip: tuple[str, ...] = ()) -> str:
-    rows = []
-    for name, field in model.model_fields.items():
-        if name in skip:
-            continue
-        flag = "--" + name.replace("_", "-")
-        default = "" if field.default is None else f" (default {field.default!r})"
-        rows.append(f"{flag} / {env_key(name)}{default}")
-    return "Settings (flag / environment):\n\n" + "\n\n".join(rows)
-
-
-def run_service_command(
-    ctx: typer.Context, model: type[BaseModel], main: Callable[[Any], Coroutine[Any, Any, None]]
-) -> None:
-    from shared.runtime import ServiceFailed, run
-
-    try:
-        settings = load_settings(model, parse_flags(ctx.args, model))
-    except SettingsError as exc:
-        print(f"kgslb {ctx.info_name}: {exc}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    try:
-        run(main(settings))
-    except ServiceFailed:
-        raise typer.Exit(1) from None  # run_service logged why
-
-
 def _service_command(name: str, package: str, settings_class: str, summary: str) -> None:
-    """Register `kgslb <name>`. Only the settings module is imported here: a service module
-    registers its metrics on import, and each process must expose only its own."""
+    """Register `kgslb <name>` with one typed flag per setting of the service. Only the
+    settings module is imported here: a service module registers its metrics on import, and
+    each process must expose only its own."""
     import importlib
 
-    def settings_model() -> type[BaseModel]:
-        model: type[BaseModel] = getattr(
-            importlib.import_module(f"{package}.settings"), settings_class
-        )
-        return model
+    model: type[KgslbSettings] = getattr(
+        importlib.import_module(f"{package}.settings"), settings_class
+    )
 
-    def command(ctx: typer.Context) -> None:
+    def command(settings: Any) -> None:
+        from shared.runtime import ServiceFailed, run
+
         service = importlib.import_module(f"{package}.service")
-        run_service_command(ctx, settings_model(), service.main)
+        try:
+            run(service.main(settings))
+        except ServiceFailed:
+            raise typer.Exit(1) from None  # run_service logged why
 
-    command.__doc__ = f"{summary}\n\n{settings_help(settings_model())}"
-    app.command(name, context_settings=SETTINGS_CONTEXT)(command)
+    command.__doc__ = (
+        f"{summary}\n\nEvery setting is a flag or a KGSLB_* variable; flags win over the "
+        "environment, the environment over the defaults."
+    )
+    app.command(name, cls=SettingsCommand)(settings_flags(model, skip=())(command))
 
 
 _service_command(
@@ -155,72 +109,14 @@ def up(
     raise typer.Exit(run_up(stack_file, state_dir, clean))
 
 
-COMMAND_SKIPS = ("stream_replicas", "state_check_seconds")
-"""Service settings a command does not use: no flag for them."""
-SHORT_FLAGS = {"output": "-o"}
-
-
-def settings_flags(
-    model: type[BaseModel], *skip: str
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command one typer option per setting of `model` (`--nats-url`, shown in its
-    --help with the environment variable), and pass the command `settings`: the model filled
-    from defaults, `KGSLB_*` variables and the options given (`load_settings`)."""
-    import functools
-    import inspect
-
-    names = [name for name in model.model_fields if name not in (*skip, *COMMAND_SKIPS)]
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        signature = inspect.signature(command, eval_str=True)
-        kept = [p for p in signature.parameters.values() if p.name != "settings"]
-        added = []
-        for name in names:
-            field = model.model_fields[name]
-            flags = [
-                "--" + name.replace("_", "-"),
-                *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else []),
-            ]
-            default = "" if field.default in (None, "") else f"; default {field.default}"
-            help_text = (
-                f"{field.description or name.replace('_', ' ')} (env {env_key(name)}{default})"
-            )
-            option = typer.Option(None, *flags, help=help_text, show_default=False)
-            added.append(
-                inspect.Parameter(
-                    name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=str | None
-                )
-            )
-
-        @functools.wraps(command)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            given = {name: kwargs.pop(name) for name in names}
-            try:
-                settings = load_settings(model, given)
-            except SettingsError as exc:
-                shown = command.__name__.replace("_", " ")
-                print(f"kgslb {shown}: {exc}", file=sys.stderr)
-                raise typer.Exit(2) from None
-            return command(*args, settings=settings, **kwargs)
-
-        wrapper.__signature__ = signature.replace(parameters=[*kept, *added])  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {
-            **{p.name: p.annotation for p in kept},
-            **{p.name: p.annotation for p in added},
-        }
-        return wrapper
-
-    return decorate
-
-
-def _settings_model(module: str, name: str) -> type[BaseModel]:
+def _settings_model(module: str, name: str) -> type[KgslbSettings]:
     import importlib
 
-    model: type[BaseModel] = getattr(importlib.import_module(module), name)
+    model: type[KgslbSettings] = getattr(importlib.import_module(module), name)
     return model
 
 
-@app.command()
+@app.command(cls=SettingsCommand)
 @settings_flags(_settings_model("kgslb.status", "StatusSettings"))
 def status(settings: Any) -> None:
     """Show every GSLB service with its members, weights and health, and rejected policies.
@@ -234,7 +130,7 @@ def status(settings: Any) -> None:
     natscmd.run_command("status", settings, show_status(settings))
 
 
-@app.command()
+@app.command(cls=SettingsCommand)
 @settings_flags(_settings_model("kgslb.home", "HomeSettings"))
 def home(settings: Any) -> None:
     """Show the active home cluster and each possible home.
@@ -250,7 +146,7 @@ member_app = typer.Typer(help="Act on one member of a GSLB name.", no_args_is_he
 app.add_typer(member_app, name="member")
 
 
-@member_app.command("resume")
+@member_app.command("resume", cls=SettingsCommand)
 @settings_flags(NatsSettings)
 def member_resume(
     fqdn: str = typer.Argument(..., help="the GSLB name, e.g. hello.avi.iberia.local"),
@@ -518,7 +414,7 @@ def _fqdn_argument(fqdn: str | None, deprecated: str | None) -> str:
     return fqdn
 
 
-@logs_app.command("export")
+@logs_app.command("export", cls=SettingsCommand)
 @settings_flags(_settings_model("kgslb.logs", "LogsSettings"))
 def logs_export(
     settings: Any,
@@ -543,7 +439,7 @@ def logs_export(
         raise typer.Exit(2) from None
 
 
-@logs_app.command("split")
+@logs_app.command("split", cls=SettingsCommand)
 @settings_flags(_settings_model("kgslb.logs", "LogsSettings"))
 def logs_split(
     settings: Any,
@@ -572,7 +468,7 @@ dnssec_app = typer.Typer(help="DNSSEC of the signed zones.", no_args_is_help=Tru
 app.add_typer(dnssec_app, name="dnssec")
 
 
-@dnssec_app.command("ds")
+@dnssec_app.command("ds", cls=SettingsCommand)
 @settings_flags(NatsSettings)
 def dnssec_ds(
     settings: Any,

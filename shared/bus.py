@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Gauge
 
 from shared import subjects
+from shared.reconnects import ReconnectLog
 from shared.settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -172,25 +174,42 @@ async def connect(
 
     Until the first connection every failed attempt is logged at WARNING as `waiting for
     NATS at <url>: <reason>` (or handed to `on_attempt_failed`), with a back-off from 0.2 s
-    to 5 s; once connected, reconnects retry every 0.5 s and the callbacks report them."""
+    to 5 s. Once connected, a lost connection is logged (`nats connection disconnected from
+    <url>`), reconnects retry every 0.5 s, a failed one is logged at WARNING as `reconnecting
+    to NATS at <url>: <reason> (attempt N, down S s)` (the first of each URL at once, then
+    one line per URL every 5 s, `shared.reconnects`), and the reconnection as `nats
+    connection reconnected to <url> after N failed attempts, S s`."""
 
     nc = Client()
     connected = False
     wait = [CONNECT_RETRY_SECONDS]
+    reconnects = ReconnectLog()
+    last_url = [redact_url(settings.nats_url)]
 
-    async def report(state: str) -> None:
+    async def report(state: str, detail: str = "", **fields: Any) -> None:
         if nc.is_draining or nc.is_closed:
             return
-        log.warning("nats connection %s", state, extra={"nats_state": state})
+        log.warning("nats connection %s%s", state, detail, extra={"nats_state": state, **fields})
         if on_state is not None:
             await on_state(state)
 
+    def current_url() -> str:
+        url = nc.connected_url
+        return redact_url(url.geturl()) if url is not None else last_url[0]
+
     async def disconnected() -> None:
         if connected:
-            await report("disconnected")
+            reconnects.disconnected(time.monotonic())
+            await report("disconnected", f" from {last_url[0]}", nats_url=last_url[0])
 
     async def reconnected() -> None:
-        await report("reconnected")
+        done = reconnects.reconnected(time.monotonic())
+        last_url[0] = url = current_url()
+        await report(
+            "reconnected",
+            f" to {url} after {done.number} failed attempts, {done.down_seconds:.1f} s",
+            nats_url=url, failed_attempts=done.number, down_seconds=round(done.down_seconds, 3),
+        )  # fmt: skip
 
     async def error(exc: Exception) -> None:
         if not connected:
@@ -206,12 +225,22 @@ async def connect(
             nc.options["reconnect_time_wait"] = wait[0]
             wait[0] = min(wait[0] * 2, CONNECT_MAX_RETRY_SECONDS)
             return
-        # A permissions violation is a deployment mistake the operator must see; the rest are
-        # reconnect noise that `report` already summarises.
+        # A permissions violation is a deployment mistake the operator must see.
         if "permissions violation" in str(exc).lower():
             log.warning("nats refused: %s", exc, extra={"nats_user": settings.nats_user or ""})
-        else:
-            log.debug("nats client error: %s", exc)
+            return
+        if nc.is_reconnecting and not (nc.is_closed or nc.is_draining):
+            url = _attempted_url(nc, settings.nats_url)
+            attempt = reconnects.failed(url, time.monotonic())
+            if attempt is not None:
+                log.warning(
+                    "reconnecting to NATS at %s: %s (attempt %d, down %.1f s)",
+                    url, attempt_reason(exc), attempt.number, attempt.down_seconds,
+                    extra={"nats_url": url, "failed_attempts": attempt.number,
+                           "down_seconds": round(attempt.down_seconds, 3)},
+                )  # fmt: skip
+            return
+        log.debug("nats client error: %s", exc)  # the disconnect itself: `report` says it
 
     options: dict[str, Any] = {
         "servers": [url.strip() for url in settings.nats_url.split(",") if url.strip()],
@@ -244,6 +273,7 @@ async def connect(
             await nc.close()
         raise
     connected = True
+    last_url[0] = current_url()
     nc.options["reconnect_time_wait"] = RECONNECT_WAIT_SECONDS
     return nc
 

@@ -1,7 +1,10 @@
-"""The one settings loader: defaults, then `KGSLB_*` environment variables, then flags.
+"""The settings of every service: pydantic-settings models read from `KGSLB_*` environment
+variables, then from flags (defaults < environment < flags).
 
-Every service declares its settings as a pydantic model; `load_settings` fills it. A bad value
-fails before anything starts, with one line naming the key (`KGSLB_DNS_PORT`) and the problem.
+Every service declares its settings as a `KgslbSettings` model (`services/*/settings.py`);
+`KGSLB_DNS_PORT` fills `dns_port`, and the CLI (`kgslb dns --dns-port`) gives one typed flag per
+field. `load_settings` builds a model from both and turns a bad value into one line naming the
+key (`KGSLB_DNS_PORT` or `--dns-port`), the value (never a secret's) and what is allowed.
 """
 
 from __future__ import annotations
@@ -9,22 +12,70 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 ENV_PREFIX = "KGSLB_"
+
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("kgslb_settings_environ", default=None)
+"""The environment `load_settings(..., environ=...)` reads instead of `os.environ`."""
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (tests, worker processes)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self._environ.items()}
+
+
+class KgslbSettings(BaseSettings):
+    """Base of every settings model: field `x_y` is env `KGSLB_X_Y` and flag `--x-y`; no .env
+    file and no secrets directory are read (a mounted secret is a `*_file` setting)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False, env_ignore_empty=False
+    )
+
+    help_panel: ClassVar[str | None] = None
+    """The `--help` section this class's own fields are listed under (None: Options)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        if environ is not None:
+            env_settings = _MappingEnvSource(settings_cls, environ)
+        return (init_settings, env_settings)
 
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the environment key or flag."""
 
 
-class NatsSettings(BaseModel):
+class NatsSettings(KgslbSettings):
     """How every service reaches NATS (flags `--nats-*`, env `KGSLB_NATS_*`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    help_panel: ClassVar[str] = "NATS"
 
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="comma-separated URLs")
     nats_user: str | None = None
@@ -55,6 +106,8 @@ class NatsSettings(BaseModel):
 class ServiceSettings(NatsSettings):
     """Settings every service has."""
 
+    help_panel: ClassVar[str] = "Service"
+
     log_level: str = "INFO"
     ops_host: str = Field(default="127.0.0.1", description="where /healthz /readyz /metrics listen")
     ops_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
@@ -68,9 +121,11 @@ class ServiceSettings(NatsSettings):
     )
 
 
-class DnssecSecretSettings(BaseModel):
+class DnssecSecretSettings(KgslbSettings):
     """The secret the DNSSEC private keys in KV `kgslb_keys` are encrypted with (the reconciler
     encrypts new keys with it, every DNS decrypts them); only needed with a signed zone."""
+
+    help_panel: ClassVar[str] = "DNSSEC key secret"
 
     dnssec_key_secret: str = Field(
         default="",
@@ -96,37 +151,66 @@ class DnssecSecretSettings(BaseModel):
         return value
 
 
-S = TypeVar("S", bound=BaseModel)
+S = TypeVar("S", bound=KgslbSettings)
 
 
 def env_key(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str] | None) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
 def load_settings(
     model: type[S], flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> S:
-    """Build `model` from env and flags. Flags given as None fall back to env, then defaults."""
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for name in model.model_fields:
-        key = env_key(name)
-        if key in environ:
-            values[name] = environ[key]
-            origin[name] = key
-    for name, value in (flags or {}).items():
-        if value is None:
-            continue
+    """Build `model` from defaults, `KGSLB_*` variables (of `environ`, default `os.environ`)
+    and `flags` (field name -> value; None: not given), later ones winning. A bad value raises
+    SettingsError: one line naming the flag or variable it came from."""
+    given = {name: value for name, value in (flags or {}).items() if value is not None}
+    for name in given:
         if name not in model.model_fields:
-            raise SettingsError(f"unknown setting {name!r}")
-        values[name] = value
-        origin[name] = "--" + name.replace("_", "-")
+            allowed = ", ".join(flag_name(f) for f in model.model_fields)
+            raise SettingsError(f"unknown setting {flag_name(name)} (allowed: {allowed})")
     try:
-        return model.model_validate(values)
+        with _reading(environ):
+            return model(**given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = str(err["loc"][0]) if err["loc"] else "?"
-        where = origin.get(name, env_key(name))
-        given = values.get(name, "<unset>")
-        raise SettingsError(f"{where}={given!r}: {err['msg']}") from None
+        raise SettingsError(
+            describe_error(model, exc, given, os.environ if environ is None else environ)
+        ) from None
+
+
+def describe_error(
+    model: type[KgslbSettings],
+    exc: ValidationError,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> str:
+    """`--dns-port=70000: Input should be less than or equal to 65535`: where the first bad
+    value came from, the value (`<hidden>` for a secret) and pydantic's reason."""
+    err = exc.errors()[0]
+    reason = str(err["msg"]).removeprefix("Value error, ")
+    name = str(err["loc"][0]) if err["loc"] else ""
+    field = model.model_fields.get(name)
+    if field is None:  # a check across fields: its message names the flags
+        return reason
+    env = {key.upper(): value for key, value in environ.items()}
+    if name in flags:
+        where, given = flag_name(name), flags[name]
+    elif env_key(name) in env:
+        where, given = env_key(name), env[env_key(name)]
+    else:
+        where, given = f"{flag_name(name)} / {env_key(name)} (default)", field.default
+    shown = "<hidden>" if not field.repr else repr(given)
+    return f"{where}={shown}: {reason}"

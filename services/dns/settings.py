@@ -3,7 +3,7 @@ the service so the CLI can describe them without loading the service and its met
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -12,6 +12,8 @@ from shared.settings import DnssecSecretSettings, ServiceSettings
 
 
 class DnsSettings(ServiceSettings, DnssecSecretSettings):
+    help_panel: ClassVar[str] = "DNS"
+
     dns_host: str = "127.0.0.1"
     dns_port: int = Field(default=1053, ge=0, le=65535)
     workers: int = Field(

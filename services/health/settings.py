@@ -3,12 +3,16 @@ the service so the CLI can describe them without loading the service."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, IPvAnyAddress
 
 from shared.settings import ServiceSettings
 
 
 class HealthSettings(ServiceSettings):
+    help_panel: ClassVar[str] = "Health"
+
     heartbeat_seconds: float = Field(
         default=2.0, gt=0, le=60, description="how often this replica announces itself"
     )

@@ -3,12 +3,16 @@ the service so the CLI can describe them without loading the service."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from shared.settings import DnssecSecretSettings, ServiceSettings
 
 
 class ReconcilerSettings(ServiceSettings, DnssecSecretSettings):
+    help_panel: ClassVar[str] = "Reconciler"
+
     debounce_seconds: float = Field(default=0.005, ge=0, description="coalesce event bursts")
     lease_ttl_seconds: float = Field(
         default=5.0,

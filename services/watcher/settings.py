@@ -3,6 +3,8 @@ the service so the CLI can describe them without loading the service."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, field_validator
 
 from shared.quorum import QUORUM_HELP, Quorum
@@ -10,6 +12,8 @@ from shared.settings import ServiceSettings
 
 
 class WatcherSettings(ServiceSettings):
+    help_panel: ClassVar[str] = "Watcher"
+
     kubeconfig: str = Field(
         default="",
         description="kubeconfig file, e.g. the seed's multi-cluster gslb-members; "
