@@ -13,7 +13,6 @@ more than everything else the watcher does per event.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import random
@@ -32,9 +31,6 @@ from kubernetes.config.config_exception import ConfigException
 from services.watcher.backoff import Backoff
 from services.watcher.sources import SOURCES
 from services.watcher.sources.base import Source
-from services.watcher.sources.ingress import INGRESS
-from services.watcher.sources.namespace import NAMESPACE
-from services.watcher.sources.service import SERVICE
 from services.watcher.translate import POLICY_PLURALS
 from shared.models import PolicyKind, PolicyRef
 from shared.policies import API_GROUP, API_VERSION
@@ -159,20 +155,61 @@ def current_context(kubeconfig: str) -> str:
     return str(current["name"])
 
 
+_QUERY_NAMES = {
+    "limit": "limit",
+    "_continue": "continue",
+    "watch": "watch",
+    "resource_version": "resourceVersion",
+    "resource_version_match": "resourceVersionMatch",
+    "allow_watch_bookmarks": "allowWatchBookmarks",
+    "send_initial_events": "sendInitialEvents",
+    "timeout_seconds": "timeoutSeconds",
+    "label_selector": "labelSelector",
+    "field_selector": "fieldSelector",
+}
+
+
+@dataclass(frozen=True)
+class RawList:
+    """GET of one collection (list or watch) through the official client's `ApiClient` (its
+    configuration, TLS, token and REST layer), answered raw, as the typed calls answer with
+    `_preload_content=False`. The typed API classes are not used for listing: importing
+    `CoreV1Api` builds a pydantic model class for every core kind it names (0.5 CPU-s of every
+    watcher's start, measured), and the watcher reads the raw JSON anyway."""
+
+    api: client.ApiClient
+    path: str
+    """`/api/v1/services`, `/apis/networking.k8s.io/v1/ingresses`."""
+
+    def __call__(
+        self, _preload_content: bool = False, _request_timeout: Any = None, **params: Any
+    ) -> urllib3.HTTPResponse:
+        unknown = params.keys() - _QUERY_NAMES.keys()
+        if unknown or _preload_content:
+            raise TypeError(f"RawList({self.path}): unsupported arguments {sorted(unknown)}")
+        query = [(_QUERY_NAMES[k], v) for k, v in params.items() if v is not None]
+        request = self.api.param_serialize(
+            method="GET",
+            resource_path=self.path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(*request, _request_timeout=_request_timeout)
+        if not 200 <= response.status <= 299:
+            response.read()  # type: ignore[no-untyped-call]
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return cast(urllib3.HTTPResponse, response.response)
+
+
+def collection_path(group: str, version: str, plural: str) -> str:
+    """Where a resource's collection of every namespace is served (the core group: /api)."""
+    return f"/api/{version}/{plural}" if not group else f"/apis/{group}/{version}/{plural}"
+
+
 def source_call(api: client.ApiClient, source: Source) -> ListCall:
-    """The list/watch call of a source's resource (the typed calls for the built-in kinds)."""
-    core = client.CoreV1Api(api)
-    typed: dict[str, ListCall] = {
-        INGRESS.name: client.NetworkingV1Api(api).list_ingress_for_all_namespaces,
-        SERVICE.name: core.list_service_for_all_namespaces,
-        NAMESPACE.name: core.list_namespace,
-    }
-    if source.name in typed:
-        return typed[source.name]
-    custom = client.CustomObjectsApi(api)
-    return functools.partial(
-        custom.list_cluster_custom_object, source.api.group, source.api.version, source.api.plural
-    )
+    """The list/watch call of a source's resource."""
+    return RawList(api, collection_path(source.api.group, source.api.version, source.api.plural))
 
 
 def list_calls(
@@ -181,11 +218,8 @@ def list_calls(
     """The list/watch call of every watched resource, by source or policy kind name."""
     calls: dict[str, ListCall] = {source.name: source_call(api, source) for source in sources}
     if home:
-        custom = client.CustomObjectsApi(api)
         for kind, plural in POLICY_PLURALS.items():
-            calls[kind] = functools.partial(
-                custom.list_cluster_custom_object, API_GROUP, API_VERSION, plural
-            )
+            calls[kind] = RawList(api, collection_path(API_GROUP, API_VERSION, plural))
     return calls
 
 
