@@ -117,7 +117,7 @@ def _settings_model(module: str, name: str) -> type[KgslbSettings]:
 
 
 @app.command(cls=SettingsCommand)
-@settings_flags(_settings_model("kgslb.status", "StatusSettings"))
+@settings_flags(_settings_model("kgslb.command_settings", "StatusSettings"))
 def status(settings: Any) -> None:
     """Show every GSLB service with its members, weights and health, and rejected policies.
 
@@ -131,7 +131,7 @@ def status(settings: Any) -> None:
 
 
 @app.command(cls=SettingsCommand)
-@settings_flags(_settings_model("kgslb.home", "HomeSettings"))
+@settings_flags(_settings_model("kgslb.command_settings", "HomeSettings"))
 def home(settings: Any) -> None:
     """Show the active home cluster and each possible home.
 
@@ -415,7 +415,7 @@ def _fqdn_argument(fqdn: str | None, deprecated: str | None) -> str:
 
 
 @logs_app.command("export", cls=SettingsCommand)
-@settings_flags(_settings_model("kgslb.logs", "LogsSettings"))
+@settings_flags(_settings_model("kgslb.command_settings", "LogsSettings"))
 def logs_export(
     settings: Any,
     fqdn: str | None = typer.Argument(None, help="the GSLB name whose queries to export"),
@@ -440,7 +440,7 @@ def logs_export(
 
 
 @logs_app.command("split", cls=SettingsCommand)
-@settings_flags(_settings_model("kgslb.logs", "LogsSettings"))
+@settings_flags(_settings_model("kgslb.command_settings", "LogsSettings"))
 def logs_split(
     settings: Any,
     fqdn: str = typer.Argument(..., help="the GSLB name to analyse"),

@@ -8,20 +8,13 @@ import contextlib
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
-from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
 from kgslb import natscmd
+from kgslb.command_settings import HomeSettings
 from shared import bus, subjects, wire
 from shared.models import ActiveHome, WatcherHeartbeat, utcnow
-from shared.settings import NatsSettings
-
-
-class HomeSettings(NatsSettings):
-    activate: str = Field(
-        default="", description="make this home cluster active now (a manual failover)"
-    )
 
 
 class HomeError(RuntimeError):

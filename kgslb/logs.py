@@ -22,9 +22,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
 from kgslb import natscmd
+from kgslb.command_settings import LogsSettings
 from shared import bus, subjects, wire
 from shared.models import DnsQueryLog, GslbService
-from shared.settings import NatsSettings
 
 CSV_COLUMNS = (
     "time", "client", "qname", "qtype", "rcode", "answers", "clusters", "latency_us",
@@ -33,10 +33,6 @@ CSV_COLUMNS = (
 FETCH_BATCH = 1000
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class LogsSettings(NatsSettings):
-    pass
 
 
 LOGS_STREAMS = (

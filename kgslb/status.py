@@ -14,12 +14,12 @@ from typing import Any
 
 import yaml
 from nats.js import JetStreamContext
-from pydantic import Field, field_validator
 from rich.console import Console
 from rich.table import Table
 
 from kgslb import natscmd
-from services.dns.quorum import QUORUM_HELP, HealthBook, Quorum, Verdict, Written
+from kgslb.command_settings import StatusSettings
+from services.dns.quorum import HealthBook, Quorum, Verdict, Written
 from shared import bus, subjects, wire
 from shared.follow import read_values
 from shared.models import (
@@ -32,35 +32,6 @@ from shared.models import (
     PolicyStatus,
     utcnow,
 )
-from shared.settings import NatsSettings
-
-OUTPUTS = ("table", "json", "yaml")
-
-
-class StatusSettings(NatsSettings):
-    state_dir: Path = Field(
-        default=Path(".kgslb"),
-        description="the state directory of a `kgslb up` whose processes to show, if any",
-    )
-    health_quorum: str = Field(
-        default="majority",
-        description="combine the vantage points' verdicts as a DNS with this --health-quorum "
-        "does: " + QUORUM_HELP,
-    )
-
-    output: str = Field(default="table", description="table, json or yaml")
-
-    @field_validator("output")
-    @classmethod
-    def _output(cls, value: str) -> str:
-        if value not in OUTPUTS:
-            raise ValueError(f"{value!r} is not one of {', '.join(OUTPUTS)}")
-        return value
-
-    @field_validator("health_quorum")
-    @classmethod
-    def _quorum(cls, value: str) -> str:
-        return Quorum.parse(value).rule
 
 
 def health_book(

@@ -202,6 +202,25 @@ class RawList:
         return cast(urllib3.HTTPResponse, response.response)
 
 
+def post_json(
+    api: client.ApiClient, path: str, body: dict[str, Any], timeout: Any
+) -> dict[str, Any]:
+    """POST a JSON object through the official client's `ApiClient` (as `RawList` reads), for
+    the one core write the watcher makes (Events), without importing `CoreV1Api`."""
+    request = api.param_serialize(
+        method="POST",
+        resource_path=path,
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(*request, _request_timeout=timeout)
+    response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status <= 299:
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return cast(dict[str, Any], json.loads(response.data or b"{}"))
+
+
 def collection_path(group: str, version: str, plural: str) -> str:
     """Where a resource's collection of every namespace is served (the core group: /api)."""
     return f"/api/{version}/{plural}" if not group else f"/apis/{group}/{version}/{plural}"

@@ -70,10 +70,11 @@ def event_body(
 
 
 def create_event(api: client.ApiClient, body: dict[str, Any]) -> None:
-    client.CoreV1Api(api).create_namespaced_event(
-        body["metadata"]["namespace"],
-        body,  # type: ignore[arg-type]  # the client sends a dict as it is
-        _request_timeout=(kube.CONNECT_TIMEOUT_SECONDS, kube.REQUEST_TIMEOUT_SECONDS),
+    kube.post_json(
+        api,
+        f"/api/v1/namespaces/{body['metadata']['namespace']}/events",
+        body,
+        (kube.CONNECT_TIMEOUT_SECONDS, kube.REQUEST_TIMEOUT_SECONDS),
     )
 
 

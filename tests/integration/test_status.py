@@ -186,4 +186,4 @@ async def test_status_refuses_an_unknown_output(nats_server: NatsServer) -> None
     result = kgslb_status(nats_server.url, "-o", "xml")
 
     assert result.returncode == 2
-    assert "--output='xml': Value error, 'xml' is not one of table, json, yaml" in result.stderr
+    assert "--output='xml': 'xml' is not one of table, json, yaml" in result.stderr
