@@ -9,12 +9,13 @@ text starts with, so small messages stay plain JSON for `nats sub`.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import zlib
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION = 1
@@ -94,8 +95,49 @@ def _validate(model: type[M], data: Any) -> M:
         raise WireError(f"invalid {model.KIND}: {problems}") from None
 
 
+# The fast path: a valid message is parsed and validated in one pass by pydantic-core
+# (`model_validate_json` of a model of the whole envelope), about twice as fast as json.loads
+# and then validating the dict; decoding was most of what a follower of 30,000 member states
+# did at a cold start. Anything it refuses goes the slow path, which accepts the same messages
+# and says precisely what is wrong.
+
+
+class _Envelope(BaseModel):
+    schema_version: Literal[1]
+    data: Any
+
+
+@functools.cache
+def _envelope_of(model: type[WireModel]) -> type[_Envelope]:
+    return create_model(
+        f"{model.__name__}Envelope",
+        __base__=_Envelope,
+        kind=(Literal[model.KIND], ...),  # type: ignore[arg-type]
+        data=(model, ...),
+    )
+
+
+@functools.cache
+def _envelopes_of(models: tuple[type[WireModel], ...]) -> TypeAdapter[Any]:
+    if len(models) == 1:
+        return TypeAdapter(_envelope_of(models[0]))
+    union = Union[tuple(_envelope_of(model) for model in models)]  # type: ignore[valid-type]  # noqa: UP007
+    return TypeAdapter(Annotated[union, Field(discriminator="kind")])  # type: ignore[arg-type]
+
+
+def _fast(raw: bytes, models: tuple[type[WireModel], ...]) -> WireModel | None:
+    if raw[:2] == GZIP_MAGIC:
+        return None
+    try:
+        return _envelopes_of(models).validate_json(raw).data  # type: ignore[no-any-return]
+    except ValidationError:
+        return None
+
+
 def decode(raw: bytes, model: type[M]) -> M:
     """Decode a message that must be of one kind."""
+    if (fast := _fast(raw, (model,))) is not None:
+        return fast  # type: ignore[return-value]
     kind, data = _envelope(raw)
     if kind != model.KIND:
         raise WireError(f"expected kind {model.KIND}, got {kind!r}")
@@ -105,6 +147,8 @@ def decode(raw: bytes, model: type[M]) -> M:
 def decode_any(raw: bytes, models: tuple[type[WireModel], ...]) -> WireModel:
     """Decode a message whose kind is one of several (an event subject carries an object or
     its tombstone)."""
+    if (fast := _fast(raw, models)) is not None:
+        return fast
     kind, data = _envelope(raw)
     for model in models:
         if kind == model.KIND:

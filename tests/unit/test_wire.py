@@ -53,6 +53,47 @@ def test_bad_messages_are_refused_with_a_reason(raw: bytes, reason: str) -> None
         wire.decode_any(raw, (ObservedObject, Tombstone))
 
 
+AT = {"observedAt": "2026-12-07T19:00:00Z"}  # else each decode stamps its own "now"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # As encoded; with camelCase keys and snake_case names (populate_by_name); with IPv6 to
+        # normalise; with a timestamp in another offset; and an extra envelope key.
+        {"ref": REF.model_dump(mode="json"), "resourceVersion": "7", "vips": ["127.10.25.46"]} | AT,
+        {"ref": REF.model_dump(mode="json"), "resource_version": "7", "tls_hosts": ["a.b"]} | AT,
+        {"ref": REF.model_dump(mode="json"), "resourceVersion": "1", "vips": ["2001:DB8:0::1"]}
+        | AT,
+        {
+            "ref": REF.model_dump(mode="json"),
+            "resourceVersion": "1",
+            "observedAt": "2026-12-07T20:00:00+01:00",
+        },
+    ],
+)
+@pytest.mark.parametrize("extra_envelope_key", [False, True])
+def test_the_one_pass_decoder_reads_what_the_two_step_one_reads(
+    data: dict[str, object], extra_envelope_key: bool
+) -> None:
+    envelope: dict[str, object] = {"schema_version": 1, "kind": "ObservedObject", "data": data}
+    if extra_envelope_key:
+        envelope["trace"] = "abc"
+    raw = json.dumps(envelope).encode()
+    one_pass = wire._fast(raw, (ObservedObject, Tombstone))
+    assert one_pass is not None
+    assert one_pass == wire._validate(ObservedObject, data)
+    assert wire.decode_any(raw, (ObservedObject, Tombstone)) == one_pass
+    assert wire.decode(raw, ObservedObject) == one_pass
+
+
+def test_what_the_one_pass_decoder_refuses_the_two_step_one_explains() -> None:
+    raw = b'{"schema_version": 1, "kind": "Tombstone", "data": {"ref": {}}}'
+    assert wire._fast(raw, (Tombstone,)) is None
+    with pytest.raises(wire.WireError, match=r"invalid Tombstone: ref\.cluster: Field required"):
+        wire.decode(raw, Tombstone)
+
+
 def test_ipv6_vips_are_normalised_so_members_deduplicate() -> None:
     message = ObservedObject(ref=REF, resource_version="1", vips=["2001:DB8:0::1"])
     assert message.vips == ["2001:db8::1"]
