@@ -33,7 +33,8 @@ COPY_OF_ANNOTATION = f"{API_GROUP}/copy-of"
 """On a kgslb CR in a standby home cluster: the active home cluster it is a copy from."""
 DISABLED_ANNOTATION = f"{API_GROUP}/disabled"
 """On an Ingress or LoadBalancer Service: `"true"` disables the members it yields (kept in the
-GSLB service and its status, neither probed nor answered); any other value, or none, does not."""
+GSLB service and its status, neither probed nor answered); "false" or none does not; any other
+value does not either, and the watcher warns about it."""
 
 
 class Spec(BaseModel):

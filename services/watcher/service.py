@@ -76,6 +76,12 @@ DEAD_WATCHES = Counter(
     "Watches abandoned after receiving nothing, not even a bookmark, for --dead-watch-seconds",
     ["cluster", "kind"],
 )
+OBJECT_WARNINGS = Counter(
+    "kgslb_watcher_object_warnings_total",
+    "Published objects with a kgslb annotation whose value was not understood (ignored); "
+    "counted and logged once per object and value",
+    ["cluster"],
+)
 INVALID_HOSTS = Counter(
     "kgslb_watcher_invalid_hosts_total",
     "Hosts of published Ingresses and Services that are not DNS hostnames (never planned)",
@@ -142,6 +148,8 @@ class Watcher:
         self._unanswered: dict[str, str] = {}
         """Resources whose request has waited longer than --unreachable-grace-seconds."""
         self._warned_hostname_only: set[str] = set()
+        self._warned_annotations: set[str] = set()
+        """Object and annotation warnings said already (persistent until the object changes)."""
         self.hostnames = Hostnames(
             cluster, settings, self.view, self._policy_lock, lambda d: self._report(d)
         )
@@ -430,6 +438,19 @@ class Watcher:
                     "%s %s/%s in cluster %s: %s; the reconciler will not plan it",
                     ref.kind, ref.namespace, ref.name, ref.cluster, bad.describe(),
                     extra={"cluster": self.cluster, "reason": bad.problem.value},
+                )  # fmt: skip
+        for observation in decision.warned:
+            for warning in observation.warnings:
+                said = f"{observation.ref} {warning}"
+                if said in self._warned_annotations:
+                    continue
+                self._warned_annotations.add(said)
+                OBJECT_WARNINGS.labels(self.cluster).inc()
+                ref = observation.ref
+                log.warning(
+                    "%s %s/%s in cluster %s: %s",
+                    ref.kind, ref.namespace, ref.name, ref.cluster, warning,
+                    extra={"cluster": self.cluster},
                 )  # fmt: skip
         for skipped in decision.skipped:
             assert skipped.skip is not None

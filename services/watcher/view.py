@@ -58,12 +58,16 @@ class Decision:
     problems: list[str] = field(default_factory=list)
     bad_hosts: list[Observation] = field(default_factory=list)
     """Published observations with hosts that are not DNS hostnames (said once per change)."""
+    warned: list[Observation] = field(default_factory=list)
+    """Published observations with annotations that were not understood."""
 
     def publish(self, observation: Observation) -> None:
         assert observation.message is not None
         self.messages.append((observation.ref.subject, observation.message))
         if observation.bad_hosts:
             self.bad_hosts.append(observation)
+        if observation.warnings:
+            self.warned.append(observation)
 
 
 class ClusterView:
@@ -214,6 +218,7 @@ class ClusterView:
                 decision.skipped.extend(listed.skipped)
                 decision.problems.extend(listed.problems)
                 decision.bad_hosts.extend(listed.bad_hosts)
+                decision.warned.extend(listed.warned)
 
     def _list(self, source: Source, objects: Iterable[Obj]) -> Decision:
         assert source.kind is not None

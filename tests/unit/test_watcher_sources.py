@@ -12,6 +12,7 @@ from services.watcher.resolve import due, parse_server
 from services.watcher.sources import select
 from services.watcher.sources.base import Resolution, Skip
 from services.watcher.sources.gateway import HTTP_ROUTE, TLS_ROUTE, intersect
+from services.watcher.sources.ingress import INGRESS
 from services.watcher.sources.openshift import OPENSHIFT_ROUTE
 from services.watcher.sources.service import SERVICE
 from services.watcher.view import ClusterView, Decision
@@ -329,3 +330,41 @@ def test_a_gateway_that_reports_only_a_hostname_serves_its_routes_once_resolved(
     [served] = messages_of(view.resolved("gw.elb.example.test", Resolution(("10.3.0.1",))))
     assert isinstance(served, ObservedObject)
     assert (served.vips, served.resolved_from) == (["10.3.0.1"], ["gw.elb.example.test"])
+
+
+def annotated_ingress(value: str | None) -> dict[str, Any]:
+    annotations = {} if value is None else {"kgslb.io/disabled": value}
+    return {
+        "metadata": {
+            "name": "hello", "namespace": "default", "resourceVersion": "1",
+            "annotations": annotations,
+        },
+        "spec": {"rules": [{"host": "hello.avi.iberia.local"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "127.10.25.46"}]}},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("value", "is_disabled"), [(None, False), ("true", True), (" TRUE ", True), ("false", False)]
+)
+def test_the_disabled_annotation_reads_true_or_false_in_any_case_without_a_warning(
+    value: str | None, is_disabled: bool
+) -> None:
+    observation = INGRESS.observe("s1az1", annotated_ingress(value))
+    assert observation.message is not None
+    assert observation.message.disabled is is_disabled
+    assert observation.warnings == ()
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "on", ""])
+def test_a_disabled_annotation_not_understood_is_ignored_and_said(value: str) -> None:
+    observation = INGRESS.observe("s1az1", annotated_ingress(value))
+    assert observation.message is not None and not observation.message.disabled
+    (warning,) = observation.warnings
+    assert warning == (
+        f'annotation kgslb.io/disabled={value!r} is not understood (allowed: "true" or '
+        '"false"): ignored, the members stay in service'
+    )
+    decision = Decision()
+    decision.publish(observation)
+    assert decision.warned == [observation]

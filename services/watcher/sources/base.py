@@ -53,6 +53,8 @@ class Observation:
     detail: str = ""
     bad_hosts: tuple[BadName, ...] = ()
     """Hosts of the message that are not DNS hostnames: the reconciler will not plan them."""
+    warnings: tuple[str, ...] = ()
+    """What the operator wrote that was not understood and was ignored (said once)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -158,11 +160,29 @@ def labels_of(obj: Obj) -> dict[str, str]:
     return strings(mapping(obj.get("metadata")).get("labels"))
 
 
+def _disabled_value(obj: Obj) -> str | None:
+    annotations = mapping(mapping(obj.get("metadata")).get("annotations"))
+    value = annotations.get(DISABLED_ANNOTATION)
+    return None if value is None else str(value).strip().lower()
+
+
 def disabled(obj: Obj) -> bool:
     """The `kgslb.io/disabled` annotation says "true" (any case): the operator took the object's
     members out of service without deleting anything."""
-    annotations = mapping(mapping(obj.get("metadata")).get("annotations"))
-    return str(annotations.get(DISABLED_ANNOTATION, "")).strip().lower() == "true"
+    return _disabled_value(obj) == "true"
+
+
+def annotation_warnings(obj: Obj) -> tuple[str, ...]:
+    """kgslb annotations whose value is not understood: ignored, and said, so that a `yes`
+    meant as "disable" does not leave the members answered without a word."""
+    value = _disabled_value(obj)
+    if value is None or value in ("true", "false"):
+        return ()
+    raw = mapping(mapping(obj.get("metadata")).get("annotations")).get(DISABLED_ANNOTATION)
+    return (
+        f'annotation {DISABLED_ANNOTATION}={raw!r} is not understood (allowed: "true" or '
+        f'"false"): ignored, the members stay in service',
+    )
 
 
 def bad_hosts(hosts: Iterable[str]) -> tuple[BadName, ...]:
@@ -188,11 +208,14 @@ def resource_version(obj: Obj) -> str:
     return str(mapping(obj.get("metadata")).get("resourceVersion") or "")
 
 
-def published(observation: Observation) -> Observation:
-    """An observation with a message, its bad hosts noted."""
+def published(observation: Observation, obj: Obj) -> Observation:
+    """An observation with a message, its bad hosts and misunderstood annotations noted."""
     assert observation.message is not None
     return Observation(
-        observation.ref, observation.message, bad_hosts=bad_hosts(observation.message.hosts)
+        observation.ref,
+        observation.message,
+        bad_hosts=bad_hosts(observation.message.hosts),
+        warnings=annotation_warnings(obj),
     )
 
 

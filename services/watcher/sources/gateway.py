@@ -232,7 +232,7 @@ class RouteSource(Source):
             ports=sorted(set(ports)),
             resolved_from=unique(resolved_from),
         )
-        return published(Observation(ref, message))
+        return published(Observation(ref, message), obj)
 
 
 def _route(kind: ObjectKind, version: str, plural: str, protocols: Iterable[str]) -> RouteSource:

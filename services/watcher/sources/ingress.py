@@ -69,7 +69,7 @@ class IngressSource(Source):
             ports=[HTTP_PORT, HTTPS_PORT] if tls_hosts else [HTTP_PORT],
             resolved_from=members.resolved_from,
         )
-        return published(Observation(ref, message))
+        return published(Observation(ref, message), obj)
 
     def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
         return hostname_joins(load_balancer_addresses(obj))

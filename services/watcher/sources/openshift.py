@@ -109,7 +109,7 @@ class OpenShiftRouteSource(Source):
             ports=[HTTP_PORT, HTTPS_PORT] if tls else [HTTP_PORT],
             resolved_from=members.resolved_from,
         )
-        return published(Observation(ref, message))
+        return published(Observation(ref, message), obj)
 
     def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
         return hostname_joins(router_addresses(obj)[1])

@@ -72,7 +72,7 @@ class ServiceSource(Source):
             ports=list(dict.fromkeys(ports)),
             resolved_from=members.resolved_from,
         )
-        return published(Observation(ref, message))
+        return published(Observation(ref, message), obj)
 
     def joins(self, obj: Obj, lookup: Lookup = NO_LOOKUP) -> frozenset[JoinKey]:
         if not is_load_balancer(obj):
