@@ -94,6 +94,22 @@ class SignedZone:
         section.authority = b"".join(parts)
         section.authority_count = count
 
+    def nsec_answer(
+        self, owner: bytes, types: Iterable[int], ttl: int, dnssec_ok: bool
+    ) -> Section | None:
+        """The answer to a query for type NSEC at a name that exists: the NSEC its NODATA
+        proofs carry (whose bitmap says the name has one), with its RRSIG for a DO query.
+        None for a name too long for it."""
+        try:
+            _, next_key, proof_types = nodata_proof(owner, types)
+        except ValueError:
+            return None
+        nsec = self.signer.nsec(owner, next_key, proof_types, ttl)
+        section = Section([nsec.render()], nsec.count)
+        if dnssec_ok:
+            self.add_rrsig(section, owner, nsec, wire.QUESTION_NAME_POINTER)
+        return section
+
     def all_rrsigs(
         self,
         zone: Zone,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from services.dns import wire
 from services.dns.algorithms import Caching, Client, Pick
-from services.dns.denial import APEX_KEY_TYPES, RRSIG, SigningKey
+from services.dns.denial import APEX_KEY_TYPES, NSEC, RRSIG, SigningKey
 from services.dns.geo import GeoIp, Lookup
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
@@ -347,6 +347,12 @@ class AnswerTable:
             if signed is not None:
                 signed.add_rrsig(section, key, keyset, wire.QUESTION_NAME_POINTER)
             return self._reply(query, wire.NOERROR, True, udp, zone, section)
+        exists = rrsets is not None or gslb is not None or bool(self._ancestors.get(key))
+        if qtype == NSEC and exists and zone.key in self.signed:
+            types = types_at(zone, key, rrsets, gslb, NSEC)
+            nsec = self.signed[zone.key].nsec_answer(key, types, zone.negative_ttl, query.dnssec_ok)
+            if nsec is not None:
+                return self._reply(query, wire.NOERROR, True, udp, zone, nsec)
         if rrsets is not None:
             static = zone.static_answer(key, qtype)
             if static is not None:
@@ -357,7 +363,7 @@ class AnswerTable:
             cname = rrsets.get(wire.CNAME)
             if cname is not None:
                 return self._cname_reply(query, udp, zone, cname, qtype, client, signed)
-        if rrsets is not None or gslb is not None or self._ancestors.get(key):
+        if exists:
             return self._negative(query, zone, wire.NOERROR, udp, signed, rrsets, gslb)
         return self._negative(query, zone, wire.NXDOMAIN, udp, signed, rrsets, gslb)
 
@@ -442,6 +448,7 @@ class AnswerTable:
         ips: tuple[str, ...] = ()
         ecs_scope = 0
         cacheable = True
+        rcode = wire.NOERROR
         seen = {query.key}
         target = cname.first_target
         while len(seen) <= MAX_CNAME_CHAIN and target not in seen:
@@ -480,18 +487,22 @@ class AnswerTable:
                 break
             next_cname = rrsets.get(wire.CNAME)
             if next_cname is None:
-                if target_signed is not None and (rrsets or gslb is not None):
-                    # The chain ends at a name without this type: prove it, as NODATA does.
-                    section.authority, section.authority_count = target_zone.negative_soa, 1
+                # The chain ends in our zone at a name without this type, or at no name: the
+                # rcode is the last name's (RFC 6604 2), with the SOA (RFC 2308 2) and, signed,
+                # the NSEC proof, as NODATA and NXDOMAIN for that name asked directly.
+                exists = bool(rrsets) or gslb is not None or bool(self._ancestors.get(target))
+                rcode = wire.NOERROR if exists else wire.NXDOMAIN
+                section.authority, section.authority_count = target_zone.negative_soa, 1
+                if target_signed is not None:
                     types = types_at(target_zone, target, rrsets, gslb, qtype)
-                    target_signed.add_negative(section, target_zone, wire.NOERROR, target, types)
+                    target_signed.add_negative(section, target_zone, rcode, target, types)
                 break
             section.answer.append(next_cname.render(target))
             section.answer_count += next_cname.count
             if target_signed is not None:
                 target_signed.add_rrsig(section, target, next_cname, target)
             target = next_cname.first_target
-        response = self._reply(query, wire.NOERROR, True, udp, zone, section, ips, ecs_scope)
+        response = self._reply(query, rcode, True, udp, zone, section, ips, ecs_scope)
         response.members = members
         response.cacheable = response.cacheable and cacheable
         return response
