@@ -94,6 +94,16 @@ class SignedZone:
         section.authority = b"".join(parts)
         section.authority_count = count
 
+    def add_glue_rrsigs(self, section: Section, zone: Zone) -> None:
+        """The RRSIGs of the apex NS answer's additional addresses that are the zone's own
+        data, after them (RFC 4035 3.1.1; glue below a cut stays unsigned)."""
+        parts, count = [section.additional], section.additional_count
+        for owner, found in zone.apex_glue_owned:
+            sigs = self.rrsig_of(owner, found)
+            parts.append(sigs.render(owner))
+            count += sigs.count
+        section.additional, section.additional_count = b"".join(parts), count
+
     def nsec_answer(
         self, owner: bytes, types: Iterable[int], ttl: int, dnssec_ok: bool
     ) -> Section | None:

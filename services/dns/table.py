@@ -359,6 +359,8 @@ class AnswerTable:
                 section, found = static
                 if signed is not None:
                     signed.add_rrsig(section, key, found, wire.QUESTION_NAME_POINTER)
+                    if qtype == wire.NS and key == zone.key:
+                        signed.add_glue_rrsigs(section, zone)
                 return self._reply(query, wire.NOERROR, True, udp, zone, section, found.ips)
             cname = rrsets.get(wire.CNAME)
             if cname is not None:

@@ -102,6 +102,10 @@ class Zone:
     """Owner -> type -> records; the apex is always present, without its SOA."""
     apex_glue: tuple[bytes, int]
     cuts: dict[bytes, Delegation]
+    apex_glue_owned: tuple[tuple[bytes, RRSet], ...] = ()
+    """The address RRsets in `apex_glue` that are the zone's own data (a name server named
+    inside the zone, above every cut, with no declared glue beside them): signed, their RRSIGs
+    go with them in the additional section (RFC 4035 3.1.1)."""
 
     def delegation(self, key: bytes, qtype: int) -> Delegation | None:
         """The zone cut at or above `key` (below the apex) that makes us refer, if any. DS at
@@ -228,7 +232,27 @@ def build_zone(spec: ZoneSpec, serial: int | None = None) -> Zone:
         static=static,
         apex_glue=_glue(static[key].get(wire.NS), static, declared_glue),
         cuts=cuts,
+        apex_glue_owned=_owned_glue(static[key].get(wire.NS), static, declared_glue, cuts, key),
     )
+
+
+def _owned_glue(
+    ns_set: RRSet | None,
+    static: Mapping[bytes, Mapping[int, RRSet]],
+    declared: Mapping[bytes, list[str]],
+    cuts: Mapping[bytes, Delegation],
+    key: bytes,
+) -> tuple[tuple[bytes, RRSet], ...]:
+    owned: list[tuple[bytes, RRSet]] = []
+    for tail in ns_set.tails if ns_set is not None else ():
+        target = tail[10:]
+        below_cut = any(a in cuts for a in (target, *strict_ancestors(target, key)))
+        if not is_under(target, key) or declared.get(target) or below_cut:
+            continue
+        owned += [
+            (target, r) for t, r in static.get(target, {}).items() if t in (wire.A, wire.AAAA)
+        ]
+    return tuple(owned)
 
 
 def _has_address(datas: Mapping[bytes, Mapping[int, Sequence[object]]], owner_key: bytes) -> bool:

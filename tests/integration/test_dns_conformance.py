@@ -31,6 +31,7 @@ import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -58,6 +59,10 @@ EXTRA_RECORDS = [
 """Static records added to the seed zone: `dangling` ends at no name, `toent` at an empty
 non-terminal, `chain` (chain -> www -> test) at a name with only an A record, `alias` at the
 GSLB name."""
+IN_ZONE_NS = {"name": f"ns-test.{ZONE}.", "glue": ["127.0.0.1"]}
+OUT_OF_ZONE_NS = {"name": "ns.example.net.", "glue": ["127.0.0.9"]}
+"""Name servers besides the seed's one per site: the address of one named inside the zone is
+the zone's own data, that of one outside it is glue we only pass on."""
 DELV = shutil.which("delv")
 needs_delv = pytest.mark.skipif(DELV is None, reason="delv not installed (bind9-dnsutils)")
 needs_unbound = pytest.mark.skipif(UNBOUND is None, reason="unbound not installed (unbound)")
@@ -86,6 +91,7 @@ async def publish(nats_url: str) -> None:
                 spec = dict(message.spec)
                 zones = [dict(z) for z in spec["zones"]]
                 zones[0]["records"] = [*zones[0].get("records", []), *EXTRA_RECORDS]
+                zones[0]["nameservers"] = [*zones[0]["nameservers"], IN_ZONE_NS, OUT_OF_ZONE_NS]
                 spec["zones"] = zones
                 message = message.model_copy(update={"spec": spec})
             await js.publish(subject, wire.encode(message))
@@ -245,6 +251,25 @@ def test_a_signed_cname_to_an_empty_non_terminal_carries_its_nodata_nsec(signed:
     (nsec,) = [r for r in reply.authority if r.rdtype == dns.rdatatype.NSEC]
     assert nsec.name == canonical(f"ent.{ZONE}")
     assert dns.rdatatype.A not in nsec_types(nsec[0])
+
+
+def test_the_apex_ns_answer_signs_the_addresses_of_name_servers_inside_the_zone(
+    signed: Signed,
+) -> None:
+    reply = query(signed.port, ZONE, "NS", do=True)
+
+    validate_every_rrset(reply, signed.dnskeys)
+    keys = {signed.dnskeys.name: signed.dnskeys}
+    zone = dns.name.from_text(ZONE)
+    addresses = [r for r in reply.additional if r.rdtype == dns.rdatatype.A]
+    sigs = {r.name: r for r in reply.additional if r.rdtype == dns.rdatatype.RRSIG}
+    inside = {r.name for r in addresses if r.name.is_subdomain(zone)}
+    assert dns.name.from_text(f"ns-test.{ZONE}") in inside
+    assert dns.name.from_text(OUT_OF_ZONE_NS["name"]) in {r.name for r in addresses}
+    assert set(sigs) == inside  # glue of a name outside the zone is not ours to sign
+    for rrset in addresses:
+        if rrset.name in inside:
+            dns.dnssec.validate(rrset, sigs[rrset.name], keys)
 
 
 # The NSEC type itself: the bitmap of every proof says the name has one ----------------------
