@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from services.dns import wire
-from services.dns.denial import APEX_KEY_TYPES, SigningKey, nodata_proof, nxdomain_proofs
+from services.dns.denial import APEX_KEY_TYPES, NSEC, SigningKey, nodata_proof, nxdomain_proofs
 from services.dns.gslb import GslbName
 from services.dns.rotation import Rotation
 from services.dns.zone import RRSet, Section, Zone
@@ -105,16 +105,21 @@ class SignedZone:
         section.additional, section.additional_count = b"".join(parts), count
 
     def nsec_answer(
-        self, owner: bytes, types: Iterable[int], ttl: int, dnssec_ok: bool
+        self,
+        zone: Zone,
+        owner: bytes,
+        rrsets: Mapping[int, RRSet] | None,
+        gslb: GslbName | None,
+        dnssec_ok: bool,
     ) -> Section | None:
         """The answer to a query for type NSEC at a name that exists: the NSEC its NODATA
         proofs carry (whose bitmap says the name has one), with its RRSIG for a DO query.
         None for a name too long for it."""
         try:
-            _, next_key, proof_types = nodata_proof(owner, types)
+            _, next_key, types = nodata_proof(owner, types_at(zone, owner, rrsets, gslb, NSEC))
         except ValueError:
             return None
-        nsec = self.signer.nsec(owner, next_key, proof_types, ttl)
+        nsec = self.signer.nsec(owner, next_key, types, zone.negative_ttl)
         section = Section([nsec.render()], nsec.count)
         if dnssec_ok:
             self.add_rrsig(section, owner, nsec, wire.QUESTION_NAME_POINTER)

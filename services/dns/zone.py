@@ -143,8 +143,21 @@ class Zone:
         return Section(authority=self.negative_soa, authority_count=1)
 
 
-def zone_serial(spec: ZoneSpec, zone_revision: int, services_revision: int) -> int:
-    return (spec.soa.serial + zone_revision + services_revision) % SERIAL_MODULO
+STORE_EPOCH_BASE = 1_735_689_600
+"""2025-01-01T00:00:00Z: store epochs count seconds from here, so that serials stay well
+within RFC 1982's half range of what they were before epochs (a one-time jump forward)."""
+
+
+def store_epoch(created_seconds: int) -> int:
+    """A bucket's part of the serial besides its revisions: the seconds from STORE_EPOCH_BASE
+    to its creation. A bucket created anew after a lost store counts revisions from 1 again
+    but was created later: its epoch plus its revisions pass the old ones whenever the old
+    bucket took fewer writes than it lived seconds."""
+    return max(0, created_seconds - STORE_EPOCH_BASE)
+
+
+def zone_serial(spec: ZoneSpec, zone_revision: int, services_revision: int, epoch: int = 0) -> int:
+    return (spec.soa.serial + epoch + zone_revision + services_revision) % SERIAL_MODULO
 
 
 def _soa(spec: ZoneSpec, serial: int) -> tuple[RRSet, bytes]:
