@@ -261,6 +261,20 @@ class HelloBackends:
         return web.json_response(self.status()[cluster])
 
 
+def describe_site(cluster: str, state: dict[str, Any]) -> str:
+    """One line for a site's backend as the control endpoint reports it (`kgslb backend`)."""
+    where = f"http://{state['ip']}:{state['port']}/"
+    site = f" ({state['site']})" if state.get("site") else ""
+    line = f"{cluster}: the hello backend{site} at {where} is "
+    line += "running" if state["running"] else "stopped"
+    fault = state.get("fault", Fault.NONE)
+    if fault != Fault.NONE:
+        line += {Fault.ERROR: ", answering HTTP 500", Fault.HANG: ", hanging (no reply)"}.get(
+            fault, f", fault {fault}"
+        )
+    return line
+
+
 def control_site(control_url: str, cluster: str, action: str) -> dict[str, Any]:
     """Client side of the control endpoint (for a `kgslb` CLI verb); raises RuntimeError with
     the endpoint's reason on refusal."""

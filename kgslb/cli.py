@@ -197,7 +197,7 @@ def backend(
     state_dir: Path = typer.Option(Path(".kgslb"), help="the state directory of `kgslb up`"),
 ) -> None:
     """Stop, start or break one site's hello backend in a running `kgslb up`."""
-    from kgslb.backends import ACTIONS, control_site
+    from kgslb.backends import ACTIONS, control_site, describe_site
     from kgslb.embedded import StartupError
     from kgslb.up import read_state
 
@@ -212,7 +212,7 @@ def backend(
     except (StartupError, OSError, RuntimeError) as exc:
         print(f"kgslb backend: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    print(f"{cluster}: {result}")
+    print(describe_site(cluster, result))
 
 
 site_app = typer.Typer(

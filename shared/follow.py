@@ -116,6 +116,7 @@ class BucketFollower:
         store_check_seconds: float = STORE_CHECK_SECONDS,
         stale_after_seconds: float = STALE_AFTER_SECONDS,
         on_missing: Callable[[], None] | None = None,
+        on_created: Callable[[datetime], None] | None = None,
     ) -> None:
         if max_retry_seconds < FIRST_RETRY_SECONDS:
             raise ValueError(
@@ -145,6 +146,9 @@ class BucketFollower:
         self.stale_after_seconds = stale_after_seconds
         self._on_missing = on_missing
         """Told when the bucket is not found (a `bus.StateKeeper.notice`: check at once)."""
+        self._on_created = on_created
+        """Told the bucket's creation time at every open, before its values are delivered
+        (after `on_loss` when the bucket was created anew)."""
         self._present: set[str] = set()
         """Keys whose last delivered change holds a value."""
         self._stale: set[str] = set()
@@ -213,6 +217,8 @@ class BucketFollower:
             self._store_lost()
         self._created = created
         self._seen_missing = False
+        if created is not None and self._on_created is not None:
+            self._on_created(created)
         return await kv.watch(self.keys)
 
     async def _creation_time(self) -> datetime | None:

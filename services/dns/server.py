@@ -132,12 +132,16 @@ def address_text(packed: bytes) -> str:
 
 
 def slip_reply(reply: bytes) -> bytes:
-    """RRL slip: the header with TC set and only the question, so the client retries on TCP."""
+    """RRL slip: the header with TC set, the question and the reply's OPT record (an EDNS
+    client gets one, RFC 6891 6.1.1), so the client retries on TCP."""
     offset = 12
     while offset < len(reply) and reply[offset]:
         offset += 1 + reply[offset]
+    where = wire.find_opt(reply)
+    opt = reply[where[0] : where[1]] if where is not None else b""
     flags = struct.unpack_from("!H", reply, 2)[0] | wire.FLAG_TC
-    return reply[:2] + struct.pack("!5H", flags, 1, 0, 0, 0) + reply[12 : offset + 5]
+    counts = struct.pack("!5H", flags, 1, 0, 0, 1 if opt else 0)
+    return reply[:2] + counts + reply[12 : offset + 5] + opt
 
 
 class DnsEngine:
@@ -219,7 +223,8 @@ class DnsEngine:
             self.malformed += 1
             if exc.rcode is None:
                 return None
-            return wire.error_response(exc.query_id, exc.flags, exc.rcode, exc.question)
+            opt = wire.reply_opt(packet, self.table.udp_payload_limit)
+            return wire.error_response(exc.query_id, exc.flags, exc.rcode, exc.question, opt)
         response = self.table.answer(query, client_ip, udp)
         qtype = wire.type_name(query.qtype)
         rcode = wire.rcode_name(response.rcode)

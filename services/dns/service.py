@@ -246,12 +246,17 @@ class DnsService:
             TABLE_UPDATES.labels(bucket).inc()
             GSLB_NAMES.set(len(self.table.gslb))
 
+        def created(when: datetime) -> None:
+            if bucket in (subjects.KV_ZONES, subjects.KV_SERVICES):  # what serials derive from
+                self.table.set_store_epoch(bucket, int(when.timestamp()))
+
         return BucketFollower(
             self.nc,
             bucket,
             mirror,
             on_loss=self.table.forget_revisions,
             on_missing=self.keeper.notice,
+            on_created=created,
         )
 
     def _decode(self, key: str, value: bytes, model: type[wire.M]) -> wire.M | None:

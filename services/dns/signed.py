@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from services.dns import wire
-from services.dns.denial import APEX_KEY_TYPES, SigningKey, nodata_proof, nxdomain_proofs
+from services.dns.denial import APEX_KEY_TYPES, NSEC, SigningKey, nodata_proof, nxdomain_proofs
 from services.dns.gslb import GslbName
 from services.dns.rotation import Rotation
 from services.dns.zone import RRSet, Section, Zone
@@ -93,6 +93,37 @@ class SignedZone:
             count += nsec.count + sigs.count
         section.authority = b"".join(parts)
         section.authority_count = count
+
+    def add_glue_rrsigs(self, section: Section, zone: Zone) -> None:
+        """The RRSIGs of the apex NS answer's additional addresses that are the zone's own
+        data, after them (RFC 4035 3.1.1; glue below a cut stays unsigned)."""
+        parts, count = [section.additional], section.additional_count
+        for owner, found in zone.apex_glue_owned:
+            sigs = self.rrsig_of(owner, found)
+            parts.append(sigs.render(owner))
+            count += sigs.count
+        section.additional, section.additional_count = b"".join(parts), count
+
+    def nsec_answer(
+        self,
+        zone: Zone,
+        owner: bytes,
+        rrsets: Mapping[int, RRSet] | None,
+        gslb: GslbName | None,
+        dnssec_ok: bool,
+    ) -> Section | None:
+        """The answer to a query for type NSEC at a name that exists: the NSEC its NODATA
+        proofs carry (whose bitmap says the name has one), with its RRSIG for a DO query.
+        None for a name too long for it."""
+        try:
+            _, next_key, types = nodata_proof(owner, types_at(zone, owner, rrsets, gslb, NSEC))
+        except ValueError:
+            return None
+        nsec = self.signer.nsec(owner, next_key, types, zone.negative_ttl)
+        section = Section([nsec.render()], nsec.count)
+        if dnssec_ok:
+            self.add_rrsig(section, owner, nsec, wire.QUESTION_NAME_POINTER)
+        return section
 
     def all_rrsigs(
         self,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from services.dns import wire
 from services.dns.algorithms import Caching, Client, Pick
-from services.dns.denial import APEX_KEY_TYPES, RRSIG, SigningKey
+from services.dns.denial import APEX_KEY_TYPES, NSEC, RRSIG, SigningKey
 from services.dns.geo import GeoIp, Lookup
 from services.dns.gslb import GslbName, NameSpec, decide
 from services.dns.rotation import Rotation, Target
@@ -27,6 +27,7 @@ from services.dns.zone import (
     Zone,
     build_zone,
     is_under,
+    store_epoch,
     strict_ancestors,
     with_serial,
     zone_serial,
@@ -78,6 +79,7 @@ class AnswerTable:
     """The last KV revision seen for each GSLB name, deletions included (for serials)."""
     _zone_services_revisions: dict[bytes, int] = field(default_factory=dict)
     """Per zone, the highest of `_service_revisions` at or under it."""
+    epochs: dict[str, int] = field(default_factory=dict)
     _serials: dict[bytes, int] = field(default_factory=dict)
     """The last serial answered per zone, kept when the zone goes: a serial never goes back,
     not even after a lost JetStream store made every KV revision start from 1 again."""
@@ -101,14 +103,14 @@ class AnswerTable:
         services_revision = self._zone_services_revisions.get(key)
         if services_revision is None:
             services_revision = self._services_revision(key)
-        serial = self._not_back(key, zone_serial(spec, revision, services_revision))
-        zone = build_zone(spec, serial)
+        zone = build_zone(spec)  # its serial is derived once the zone is in place
         old = self.zones.get(zone.key)
         if old is not None:
             self._count_ancestors(old, -1)
         self.zones[zone.key] = zone
         self._zone_revisions[zone.key] = revision
         self._zone_services_revisions[zone.key] = services_revision
+        self._reserial(zone.key, services_revision)
         self._count_ancestors(zone, +1)
         previous = self.signed.get(zone.key)
         self._sign_zone(zone.key, previous.signed_at if previous else None, keep=True)
@@ -275,9 +277,23 @@ class AnswerTable:
             if zone is None or revision <= self._zone_services_revisions.get(suffix, 0):
                 continue
             self._zone_services_revisions[suffix] = revision
-            serial = zone_serial(zone.spec, self._zone_revisions.get(suffix, 0), revision)
-            self.zones[suffix] = with_serial(zone, self._not_back(suffix, serial))
+            self._reserial(suffix, revision)
         self.generation += 1
+
+    def set_store_epoch(self, bucket: str, created_seconds: int) -> None:
+        """A followed bucket's creation time: its `store_epoch` (per bucket, in `epochs`) is
+        in every serial, so a bucket created anew (lost store) moves serials on."""
+        if self.epochs.setdefault(bucket, 0) == (epoch := store_epoch(created_seconds)):
+            return  # unchanged (or before 2025): no floor bump, or replicas would disagree
+        self.epochs[bucket] = epoch
+        for key in self.zones:
+            self._reserial(key, self._zone_services_revisions.get(key, 0))
+        self.generation += 1
+
+    def _reserial(self, key: bytes, services_revision: int) -> None:
+        zone, epoch = self.zones[key], sum(self.epochs.values())
+        serial = zone_serial(zone.spec, self._zone_revisions.get(key, 0), services_revision, epoch)
+        self.zones[key] = with_serial(zone, self._not_back(key, serial))
 
     def _not_back(self, zone_key: bytes, serial: int) -> int:
         """`serial`, or one more than the last one when it would not move forward: the
@@ -347,17 +363,24 @@ class AnswerTable:
             if signed is not None:
                 signed.add_rrsig(section, key, keyset, wire.QUESTION_NAME_POINTER)
             return self._reply(query, wire.NOERROR, True, udp, zone, section)
+        exists = rrsets is not None or gslb is not None or bool(self._ancestors.get(key))
+        if qtype == NSEC and exists and zone.key in self.signed:
+            nsec = self.signed[zone.key].nsec_answer(zone, key, rrsets, gslb, query.dnssec_ok)
+            if nsec is not None:
+                return self._reply(query, wire.NOERROR, True, udp, zone, nsec)
         if rrsets is not None:
             static = zone.static_answer(key, qtype)
             if static is not None:
                 section, found = static
                 if signed is not None:
                     signed.add_rrsig(section, key, found, wire.QUESTION_NAME_POINTER)
+                    if qtype == wire.NS and key == zone.key:
+                        signed.add_glue_rrsigs(section, zone)
                 return self._reply(query, wire.NOERROR, True, udp, zone, section, found.ips)
             cname = rrsets.get(wire.CNAME)
             if cname is not None:
                 return self._cname_reply(query, udp, zone, cname, qtype, client, signed)
-        if rrsets is not None or gslb is not None or self._ancestors.get(key):
+        if exists:
             return self._negative(query, zone, wire.NOERROR, udp, signed, rrsets, gslb)
         return self._negative(query, zone, wire.NXDOMAIN, udp, signed, rrsets, gslb)
 
@@ -442,6 +465,7 @@ class AnswerTable:
         ips: tuple[str, ...] = ()
         ecs_scope = 0
         cacheable = True
+        rcode = wire.NOERROR
         seen = {query.key}
         target = cname.first_target
         while len(seen) <= MAX_CNAME_CHAIN and target not in seen:
@@ -480,18 +504,21 @@ class AnswerTable:
                 break
             next_cname = rrsets.get(wire.CNAME)
             if next_cname is None:
-                if target_signed is not None and (rrsets or gslb is not None):
-                    # The chain ends at a name without this type: prove it, as NODATA does.
-                    section.authority, section.authority_count = target_zone.negative_soa, 1
+                # Ends in our zone at a name without this type, or at none: the last name's
+                # rcode (RFC 6604 2), SOA (RFC 2308 2) and, signed, NSEC proof, as if asked.
+                exists = bool(rrsets) or gslb is not None or bool(self._ancestors.get(target))
+                rcode = wire.NOERROR if exists else wire.NXDOMAIN
+                section.authority, section.authority_count = target_zone.negative_soa, 1
+                if target_signed is not None:
                     types = types_at(target_zone, target, rrsets, gslb, qtype)
-                    target_signed.add_negative(section, target_zone, wire.NOERROR, target, types)
+                    target_signed.add_negative(section, target_zone, rcode, target, types)
                 break
             section.answer.append(next_cname.render(target))
             section.answer_count += next_cname.count
             if target_signed is not None:
                 target_signed.add_rrsig(section, target, next_cname, target)
             target = next_cname.first_target
-        response = self._reply(query, wire.NOERROR, True, udp, zone, section, ips, ecs_scope)
+        response = self._reply(query, rcode, True, udp, zone, section, ips, ecs_scope)
         response.members = members
         response.cacheable = response.cacheable and cacheable
         return response

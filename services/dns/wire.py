@@ -413,7 +413,46 @@ def header(
     return struct.pack("!6H", query_id, flags, *counts)
 
 
-def error_response(query_id: int, query_flags: int, rcode: int, question: bytes = b"") -> bytes:
+def error_response(
+    query_id: int, query_flags: int, rcode: int, question: bytes = b"", opt: bytes = b""
+) -> bytes:
     """A reply to a query we do not answer: its question echoed when it could be read (a
-    NOTIMP for a NOTIFY or an UPDATE), else none."""
-    return header(query_id, query_flags, rcode, False, (1 if question else 0, 0, 0, 0)) + question
+    NOTIMP for a NOTIFY or an UPDATE), else none; `opt`, our OPT record, when the query had
+    one (RFC 6891 6.1.1: a reply to an EDNS query carries an OPT, errors included)."""
+    counts = (1 if question else 0, 0, 0, 1 if opt else 0)
+    return header(query_id, query_flags, rcode, False, counts) + question + opt
+
+
+def find_opt(packet: bytes) -> tuple[int, int] | None:
+    """Where the one OPT record of a packet's additional section starts and ends, walking
+    every section (names compressed or not). None when it has none, several, one with a
+    non-root owner, or the packet cannot be walked to its end: for replies to packets the
+    parser refused, and for RRL's slip, which both must keep an EDNS client's OPT."""
+    try:
+        qdcount, ancount, nscount, arcount = struct.unpack_from("!4H", packet, 4)
+        offset = 12
+        for _ in range(qdcount):
+            offset = _skip_name(packet, offset, 0, 0) + 4
+        found: tuple[int, int] | None = None
+        for index in range(ancount + nscount + arcount):
+            start = offset
+            owner_end = _skip_name(packet, offset, 0, 0)
+            rtype, rdlength = struct.unpack_from("!H6xH", packet, owner_end)
+            offset = owner_end + 10 + rdlength
+            if rtype == OPT:
+                if found is not None or owner_end != start + 1 or index < ancount + nscount:
+                    return None
+                found = (start, offset)
+    except (QueryError, struct.error):
+        return None
+    return found if offset <= len(packet) else None
+
+
+def reply_opt(packet: bytes, udp_size: int = DEFAULT_EDNS_UDP_SIZE) -> bytes:
+    """Our OPT record for an error reply to `packet`: b"" when it has no usable OPT record,
+    else our UDP size with the query's DO bit copied (RFC 3225 3)."""
+    where = find_opt(packet)
+    if where is None:
+        return b""
+    ttl = struct.unpack_from("!I", packet, where[0] + 5)[0]
+    return opt_record(udp_size, dnssec_ok=bool(ttl & EDNS_FLAG_DO))

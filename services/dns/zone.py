@@ -102,6 +102,10 @@ class Zone:
     """Owner -> type -> records; the apex is always present, without its SOA."""
     apex_glue: tuple[bytes, int]
     cuts: dict[bytes, Delegation]
+    apex_glue_owned: tuple[tuple[bytes, RRSet], ...] = ()
+    """The address RRsets in `apex_glue` that are the zone's own data (a name server named
+    inside the zone, above every cut, with no declared glue beside them): signed, their RRSIGs
+    go with them in the additional section (RFC 4035 3.1.1)."""
 
     def delegation(self, key: bytes, qtype: int) -> Delegation | None:
         """The zone cut at or above `key` (below the apex) that makes us refer, if any. DS at
@@ -139,8 +143,21 @@ class Zone:
         return Section(authority=self.negative_soa, authority_count=1)
 
 
-def zone_serial(spec: ZoneSpec, zone_revision: int, services_revision: int) -> int:
-    return (spec.soa.serial + zone_revision + services_revision) % SERIAL_MODULO
+STORE_EPOCH_BASE = 1_735_689_600
+"""2025-01-01T00:00:00Z: store epochs count seconds from here, so that serials stay well
+within RFC 1982's half range of what they were before epochs (a one-time jump forward)."""
+
+
+def store_epoch(created_seconds: int) -> int:
+    """A bucket's part of the serial besides its revisions: the seconds from STORE_EPOCH_BASE
+    to its creation. A bucket created anew after a lost store counts revisions from 1 again
+    but was created later: its epoch plus its revisions pass the old ones whenever the old
+    bucket took fewer writes than it lived seconds."""
+    return max(0, created_seconds - STORE_EPOCH_BASE)
+
+
+def zone_serial(spec: ZoneSpec, zone_revision: int, services_revision: int, epoch: int = 0) -> int:
+    return (spec.soa.serial + epoch + zone_revision + services_revision) % SERIAL_MODULO
 
 
 def _soa(spec: ZoneSpec, serial: int) -> tuple[RRSet, bytes]:
@@ -228,7 +245,27 @@ def build_zone(spec: ZoneSpec, serial: int | None = None) -> Zone:
         static=static,
         apex_glue=_glue(static[key].get(wire.NS), static, declared_glue),
         cuts=cuts,
+        apex_glue_owned=_owned_glue(static[key].get(wire.NS), static, declared_glue, cuts, key),
     )
+
+
+def _owned_glue(
+    ns_set: RRSet | None,
+    static: Mapping[bytes, Mapping[int, RRSet]],
+    declared: Mapping[bytes, list[str]],
+    cuts: Mapping[bytes, Delegation],
+    key: bytes,
+) -> tuple[tuple[bytes, RRSet], ...]:
+    owned: list[tuple[bytes, RRSet]] = []
+    for tail in ns_set.tails if ns_set is not None else ():
+        target = tail[10:]
+        below_cut = any(a in cuts for a in (target, *strict_ancestors(target, key)))
+        if not is_under(target, key) or declared.get(target) or below_cut:
+            continue
+        owned += [
+            (target, r) for t, r in static.get(target, {}).items() if t in (wire.A, wire.AAAA)
+        ]
+    return tuple(owned)
 
 
 def _has_address(datas: Mapping[bytes, Mapping[int, Sequence[object]]], owner_key: bytes) -> bool:

@@ -4,13 +4,23 @@ ready again, with a serial that never went back, once the buckets hold values ag
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from nats.aio.client import Client
 
+from kgslb.embedded import free_port
 from shared import subjects
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_dns_protocol import HELLO, gslb, zone
-from tests.integration.test_dns_updates import ask, put_service, put_zone, seeded, serial
+from tests.integration.test_dns_updates import (
+    ask,
+    first_address,
+    put_service,
+    put_zone,
+    seeded,
+    serial,
+)
 from tests.integration.test_follow import create_bucket
 
 
@@ -70,3 +80,28 @@ async def test_the_dns_answers_from_memory_and_is_not_ready_until_lost_buckets_a
     await eventually(ready, timeout_seconds=15)
     assert await members(port) == answer
     assert await serial(port) > serial_before, "the serial floor: never back after a rebuild"
+
+
+async def test_a_dns_started_after_the_store_was_lost_answers_a_serial_above_the_old_one(
+    nats_client: Client, services: Services
+) -> None:
+    """No replica survives to carry the serial floor: the new one derives the serial from the
+    new buckets alone (revisions from 1 again), and their later creation time keeps it ahead."""
+    js = nats_client.jetstream()
+    port = await seeded(nats_client, services)
+    before = await serial(port)
+    services.running.pop("dns").stop()
+
+    await js.delete_key_value(subjects.KV_SERVICES)
+    await js.delete_key_value(subjects.KV_ZONES)
+    await asyncio.sleep(1.1)  # creation times count in seconds
+    await create_bucket(nats_client, subjects.KV_SERVICES)
+    await create_bucket(nats_client, subjects.KV_ZONES)
+    await put_zone(nats_client, zone())
+    await put_service(nats_client, gslb(HELLO))
+    fresh = free_port()
+    services.start("dns-fresh", "dns", "--dns-port", str(fresh))
+    await eventually(lambda: first_address(fresh), timeout_seconds=30)
+
+    after = await serial(fresh)
+    assert 0 < (after - before) % 2**32 < 2**31, (before, after)

@@ -165,7 +165,9 @@ def test_stopping_the_s2_backend_takes_s2_out_of_the_answers_and_starting_it_bri
         wait_for_line(process, "Ctrl-C", 30)
         wait_until(lambda: s2 in answers(dns_port, 12), 15)
 
-        subprocess.run([*backend, "stop", "s2"], check=True, capture_output=True)
+        stopped = subprocess.run([*backend, "stop", "s2"], check=True, capture_output=True)
+        assert f"s2: the hello backend (SITE2) at http://{s2}:" in stopped.stdout.decode()
+        assert stopped.stdout.decode().rstrip().endswith("is stopped"), stopped.stdout
         wait_until(lambda: s2 not in answers(dns_port, 12), 10)
         assert answers(dns_port, 12) == {"127.10.25.46", "127.10.26.40"}
 

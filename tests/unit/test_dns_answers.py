@@ -561,6 +561,78 @@ def test_after_the_buckets_were_lost_the_serial_goes_on_from_its_floor() -> None
     assert table.serial(ZONE) == 1 + 1 + 500
 
 
+CREATED = 1_790_000_000
+"""A bucket creation time (Sept. 2026), seconds since the Unix epoch."""
+HOUR = 3600
+
+
+def rfc1982_greater(a: int, b: int) -> bool:
+    return 0 < (a - b) % 2**32 < 2**31
+
+
+def replica(created: int, zone_revision: int, service_revision: int) -> AnswerTable:
+    """A DNS that followed buckets created at `created` up to these revisions."""
+    table = AnswerTable()
+    table.set_store_epoch("kgslb_zones", created)
+    table.set_zone(zone_spec(), revision=zone_revision)
+    table.set_store_epoch("kgslb_services", created)
+    table.set_service(service(), revision=service_revision)
+    return table
+
+
+def test_a_replica_started_after_a_lost_store_answers_a_higher_serial_than_before() -> None:
+    # An hour of 3,600 changes (one a second), then the store is lost: the buckets are made
+    # again and count from 1; a DNS that never saw the old ones follows the new ones.
+    before = replica(CREATED, zone_revision=600, service_revision=3000).serial(ZONE)
+
+    after = replica(CREATED + HOUR, zone_revision=1, service_revision=2).serial(ZONE)
+
+    assert rfc1982_greater(after, before), (before, after)
+
+
+def test_serials_of_replicas_agree_whatever_order_buckets_and_values_arrive_in() -> None:
+    first = replica(CREATED, zone_revision=2, service_revision=7)
+    second = AnswerTable()
+    second.set_store_epoch("kgslb_services", CREATED)
+    second.set_service(service(), revision=7)
+    second.set_zone(zone_spec(), revision=2)
+    second.set_store_epoch("kgslb_zones", CREATED)
+
+    assert first.serial(ZONE) == second.serial(ZONE)
+
+
+def test_a_bucket_opened_again_at_the_same_creation_time_does_not_move_the_serial() -> None:
+    table = replica(CREATED, zone_revision=2, service_revision=7)
+    before = table.serial(ZONE)
+
+    table.set_store_epoch("kgslb_zones", CREATED)  # a reconnect: the same bucket
+    table.set_store_epoch("kgslb_services", CREATED)
+
+    assert table.serial(ZONE) == before
+
+
+def test_a_running_replica_moves_its_serial_on_when_the_buckets_are_made_again() -> None:
+    table = replica(CREATED, zone_revision=40, service_revision=90)
+    before = table.serial(ZONE)
+
+    table.forget_revisions()
+    table.set_store_epoch("kgslb_zones", CREATED + 60)
+    table.set_store_epoch("kgslb_services", CREATED + 60)
+
+    assert rfc1982_greater(table.serial(ZONE), before)
+
+
+def test_the_first_serial_with_store_epochs_is_ahead_of_one_without() -> None:
+    """Upgrading to serials with store epochs moves them forward once, never back."""
+    without = AnswerTable()
+    without.set_zone(zone_spec(), revision=40)
+    without.set_service(service(), revision=90)
+
+    with_epochs = replica(CREATED, zone_revision=40, service_revision=90)
+
+    assert rfc1982_greater(with_epochs.serial(ZONE), without.serial(ZONE))
+
+
 # Changes take effect on the next query ---------------------------------------------------------
 
 

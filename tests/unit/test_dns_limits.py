@@ -98,6 +98,31 @@ def test_the_engine_rate_limits_udp_and_slips_with_tc() -> None:
     assert dns.message.from_wire(slipped[0]).question[0].name.to_text() == f"{HELLO}."
 
 
+@pytest.mark.parametrize("dnssec_ok", [False, True], ids=["DO=0", "DO=1"])
+def test_a_slip_to_an_edns_query_keeps_our_opt_record(dnssec_ok: bool) -> None:
+    """RFC 6891 6.1.1: a reply to an EDNS query carries an OPT, the truncated slip too, so the
+    client does not take the TC for a server without EDNS."""
+    engine = seeded_engine(rate_limiter=ResponseRateLimiter(1, slip=1))
+
+    replies = [ask_raw(engine, HELLO, use_edns=0, want_dnssec=dnssec_ok) for _ in range(2)]
+
+    assert replies[1] is not None
+    slipped = dns.message.from_wire(replies[1])
+    assert slipped.flags & dns.flags.TC and not slipped.answer
+    assert slipped.edns == 0 and slipped.payload == 1232
+    assert bool(slipped.ednsflags & dns.flags.DO) == dnssec_ok
+
+
+def test_a_slip_to_a_query_without_edns_has_no_opt_record() -> None:
+    engine = seeded_engine(rate_limiter=ResponseRateLimiter(1, slip=1))
+
+    replies = [ask_raw(engine, HELLO, use_edns=False) for _ in range(2)]
+
+    assert replies[1] is not None
+    slipped = dns.message.from_wire(replies[1])
+    assert slipped.flags & dns.flags.TC and slipped.edns == -1
+
+
 def test_the_engine_never_rate_limits_tcp() -> None:
     engine = seeded_engine(rate_limiter=ResponseRateLimiter(1, slip=0))
 
