@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from services.watcher import channels, kube
 from services.watcher.backoff import Backoff
+from services.watcher.federation import Role
 from services.watcher.home import Heartbeat, Home
 from services.watcher.hostnames import Hostnames
 from services.watcher.publisher import OrderedPublisher
@@ -240,9 +241,11 @@ class Watcher:
             )  # fmt: skip
             tasks.append(writer.run())
             if self.settings.serving_status:
+                home = self.home
                 tracker = ServingTracker(
                     self.nc, self.settings, self.policies, self._status_dirty,
                     buckets[subjects.KV_LEASES], self.keeper.notice,
+                    lambda: home.role == Role.ACTIVE,
                 )  # fmt: skip
                 tasks.append(tracker.run())
         else:

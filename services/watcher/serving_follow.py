@@ -52,6 +52,8 @@ EXPIRE_SECONDS = 0.5
 """How often silent health replicas are looked for, as the DNS does."""
 DEBOUNCE_SECONDS = 0.05
 """Changes that arrive together (a verdict per site) make one status write."""
+STANDBY_CHECK_SECONDS = 0.5
+"""How often a standby home with marked names looks whether it became active."""
 POLICY_REFRESH_SECONDS = 0.5
 """A policy's `status.serving` is rebuilt at most this often, and never more than a tenth of
 the time (its rebuild walks every name of the policy: at a cold start of 10,000 names a rebuild
@@ -73,7 +75,9 @@ class ServingMembers(Collector):
             "and cluster; written by the active home watcher",
             labels=["fqdn", "cluster"],
         )
-        entries = dict(self.tracker.entries) if self.tracker is not None else {}
+        tracker = self.tracker
+        # A standby home's entries wait for it to become active: only the active one exports.
+        entries = dict(tracker.entries) if tracker is not None and tracker.is_active() else {}
         for fqdn, entry in sorted(entries.items()):
             for cluster, count in sorted(serving_counts(entry).items()):
                 family.add_metric([fqdn, cluster], count)
@@ -93,7 +97,11 @@ class ServingTracker:
         status_dirty: asyncio.Event,
         leases: KeyValue,
         on_missing: Callable[[], None] | None = None,
+        is_active: Callable[[], bool] = lambda: True,
     ) -> None:
+        self.is_active = is_active
+        """Only the active home writes status and holds: a standby follows (to take over with
+        everything known) but leaves its marks until it becomes active."""
         self.leases = leases
         self.held: set[str] = set()
         """Health keys of the members held under manualResume."""
@@ -205,6 +213,9 @@ class ServingTracker:
         while True:
             await self._changed.wait()
             await asyncio.sleep(DEBOUNCE_SECONDS)
+            if not self.is_active():
+                await asyncio.sleep(STANDBY_CHECK_SECONDS)
+                continue  # still marked: computed once it becomes active
             self._changed.clear()
             for fqdn, member in self.refresh_names():
                 await self._write_hold(fqdn, member)
