@@ -16,7 +16,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from shared.dnssec import new_secret
 from shared.models import PolicyObject
 from shared.settings import NatsSettings
 from tests.integration.conftest import TEST_FIRST_SYNC
+from tests.integration.test_dnssec import ds_record
 from tests.integration.test_pipeline import SEED
 from tests.integration.unbound import UNBOUND, start, write_config
 
@@ -328,15 +328,6 @@ def test_delv_validates_nsec_queries_and_cname_chains(
     assert "fully validated" in out, out
 
 
-def ds_record(signed: Signed) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "kgslb", "dnssec", "ds", ZONE, "--nats-url", signed.nats_url],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def unbound(signed: Signed) -> Iterator[int]:
     directory = signed.workdir / "unbound"
@@ -347,7 +338,7 @@ def unbound(signed: Signed) -> Iterator[int]:
         port,
         f"""
     module-config: "validator iterator"
-    trust-anchor: "{ds_record(signed)}"
+    trust-anchor: "{ds_record(signed.nats_url)}"
     val-log-level: 2
     cache-max-ttl: 1
 """,

@@ -144,16 +144,16 @@ async def test_without_do_the_answer_carries_no_signature(signed_dns: SignedDns)
 
 
 async def test_kgslb_dnssec_ds_matches_the_served_cds(signed_dns: SignedDns) -> None:
-    ds = ds_record(signed_dns)
+    ds = ds_record(signed_dns.nats_url)
     reply = await query(signed_dns.port, ZONE, "CDS")
     cds = [r for rrset in reply.answer if rrset.rdtype == dns.rdatatype.CDS for r in rrset]
     assert [str(r.to_text()).lower() for r in cds] == [" ".join(ds.split()[3:]).lower()]
 
 
-def ds_record(signed: SignedDns) -> str:
+def ds_record(nats_url: str) -> str:
     """`kgslb dnssec ds`: the record for the parent, `avi.iberia.local. IN DS ...`."""
     result = subprocess.run(
-        [sys.executable, "-m", "kgslb", "dnssec", "ds", ZONE, "--nats-url", signed.nats_url],
+        [sys.executable, "-m", "kgslb", "dnssec", "ds", ZONE, "--nats-url", nats_url],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -203,7 +203,9 @@ def start_unbound(directory: Path, upstream: int, ds: str) -> tuple[subprocess.P
 
 @pytest.fixture
 def unbound_with_ds(signed_dns: SignedDns, tmp_path: Path) -> Iterator[int]:
-    process, port = start_unbound(tmp_path / "unbound", signed_dns.port, ds_record(signed_dns))
+    process, port = start_unbound(
+        tmp_path / "unbound", signed_dns.port, ds_record(signed_dns.nats_url)
+    )
     try:
         yield port
     finally:
@@ -281,7 +283,7 @@ async def test_a_tampered_answer_is_refused(signed_dns: SignedDns, tmp_path: Pat
     transport, proxy = await loop.create_datagram_endpoint(
         lambda: TamperingProxy(signed_dns.port), local_addr=("127.0.0.1", proxy_port)
     )
-    ds = await asyncio.to_thread(ds_record, signed_dns)
+    ds = await asyncio.to_thread(ds_record, signed_dns.nats_url)
     process, port = await asyncio.to_thread(start_unbound, tmp_path / "tampered", proxy_port, ds)
     try:
         reply = await recurse(port, HELLO, "A")
@@ -365,7 +367,7 @@ async def test_the_chain_from_a_bind_parent_holding_the_ds_is_secure(
     """Through the referral: the parent's DS vouches for the zone's KSK. A DS that does not
     match (its last digest octet changed) makes the zone bogus: SERVFAIL."""
     assert UNBOUND is not None
-    ds = await asyncio.to_thread(ds_record, signed_dns)
+    ds = await asyncio.to_thread(ds_record, signed_dns.nats_url)
     if not ds_matches:
         ds = ds[:-2] + ("00" if ds[-2:] != "00" else "11")
     named, parent_port, anchor = await asyncio.to_thread(start_bind_parent, tmp_path / "bind", ds)
@@ -527,5 +529,5 @@ async def test_automatic_delegation_puts_the_ds_of_the_signed_zone_in_the_parent
 
     await eventually(parent_ds, timeout_seconds=60)
     signed = SignedDns(0, services.nats.url, "")
-    expected = " ".join(ds_record(signed).split()[3:]).lower()
+    expected = " ".join(ds_record(signed.nats_url).split()[3:]).lower()
     assert {text.lower() for text in parent_ds()} == {expected}
