@@ -24,6 +24,7 @@ from nats.js.errors import KeyNotFoundError
 from kgslb import natscmd
 from kgslb.command_settings import LogsSettings
 from shared import bus, subjects, wire
+from shared.follow import read_values
 from shared.models import DnsQueryLog, GslbService
 
 CSV_COLUMNS = (
@@ -68,9 +69,9 @@ def _zone_of(fqdn: str, zones: Iterable[str]) -> str | None:
 
 
 async def _zone_names(js: JetStreamContext) -> list[str]:
-    kv = await js.key_value(subjects.KV_ZONES)
     with contextlib.suppress(Exception):
-        return [subjects.fqdn_from_key(key) for key in await kv.keys()]
+        # Not KeyValue.keys(): it can end early on a busy server, and lists fence markers.
+        return [subjects.fqdn_from_key(key) for key in await read_values(js, subjects.KV_ZONES)]
     return []
 
 

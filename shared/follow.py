@@ -367,7 +367,18 @@ class BucketFollower:
 async def read_values(
     js: JetStreamContext, bucket: str, idle_seconds: float = READ_IDLE_SECONDS
 ) -> dict[str, bytes]:
-    """What `bucket` holds now, deleted keys left out, read once.
+    """What `bucket` holds now, deleted keys and fence markers left out, read once (see
+    `read_entries`)."""
+    entries = await read_entries(js, bucket, idle_seconds)
+    return {key: entry.value for key, entry in entries.items() if entry.value}
+
+
+async def read_entries(
+    js: JetStreamContext, bucket: str, idle_seconds: float = READ_IDLE_SECONDS
+) -> dict[str, KeyValue.Entry]:
+    """The entries (value and revision) `bucket` holds now, deleted keys and fence markers left
+    out, read once. Use it instead of nats-py's `KeyValue.keys()`, which ends at the same
+    early marker described here and raises when a bucket holds nothing.
 
     Read up to the stream's last message as it was before the watch began, not up to
     nats-py's end-of-initial-values marker: that marker is decided from the consumer's
@@ -378,7 +389,7 @@ async def read_values(
     if not state.messages:
         return {}
     watcher = await kv.watch(">")
-    values: dict[str, bytes] = {}
+    entries: dict[str, KeyValue.Entry] = {}
     seen = 0
     marker = False
     try:
@@ -387,22 +398,22 @@ async def read_values(
                 entry = await watcher.updates(timeout=idle_seconds)  # type: ignore[no-untyped-call]
             except NatsTimeoutError:
                 if marker:  # messages expired (a TTL'd bucket) since the count was taken
-                    return values
+                    return entries
                 raise BucketReadTimeout(
                     f"reading KV {bucket}: nothing delivered for {idle_seconds} s after "
-                    f"{len(values)} keys (is NATS up?)"
+                    f"{len(entries)} keys (is NATS up?)"
                 ) from None
             if entry is None:
                 marker = True
                 continue
             seen += 1
             if entry.operation is None and entry.value and not subjects.is_fence_key(entry.key):
-                values[entry.key] = entry.value
+                entries[entry.key] = entry
             else:
-                values.pop(entry.key, None)
+                entries.pop(entry.key, None)
             if (entry.revision or 0) >= state.last_seq:
                 break
-        return values
+        return entries
     finally:
         with contextlib.suppress(Exception):
             await watcher.stop()  # type: ignore[no-untyped-call]

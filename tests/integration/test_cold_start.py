@@ -11,6 +11,7 @@ from nats.aio.client import Client
 
 from kubesim.resources import INGRESSES
 from shared import subjects, wire
+from shared.follow import read_entries
 from shared.models import GslbService
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_reconciler_policies import WritesSettled, metric, ops_get
@@ -68,8 +69,8 @@ async def kv_writes(nc: Client) -> int:
 
 async def name_revisions(nc: Client) -> dict[str, int]:
     """The revision of every name in the services bucket (a rewrite changes it)."""
-    kv = await nc.jetstream().key_value(subjects.KV_SERVICES)
-    return {key: (await kv.get(key)).revision or 0 for key in await kv.keys()}
+    entries = await read_entries(nc.jetstream(), subjects.KV_SERVICES)
+    return {key: entry.revision or 0 for key, entry in entries.items()}
 
 
 def start_reconciler(services: Services, **env: str) -> None:

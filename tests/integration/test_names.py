@@ -10,6 +10,7 @@ from nats.aio.client import Client
 
 from kgslb.up import load_stack_config
 from shared import subjects
+from shared.follow import read_values
 from shared.policies import API_GROUP, API_VERSION
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_watcher import (
@@ -58,8 +59,7 @@ async def gdp_message(kube: Kube, expected: str) -> bool:
 
 
 async def service_keys(nc: Client) -> list[str]:
-    kv = await nc.jetstream().key_value(subjects.KV_SERVICES)
-    return list(await kv.keys())
+    return list(await read_values(nc.jetstream(), subjects.KV_SERVICES))
 
 
 async def test_a_70_octet_label_host_is_reported_never_stored_and_leaves_no_trace(

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.js.errors import KeyNotFoundError
 
 from shared import subjects, wire
+from shared.follow import read_values
 from shared.models import (
     GslbService,
     ObjectKind,
@@ -282,7 +283,7 @@ async def test_one_ingress_change_among_many_services_writes_one_key(
             refs.append(_app_ref(cluster, index))
     await publish_markers(nats_client, refs)
     kv = await js.key_value(subjects.KV_SERVICES)
-    await eventually(lambda: _key_count(kv, count), timeout_seconds=30)
+    await eventually(lambda: _key_count(js, count), timeout_seconds=30)
     await eventually(WritesSettled(services), interval_seconds=0.3)
     kv_stream = f"KV_{subjects.KV_SERVICES}"
     writes_before = await metric(services, "reconciler", "kgslb_reconciler_kv_writes_total")
@@ -318,9 +319,9 @@ def _app(cluster: str, index: int, vip: str) -> tuple[str, bytes]:
     return ref.subject, wire.encode(message)
 
 
-async def _key_count(kv: Any, count: int) -> bool:
+async def _key_count(js: Any, count: int) -> bool:
     try:
-        return len(await kv.keys()) >= count
+        return len(await read_values(js, subjects.KV_SERVICES)) >= count
     except Exception:
         return False
 

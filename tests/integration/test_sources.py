@@ -22,6 +22,7 @@ from nats.aio.client import Client
 
 from kubesim.resources import CRDS, gateway_api_crds
 from shared import subjects, wire
+from shared.follow import read_values
 from shared.models import GslbService
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_watcher import (
@@ -232,12 +233,8 @@ async def set_lb_status(kube: Kube, cluster: str, name: str, entries: list[dict[
 
 
 async def _kv_keys(nc: Client) -> list[str]:
-    kv = await nc.jetstream().key_value(subjects.KV_SERVICES)
-    try:
-        keys = await kv.keys()
-    except Exception:
-        return []
-    return sorted(subjects.fqdn_from_key(k) for k in keys if not subjects.is_fence_key(k))
+    keys = await read_values(nc.jetstream(), subjects.KV_SERVICES)
+    return sorted(subjects.fqdn_from_key(k) for k in keys)
 
 
 async def _service(nc: Client, fqdn: str) -> GslbService | None:

@@ -24,6 +24,7 @@ import yaml
 
 from kgslb.embedded import free_port, port_in_use
 from shared import subjects, wire
+from shared.follow import read_values
 from shared.models import MemberHealth
 
 SEED = Path(__file__).resolve().parents[2] / "examples" / "seed" / "kgslb.yaml"
@@ -330,13 +331,10 @@ async def member_health(nats_port: int) -> dict[str, str]:
         f"nats://127.0.0.1:{nats_port}", connect_timeout=1, allow_reconnect=False, error_cb=quiet
     )
     try:
-        bucket = await client.jetstream().key_value(subjects.KV_HEALTH)
         states = {}
-        for key in await bucket.keys():
-            entry = await bucket.get(key)
-            if entry.value:
-                health = wire.decode(entry.value, MemberHealth)
-                states[str(health.ip)] = health.state.value
+        for raw in (await read_values(client.jetstream(), subjects.KV_HEALTH)).values():
+            health = wire.decode(raw, MemberHealth)
+            states[str(health.ip)] = health.state.value
     finally:
         await client.close()
     return states

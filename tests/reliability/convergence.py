@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 from nats.aio.client import Client
-from nats.js.errors import NoKeysError
 
 from kubesim.resources import INGRESSES
 from services.reconciler.plan import Plan, Planner
 from shared import bus, subjects, wire
+from shared.follow import read_values
 from shared.models import GslbService, ObjectKind
 from tests.integration.test_watcher import EVENT_KINDS, Kube, ingress
 from tests.reliability.stack import ZONE, addresses
@@ -69,17 +69,10 @@ async def fresh_plan(nc: Client) -> Plan:
 
 
 async def kv_services(nc: Client) -> dict[str, GslbService]:
-    kv = await nc.jetstream().key_value(subjects.KV_SERVICES)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return {}
     out = {}
-    for key in keys:
-        entry = await kv.get(key)
-        if entry.value:
-            service = wire.decode(entry.value, GslbService)
-            out[service.fqdn] = service
+    for raw in (await read_values(nc.jetstream(), subjects.KV_SERVICES)).values():
+        service = wire.decode(raw, GslbService)
+        out[service.fqdn] = service
     return out
 
 

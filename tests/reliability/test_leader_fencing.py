@@ -25,7 +25,7 @@ from nats.js.api import DeliverPolicy
 from kgslb.embedded import NatsServer, free_port
 from services.reconciler.fence import WRITER
 from shared import subjects, wire
-from shared.follow import read_values
+from shared.follow import read_entries, read_values
 from shared.models import GslbService, ObjectKind, ObjectRef, ObservedObject, PolicyStatus
 from tests.integration.conftest import Services, eventually
 from tests.integration.test_reconciler_ha import (
@@ -147,8 +147,8 @@ async def revisions(nc: Client) -> dict[str, dict[str, int]]:
     js = nc.jetstream()
     out: dict[str, dict[str, int]] = {}
     for bucket in BUCKETS:
-        kv = await js.key_value(bucket)
-        out[bucket] = {key: (await kv.get(key)).revision or 0 for key in await kv.keys()}
+        entries = await read_entries(js, bucket)
+        out[bucket] = {key: entry.revision or 0 for key, entry in entries.items()}
     return out
 
 
