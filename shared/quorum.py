@@ -284,3 +284,15 @@ def apply_heartbeat(
     beat = wire.decode(value, HealthHeartbeat)
     valid_for = (beat.expires_at - beat.heartbeat_at).total_seconds()
     return book.heartbeat(replica, beat.site, valid_for, now)
+
+
+def apply_hold(held: set[str], key: str, value: bytes | None) -> str:
+    """A change of a manualResume hold key (KV kgslb_leases, `hold.<member>`) applied to
+    `held`, the member health keys held: created (held) or deleted (resumed). Returns the
+    member; raises ValueError for a key that is not a hold key."""
+    member = subjects.member_of_hold_key(key)
+    if value is None:
+        held.discard(member)
+    else:
+        held.add(member)
+    return member

@@ -48,7 +48,7 @@ from shared.models import (
     ZoneKeys,
     ZoneSpec,
 )
-from shared.quorum import HealthBook, Quorum, State, Written, apply_heartbeat
+from shared.quorum import HealthBook, Quorum, State, Written, apply_heartbeat, apply_hold
 from shared.runtime import replica_name, run_service
 
 if TYPE_CHECKING:
@@ -372,13 +372,9 @@ class DnsService:
 
     def _apply_hold(self, change: Change) -> None:
         try:
-            member = subjects.member_of_hold_key(change.key)
+            member = apply_hold(self._holds, change.key, change.value)
         except ValueError:
             return
-        if change.value is None:
-            self._holds.discard(member)
-        else:
-            self._holds.add(member)
         self._set_health({member: self.health.combined.get(member)})
 
     async def _on_live_health(self, msg: Msg) -> None:

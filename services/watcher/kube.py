@@ -169,6 +169,35 @@ _QUERY_NAMES = {
 }
 
 
+def _request(
+    api: client.ApiClient,
+    method: str,
+    path: str,
+    timeout: Any,
+    *,
+    query: list[tuple[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Any:
+    """One request through `api` as the typed calls make it (JSON, the bearer token), its
+    response unread; a non-2xx status raises `ApiException` as theirs do."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = api.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=query or [],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(*request, _request_timeout=timeout)
+    if not 200 <= response.status <= 299:
+        response.read()  # type: ignore[no-untyped-call]
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response
+
+
 @dataclass(frozen=True)
 class RawList:
     """GET of one collection (list or watch) through the official client's `ApiClient` (its
@@ -188,17 +217,7 @@ class RawList:
         if unknown or _preload_content:
             raise TypeError(f"RawList({self.path}): unsupported arguments {sorted(unknown)}")
         query = [(_QUERY_NAMES[k], v) for k, v in params.items() if v is not None]
-        request = self.api.param_serialize(
-            method="GET",
-            resource_path=self.path,
-            query_params=query,
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(*request, _request_timeout=_request_timeout)
-        if not 200 <= response.status <= 299:
-            response.read()  # type: ignore[no-untyped-call]
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        response = _request(self.api, "GET", self.path, _request_timeout, query=query)
         return cast(urllib3.HTTPResponse, response.response)
 
 
@@ -207,17 +226,8 @@ def post_json(
 ) -> dict[str, Any]:
     """POST a JSON object through the official client's `ApiClient` (as `RawList` reads), for
     the one core write the watcher makes (Events), without importing `CoreV1Api`."""
-    request = api.param_serialize(
-        method="POST",
-        resource_path=path,
-        header_params={"Accept": "application/json", "Content-Type": "application/json"},
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(*request, _request_timeout=timeout)
-    response.read()  # type: ignore[no-untyped-call]
-    if not 200 <= response.status <= 299:
-        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    response = _request(api, "POST", path, timeout, body=body)
+    response.read()
     return cast(dict[str, Any], json.loads(response.data or b"{}"))
 
 

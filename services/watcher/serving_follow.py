@@ -44,7 +44,7 @@ from shared.models import (
     MemberHold,
     utcnow,
 )
-from shared.quorum import HealthBook, Quorum, State, Written, apply_heartbeat
+from shared.quorum import HealthBook, Quorum, State, Written, apply_heartbeat, apply_hold
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,9 @@ class ServingTracker:
 
     def _hold(self, change: Change) -> None:
         try:
-            member = subjects.member_of_hold_key(change.key)
+            member = apply_hold(self.held, change.key, change.value)
         except ValueError:
             return
-        if change.value is None:
-            self.held.discard(member)
-        else:
-            self.held.add(member)
         self._combined({member: None})
 
     async def _expire(self) -> None:
@@ -251,13 +247,6 @@ class ServingTracker:
             fqdn, member.cluster, member.ip, fqdn, member.cluster,
             extra={"fqdn": fqdn, "cluster": member.cluster},
         )  # fmt: skip
-
-    def refresh(self) -> list[tuple[str, MemberView]]:
-        """Recompute the names that changed, hand their policies' lists to the view, and say
-        which members to hold."""
-        holds = self.refresh_names()
-        self.refresh_policies()
-        return holds
 
     def refresh_names(self) -> list[tuple[str, MemberView]]:
         """Recompute the names that changed (their entries), mark the policies they changed,
