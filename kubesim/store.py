@@ -186,7 +186,7 @@ class ClusterStore:
         self._objects: dict[tuple[str, str], dict[tuple[str, str], Obj]] = {}
         self._history: deque[WatchEvent] = deque(maxlen=history_size)
         self._snapshots: dict[
-            tuple[tuple[str, str], int], tuple[list[tuple[str, str]], list[Obj], int]
+            tuple[tuple[str, str], int], tuple[list[tuple[str, str]], list[Obj]]
         ] = {}
         self._listeners: list[Listener] = []
         self._controllers: list[Controller] = [ClusterStore._reconcile_crd]
@@ -325,16 +325,18 @@ class ClusterStore:
         API server serves each page from etcd in O(limit))."""
         cache_key = (rtype.key, rv)
         cached = self._snapshots.get(cache_key)
-        if cached is not None and cached[2] == self.rv:
-            return cached[0], cached[1]
+        if cached is not None:
+            return cached
         items = sorted(self._state_at(rtype, rv).items(), key=lambda kv: kv[0])
         keys = [key for key, _ in items]
         objects = [obj for _, obj in items]
         if len(self._snapshots) >= MAX_LIST_SNAPSHOTS:
             self._snapshots.pop(next(iter(self._snapshots)))
-        # Valid while nothing is committed: objects are replaced, never edited in place, but a
-        # commit may make `rv` the past (or the present) differently, so it keys on both.
-        self._snapshots[cache_key] = (keys, objects, self.rv)
+        # The state at `rv` is history: later commits add events after it and objects are
+        # replaced, never edited in place, so the snapshot stays right until `restore`. (Keyed
+        # on the current revision too, every status write or Event of a busy cluster made each
+        # page of a 100,000-object list sort it all again.)
+        self._snapshots[cache_key] = (keys, objects)
         return keys, objects
 
     def _list_rv(self, resource_version: str | None, match: str | None) -> int:
