@@ -82,6 +82,10 @@ class ProbeResult:
         return self.outcome is Outcome.OK
 
 
+CONTROL_PLANE_ONLY = ProbeResult(Outcome.OK, "control plane only")
+"""The one result of a `kind: none` member: it exists, which is all its monitor asks."""
+
+
 def status_expected(status: int, expected_codes: Iterable[str]) -> bool:
     """`2xx` matches a class, `204` one code."""
     text = str(status)

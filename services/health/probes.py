@@ -16,7 +16,13 @@ import time
 
 import h11
 
-from services.health.monitor import Outcome, ProbeResult, ProbeTarget, judge_http
+from services.health.monitor import (
+    CONTROL_PLANE_ONLY,
+    Outcome,
+    ProbeResult,
+    ProbeTarget,
+    judge_http,
+)
 from shared.models import MonitorKind
 
 USER_AGENT = "kgslb-health/1"
@@ -38,7 +44,7 @@ class Prober:
     async def probe(self, target: ProbeTarget) -> ProbeResult:
         monitor = target.monitor
         if monitor.kind is MonitorKind.NONE:
-            return ProbeResult(Outcome.OK, "control plane only")
+            return CONTROL_PLANE_ONLY
         where = f"{target.ip}:{target.port}"
         started = time.perf_counter()
         try:

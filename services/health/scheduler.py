@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter, Histogram
 
-from services.health.monitor import ProbeResult, ProbeTarget, first_delay, next_due
+from services.health.monitor import (
+    CONTROL_PLANE_ONLY,
+    ProbeResult,
+    ProbeTarget,
+    first_delay,
+    next_due,
+)
+from shared.models import MonitorKind
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,13 @@ class ProbeScheduler:
                 due, generation, key = heapq.heappop(heap)
                 entry = self._targets.get(key)
                 if entry is None or entry[1] != generation or key in self._running:
+                    continue
+                if entry[0].monitor.kind is MonitorKind.NONE:
+                    # Control plane only: nothing to connect to and nothing that can change,
+                    # so judged at once and once (re-"probed" every interval, 300,000 such
+                    # members cost 30,000 tasks a second). A changed monitor is a new
+                    # generation, scheduled again.
+                    self._on_result(entry[0], CONTROL_PLANE_ONLY)
                     continue
                 await self._slots.acquire()
                 self._running.add(key)

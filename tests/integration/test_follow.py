@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY
 
 from kgslb.embedded import NatsServer
-from shared import bus
+from shared import bus, follow
 from shared.follow import BucketFollower, Change, read_values
 from shared.settings import NatsSettings
 from tests.integration.conftest import eventually
@@ -324,3 +325,37 @@ async def test_a_bucket_deleted_and_created_anew_is_followed_from_its_start_keep
     assert waited >= 0.9, "kept for stale_after_seconds after the new bucket's first value"
     assert losses == ["lost"]
     assert counted("kgslb_kv_store_losses_total", bucket=BUCKET) >= 1
+
+
+async def test_a_backlog_is_applied_in_parts_with_the_event_loop_turning_between_them(
+    nats_client: Client,
+) -> None:
+    """The DNS answers queries on the same loop that applies changes: a cold start's backlog
+    must not hold the loop for its whole length."""
+    kv = await create_bucket(nats_client)
+    changes = 20 * follow.YIELD_EVERY_CHANGES
+    await asyncio.gather(*(kv.put(f"k{index}", b"v") for index in range(changes)))
+    loop_turns = 0
+
+    async def count_loop_turns() -> None:
+        nonlocal loop_turns
+        while True:
+            loop_turns += 1
+            await asyncio.sleep(0)
+
+    turns_seen_by_each_change: list[int] = []
+    counter = asyncio.create_task(count_loop_turns())
+    try:
+        async with following(
+            nats_client, apply=lambda change: turns_seen_by_each_change.append(loop_turns)
+        ) as run:
+            await run.caught_up()
+    finally:
+        counter.cancel()
+
+    assert len(turns_seen_by_each_change) == changes
+    longest_run_without_a_turn = max(
+        len(list(run_of_changes))
+        for _, run_of_changes in itertools.groupby(turns_seen_by_each_change)
+    )
+    assert longest_run_without_a_turn <= follow.YIELD_EVERY_CHANGES

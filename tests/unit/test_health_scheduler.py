@@ -13,7 +13,7 @@ import pytest
 
 from services.health.monitor import Outcome, ProbeResult, ProbeTarget
 from services.health.scheduler import ProbeScheduler
-from shared.models import HealthMonitorSpec
+from shared.models import HealthMonitorSpec, MonitorKind
 
 
 def target(n: int, interval_seconds: float = 0.05) -> ProbeTarget:
@@ -125,3 +125,36 @@ async def test_a_changed_monitor_is_used_from_the_next_probe(probe_seconds: floa
         await until(lambda: seen.count(0.03) >= 2)
 
     assert seen[0] == 0.04
+
+
+def unmonitored(n: int) -> ProbeTarget:
+    monitor = HealthMonitorSpec(kind=MonitorKind.NONE, interval_seconds=0.02)
+    return ProbeTarget(f"m{n}", f"app{n}.example", "127.0.0.1", "s1", 80, monitor)
+
+
+async def test_a_control_plane_only_member_is_judged_up_once_and_never_probed() -> None:
+    recorder = Recorder()
+    judged: list[tuple[str, ProbeResult]] = []
+    scheduler = ProbeScheduler(
+        recorder.probe, lambda target, result: judged.append((target.key, result)), 10
+    )
+    async with running(scheduler):
+        scheduler.schedule(unmonitored(1))
+        scheduler.schedule(target(2, interval_seconds=0.02))
+        # Many intervals of the unmonitored member pass while the probed one goes on.
+        await until(lambda: recorder.probes["m2"] >= 10)
+
+    assert [(key, result.outcome) for key, result in judged if key == "m1"] == [
+        ("m1", Outcome.OK)
+    ]
+    assert recorder.probes["m1"] == 0
+
+
+async def test_a_member_whose_monitor_becomes_probed_is_probed_from_then_on() -> None:
+    recorder = Recorder()
+    scheduler = ProbeScheduler(recorder.probe, recorder.on_result, max_in_flight=10)
+    async with running(scheduler):
+        scheduler.schedule(unmonitored(1))
+        await until(lambda: recorder.results["m1"] == 1)
+        scheduler.schedule(target(1, interval_seconds=0.02))
+        await until(lambda: recorder.probes["m1"] >= 3)
