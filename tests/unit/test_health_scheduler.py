@@ -144,9 +144,7 @@ async def test_a_control_plane_only_member_is_judged_up_once_and_never_probed() 
         # Many intervals of the unmonitored member pass while the probed one goes on.
         await until(lambda: recorder.probes["m2"] >= 10)
 
-    assert [(key, result.outcome) for key, result in judged if key == "m1"] == [
-        ("m1", Outcome.OK)
-    ]
+    assert [(key, result.outcome) for key, result in judged if key == "m1"] == [("m1", Outcome.OK)]
     assert recorder.probes["m1"] == 0
 
 
