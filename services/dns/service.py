@@ -38,6 +38,7 @@ from services.dns.wire import wire_to_name
 from services.dns.workers import supervise
 from shared import bus, subjects, wire
 from shared.broker import ServiceBroker
+from shared.collector import LongLivedState
 from shared.follow import BucketFollower, Change
 from shared.models import (
     DnsQueryLog,
@@ -97,6 +98,7 @@ class DnsService:
     ) -> None:
         self.settings = settings
         self.nc = nc
+        self.long_lived = LongLivedState()
         routes, self._logs_out = channels.router()
         self.broker = ServiceBroker(nc)
         self.broker.include_router(routes)
@@ -220,6 +222,7 @@ class DnsService:
             # Queries wait in the socket buffers until the table holds the whole KV: an
             # answer from a half-loaded table (REFUSED, NXDOMAIN) would be cached downstream.
             await asyncio.gather(*(follower.wait_caught_up() for follower in self._followers))
+            self.long_lived.settled()
             loop = asyncio.get_running_loop()
             udp = udp_server(self.udp_sock, self.engine)
             udp.attach(loop)
@@ -241,10 +244,13 @@ class DnsService:
     ) -> BucketFollower:
         """Mirror one bucket into the table; after an outage only what changed touches it."""
 
+        updates = TABLE_UPDATES.labels(bucket)
+
         def mirror(change: Change) -> None:
             apply(change.key, change.value, change.revision)
-            TABLE_UPDATES.labels(bucket).inc()
+            updates.inc()
             GSLB_NAMES.set(len(self.table.gslb))
+            self.long_lived.changed()
 
         def created(when: datetime) -> None:
             if bucket in (subjects.KV_ZONES, subjects.KV_SERVICES):  # what serials derive from

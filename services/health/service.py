@@ -42,6 +42,7 @@ from services.health.probes import Prober
 from services.health.scheduler import ProbeScheduler
 from services.health.settings import HealthSettings
 from shared import bus, subjects, wire
+from shared.collector import LongLivedState
 from shared.follow import BucketFollower, Change
 from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth, utcnow
 from shared.runtime import replica_name, run_service
@@ -77,6 +78,7 @@ class HealthService:
     def __init__(self, settings: HealthSettings, nc: Client) -> None:
         self.settings = settings
         self.nc = nc
+        self.long_lived = LongLivedState()
         self.replica = replica_name(settings)
         self.site = settings.site
         source = str(settings.probe_source) if settings.probe_source is not None else None
@@ -211,6 +213,7 @@ class HealthService:
 
     async def _start_when_loaded(self) -> None:
         await self._all_caught_up()
+        self.long_lived.settled()
         self._started = True
         self._reshard()
         log.info(
@@ -224,6 +227,7 @@ class HealthService:
         )
 
     def _apply_service(self, entry: Change) -> None:
+        self.long_lived.changed()
         targets: dict[str, ProbeTarget] = {}
         if entry.value is not None:
             service = self._decode(entry, GslbService)
@@ -247,6 +251,7 @@ class HealthService:
             key, _ = subjects.split_health_key(entry.key)
         except ValueError:
             return
+        self.long_lived.changed()
         current = self.known.get(key)
         if current is not None and entry.revision <= current.revision:
             return

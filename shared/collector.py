@@ -1,0 +1,39 @@
+"""Keep Python's cyclic garbage collector off the state a service holds for its whole life.
+
+A DNS holding 100,000 names (1.5 million tracked objects) spends 0.43 s in each collection of
+the oldest generation, measured on an idle core; on a loaded machine over half a second, and
+the event loop answers no query meanwhile: a resolver's retry timer is about that long. Those
+objects are tables and indexes replaced by reference, almost never cyclic garbage, so they
+are moved out of the collector's generations (`gc.freeze`) as they accumulate: a collection
+then scans only what was made since the last freeze. An acyclic frozen object that is dropped
+is still freed at once by reference counting; only cyclic garbage among frozen objects would
+stay, which these tables do not make.
+
+The reconciler has its own tuning (services/reconciler/gc_tuning.py: it also pauses the
+collector while planning).
+"""
+
+from __future__ import annotations
+
+import gc
+
+FREEZE_EVERY_CHANGES = 20_000
+
+
+class LongLivedState:
+    """Counts the changes applied to long-lived state and freezes the collector's view of it
+    every `freeze_every` changes and whenever a load is complete."""
+
+    def __init__(self, freeze_every: int = FREEZE_EVERY_CHANGES) -> None:
+        self.freeze_every = freeze_every
+        self._since_freeze = 0
+
+    def changed(self) -> None:
+        self._since_freeze += 1
+        if self._since_freeze >= self.freeze_every:
+            self.settled()
+
+    def settled(self) -> None:
+        """A load is complete (a follower caught up): what it built stays."""
+        self._since_freeze = 0
+        gc.freeze()

@@ -1,0 +1,41 @@
+"""Long-lived state is moved out of the cyclic collector's generations as it accumulates and
+whenever a load is complete, so that a collection never rescans a whole table."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from shared.collector import LongLivedState
+
+
+@pytest.fixture(autouse=True)
+def unfrozen_afterwards() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+def test_what_a_load_built_is_frozen_once_it_is_complete() -> None:
+    gc.unfreeze()
+    table = [{"name": f"n{index}"} for index in range(1000)]
+    LongLivedState().settled()
+    assert gc.get_freeze_count() >= len(table)
+
+
+def test_state_is_frozen_every_so_many_changes_and_not_before() -> None:
+    gc.unfreeze()
+    state = LongLivedState(freeze_every=3)
+    kept = []
+    for index in range(2):
+        kept.append({"change": index})
+        state.changed()
+    assert gc.get_freeze_count() == 0
+    kept.append({"change": 2})
+    state.changed()
+    frozen = gc.get_freeze_count()
+    assert frozen >= len(kept)
+    state.changed()
+    state.changed()
+    assert gc.get_freeze_count() == frozen  # the count starts again after each freeze
