@@ -39,7 +39,7 @@ from services.dns.workers import supervise
 from shared import bus, subjects, wire
 from shared.broker import ServiceBroker
 from shared.collector import LongLivedState
-from shared.follow import BucketFollower, Change
+from shared.follow import YIELD_EVERY_CHANGES, BucketFollower, Change
 from shared.models import (
     DnsQueryLog,
     GslbService,
@@ -151,6 +151,7 @@ class DnsService:
         REGISTRY.register(VerdictCollector(self.health, settings.health_verdict_metrics))
         REGISTRY.register(DnssecCollector(self.table))
         self._live_verdicts: dict[str, tuple[str, datetime]] = {}
+        self._live_applied = 0
         """Verdicts applied from core NATS whose KV copy has not arrived yet: per health key,
         the writer and its probe time."""
         self._followers = [
@@ -391,6 +392,11 @@ class DnsService:
             return
         LIVE_VERDICTS.inc()
         self._apply_health(key, msg.data, 0, live=True)
+        self._live_applied += 1
+        if self._live_applied % YIELD_EVERY_CHANGES == 0:
+            # A lost site's members go down together: a burst of verdicts queued in the
+            # subscription is handed over without suspending; let queries be answered too.
+            await asyncio.sleep(0)
 
     def _newer_verdict(self, key: str, health: MemberHealth, live: bool) -> bool:
         """False for a verdict older than a live one already applied from the same writer: the
