@@ -34,7 +34,7 @@ from services.watcher.settings import WatcherSettings
 from services.watcher.sources import BY_NAME, select
 from services.watcher.status_writer import StatusWriter
 from services.watcher.translate import Skip
-from services.watcher.view import ClusterView, Decision, PolicyView
+from services.watcher.view import ClusterView, Decision, PolicyView, Steps
 from shared import bus, subjects, wire
 from shared.broker import ServiceBroker
 from shared.models import (
@@ -347,7 +347,7 @@ class Watcher:
             async with self._policy_lock:
                 outgoing.extend(self.hostnames.apply(answers))
                 for item in batch:
-                    decision = self._decide(item)
+                    decision = await self._decide(item)
                     if decision is not None:
                         outgoing.extend(decision.messages)
                     if isinstance(item, kube.Listed):
@@ -361,7 +361,7 @@ class Watcher:
             if self.settings.home:
                 self._status_dirty.set()
 
-    def _decide(self, item: kube.Item) -> Decision | None:
+    async def _decide(self, item: kube.Item) -> Decision | None:
         if isinstance(item, kube.Failed):
             self._failed(item)
             return None
@@ -376,7 +376,9 @@ class Watcher:
             if kind is not None:
                 decision = self._policies_listed(kind, item)
             else:
-                decision = self.view.listed(item.resource, item.items)
+                decision = await self._in_turns(
+                    self.view.listed_in_steps(item.resource, item.items)
+                )
             log.info(
                 "listed %d %s at resourceVersion %s",
                 len(item.items), item.resource, item.resource_version,
@@ -390,6 +392,16 @@ class Watcher:
                 decision = self.view.changed(item.resource, item.type, item.obj)
         self._report(decision)
         return decision
+
+    @staticmethod
+    async def _in_turns(steps: Steps[Decision]) -> Decision:
+        """Do the view's work in parts, letting the event loop turn between them."""
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            await asyncio.sleep(0)
 
     def _policies_listed(self, kind: PolicyKind, listed: kube.Listed) -> Decision:
         """The home role sees every list; the CRs become policy only while it publishes."""

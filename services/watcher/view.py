@@ -8,9 +8,9 @@ messages in order, so per subject the stream always ends with the newest word.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from services.watcher.sources import BY_NAME, SOURCES
 from services.watcher.sources.base import HOSTNAME, JoinKey, Resolution, Source, name_of
@@ -45,6 +45,23 @@ from shared.subjects import sync_subject
 from shared.wire import WireModel
 
 DELETED = "DELETED"
+LIST_STEP = 1_000
+"""Objects of a list observed between two pauses of `ClusterView.listed_in_steps`."""
+
+T = TypeVar("T")
+Steps = Generator[None, None, T]
+"""Work done in parts: each `yield` is a pause, the return value the result."""
+
+
+def run_steps(steps: Steps[T]) -> T:
+    """Do all the parts at once."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
 Outgoing = tuple[str, WireModel]
 """(subject, message), published in list order."""
 
@@ -119,6 +136,12 @@ class ClusterView:
     # Lists and events -----------------------------------------------------------------------
 
     def listed(self, name: str, objects: Iterable[Obj]) -> Decision:
+        return run_steps(self.listed_in_steps(name, objects))
+
+    def listed_in_steps(self, name: str, objects: Iterable[Obj]) -> Steps[Decision]:
+        """`listed`, pausing after every `LIST_STEP` objects observed: a caller on an event
+        loop lets it turn there (a list of 100,000 Ingresses is ~6 s of work, and the home
+        watcher's heartbeat must not wait that long)."""
         source = self._source(name)
         if source.kind is None:
             before = self._store.get(source.name, {})
@@ -128,12 +151,12 @@ class ClusterView:
             changed = {k for k in before.keys() | now.keys() if before.get(k) != now.get(k)}
             for key in sorted(changed):
                 self._refresh(JoinKey(source.name, *key), decision)
-            self._release_pending(decision)
+            yield from self._release_pending(decision)
             return decision
         if not self._joins_listed(source):
             self._pending[source.name] = _keyed(objects)
             return Decision()
-        return self._list(source, objects)
+        return (yield from self._list(source, objects))
 
     def changed(self, name: str, event_type: str, obj: Obj) -> Decision:
         source = self._source(name)
@@ -208,26 +231,28 @@ class ClusterView:
     def _joins_listed(self, source: Source) -> bool:
         return all(joined in self._store for joined in source.joined)
 
-    def _release_pending(self, decision: Decision) -> None:
+    def _release_pending(self, decision: Decision) -> Steps[None]:
         for name in list(self._pending):
             source = self._source(name)
             if self._joins_listed(source):
                 objects = self._pending.pop(name)
-                listed = self._list(source, objects.values())
+                listed = yield from self._list(source, objects.values())
                 decision.messages.extend(listed.messages)
                 decision.skipped.extend(listed.skipped)
                 decision.problems.extend(listed.problems)
                 decision.bad_hosts.extend(listed.bad_hosts)
                 decision.warned.extend(listed.warned)
 
-    def _list(self, source: Source, objects: Iterable[Obj]) -> Decision:
+    def _list(self, source: Source, objects: Iterable[Obj]) -> Steps[Decision]:
         assert source.kind is not None
         decision = Decision()
         before = self._published.get(source.kind, {})
         now: dict[ObjectRef, Fingerprint] = {}
         for key in [k for k in self._joins_of if k.source == source.name]:
             self._untrack(key)
-        for obj in objects:
+        for index, obj in enumerate(objects, 1):
+            if index % LIST_STEP == 0:
+                yield
             self._track(source, obj)
             observation = self._observe(source, obj, decision)
             if observation is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from services.watcher.view import ClusterView, Decision, PolicyView
+from services.watcher.view import LIST_STEP, ClusterView, Decision, PolicyView, Steps
 from shared.models import (
     ClusterState,
     ClusterStatus,
@@ -85,6 +85,34 @@ def test_a_list_publishes_every_usable_object_then_a_sync_marker_last() -> None:
     ]
     assert decision.messages[0][0] == ref("a").subject
     assert [s.ref.name for s in decision.skipped] == ["pending"]
+
+
+def pauses_and_result(steps: Steps[Decision]) -> tuple[int, Decision]:
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return pauses, done.value
+        pauses += 1
+
+
+def test_a_long_list_is_observed_in_parts_and_decides_what_it_decides_at_once() -> None:
+    """The watcher lets its event loop turn between the parts (its heartbeat goes on)."""
+    objects = [ing(f"i{n}") for n in range(2 * LIST_STEP + 5)]
+
+    pauses, in_parts = pauses_and_result(
+        ClusterView(CLUSTER).listed_in_steps(ObjectKind.INGRESS, objects)
+    )
+
+    at_once = ClusterView(CLUSTER).listed(ObjectKind.INGRESS, objects)
+    assert pauses == 2
+    assert without_times(in_parts) == without_times(at_once)
+    assert len(in_parts.messages) == len(objects) + 1
+
+
+def without_times(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
+    return [(s, m.model_dump(exclude={"observed_at", "listed_at"})) for s, m in decision.messages]
 
 
 def test_the_marker_names_what_exists_in_the_kinds_listed_so_far() -> None:

@@ -109,3 +109,21 @@ def test_health_without_sites_is_written_as_before_sites_so_older_readers_accept
         sited = message.model_copy(update={"site": "s1"})
         assert b'"site":"s1"' in wire.encode(sited)
         assert wire.decode(wire.encode(sited), type(message)) == sited
+
+
+def test_the_envelope_holds_the_same_json_as_the_model_dumped_and_non_ascii_text_round_trips() -> (
+    None
+):
+    now = datetime.now(UTC)
+    record = MemberHealth(
+        fqdn="a.test", ip="10.0.0.1", cluster="c", state="down", since=now,
+        last_error="GET / → 503 «Service indisponible» 服务不可用",
+    )  # fmt: skip
+    raw = wire.encode(record)
+    assert json.loads(raw) == {
+        "schema_version": wire.SCHEMA_VERSION,
+        "kind": "MemberHealth",
+        "data": record.model_dump(mode="json", by_alias=True),
+    }
+    assert wire.decode(raw, MemberHealth) == record
+    assert wire.decode(wire.encode(record, compress_over_bytes=10), MemberHealth) == record
