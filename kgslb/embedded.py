@@ -75,6 +75,8 @@ class ManagedProcess:
         self.log_path = log_path
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
+        self._asked_to_stop: subprocess.Popen[bytes] | None = None
+        """The process that was sent SIGTERM (a restart spawns a new one)."""
 
     def start(self) -> None:
         self.spawn()
@@ -115,11 +117,16 @@ class ManagedProcess:
         """Ask it to stop without waiting (stop many in parallel, then `stop` each)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+            self._asked_to_stop = self.process
 
     def stop(self, timeout_seconds: float = 5.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        if self._asked_to_stop is not self.process:
+            # Once only: the services take a second SIGTERM as "exit at once", which would
+            # cut short the graceful stop (a lease released, a drain) that the first began.
+            self.process.send_signal(signal.SIGTERM)
+            self._asked_to_stop = self.process
         try:
             self.process.wait(timeout_seconds)
         except subprocess.TimeoutExpired:

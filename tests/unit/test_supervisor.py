@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,41 @@ def test_a_sites_children_killed_on_purpose_stay_down_until_resumed(tmp_path: Pa
         assert supervisor.records["dns-s1"].restarts == 0
     finally:
         supervisor.stop_together(list(children), 5)
+
+
+GRACEFUL_CHILD = """
+import signal, sys, time
+terms = []
+signal.signal(signal.SIGTERM, lambda *_: terms.append(time.monotonic()))
+print("ready", flush=True)
+while not terms:
+    time.sleep(0.01)
+time.sleep(0.5)  # a graceful stop takes a while: a lease released, a drain
+print(f"stopped after {len(terms)} SIGTERM", flush=True)
+sys.exit(0 if len(terms) == 1 else 3)
+"""
+
+
+def test_stopping_children_together_sends_each_one_sigterm_and_lets_it_stop_gracefully(
+    tmp_path: Path,
+) -> None:
+    """The services take a second SIGTERM as "exit at once" (shared.runtime)."""
+    supervisor = Supervisor(POLICY, print)
+    children = {}
+    for name in ("reconciler-s1", "dns-s1"):
+        log_path = tmp_path / f"{name}.log"
+        children[name] = ManagedProcess(name, [sys.executable, "-c", GRACEFUL_CHILD], log_path, {})
+        children[name].start()
+        supervisor.adopt(children[name], site="s1")
+    for child in children.values():
+        while "ready" not in child.log_path.read_text():
+            time.sleep(0.01)
+
+    supervisor.stop_together(list(children), 5)
+
+    for child in children.values():
+        assert child.process is not None and child.process.returncode == 0
+        assert "stopped after 1 SIGTERM" in child.log_path.read_text()
 
 
 def test_resuming_a_running_child_leaves_it_alone(tmp_path: Path) -> None:
