@@ -39,3 +39,29 @@ def test_state_is_frozen_every_so_many_changes_and_not_before() -> None:
     state.changed()
     state.changed()
     assert gc.get_freeze_count() == frozen  # the count starts again after each freeze
+
+
+def test_replacing_every_name_of_a_dns_table_leaves_no_cyclic_garbage() -> None:
+    """Frozen objects are only freed by reference counting: the DNS's table must not make
+    reference cycles as names are replaced, or what was frozen would stay."""
+    from services.dns.table import AnswerTable
+    from shared import wire
+    from shared.models import GslbService
+    from tests.unit.test_dns_answers import service, zone_spec
+
+    table = AnswerTable(udp_payload_limit=1232)
+    table.set_zone(zone_spec())
+    raw = wire.encode(service())
+
+    def load(ttl: int) -> None:
+        for index in range(2000):
+            named = raw.replace(b"hello.avi", b"h%d.avi" % index)
+            timed = named.replace(b'"ttlSeconds":30', b'"ttlSeconds":%d' % ttl)
+            table.set_service(wire.decode(timed, GslbService))
+
+    gc.collect()
+    load(30)
+    load(31)
+    load(32)
+
+    assert gc.collect() == 0
