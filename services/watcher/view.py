@@ -140,8 +140,8 @@ class ClusterView:
 
     def listed_in_steps(self, name: str, objects: Iterable[Obj]) -> Steps[Decision]:
         """`listed`, pausing after every `LIST_STEP` objects observed: a caller on an event
-        loop lets it turn there (a list of 100,000 Ingresses is ~6 s of work, and the home
-        watcher's heartbeat must not wait that long)."""
+        loop lets it turn there (a list of 100,000 Ingresses is ~6 s of work; heartbeats, acks
+        and the ops endpoint must not wait that long)."""
         source = self._source(name)
         if source.kind is None:
             before = self._store.get(source.name, {})
