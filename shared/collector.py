@@ -10,6 +10,10 @@ is still freed at once by reference counting; only cyclic garbage among frozen o
 stay, which these tables do not make (replacing every name of a DNS table leaves none:
 tests/unit/test_collector.py).
 
+A watcher of 100,000 Ingresses holds a million tracked objects too (0.44 s per collection):
+it freezes after each list and every 20,000 watch events; the home watcher's `status.serving`
+tracker counts its followers' changes.
+
 The reconciler has its own tuning (services/reconciler/gc_tuning.py: it also pauses the
 collector while planning).
 """
@@ -29,8 +33,8 @@ class LongLivedState:
         self.freeze_every = freeze_every
         self._since_freeze = 0
 
-    def changed(self) -> None:
-        self._since_freeze += 1
+    def changed(self, count: int = 1) -> None:
+        self._since_freeze += count
         if self._since_freeze >= self.freeze_every:
             self.settled()
 

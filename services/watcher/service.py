@@ -37,6 +37,7 @@ from services.watcher.translate import Skip
 from services.watcher.view import ClusterView, Decision, PolicyView, Steps
 from shared import bus, subjects, wire
 from shared.broker import ServiceBroker
+from shared.collector import LongLivedState
 from shared.models import (
     ClusterState,
     ClusterStatus,
@@ -138,6 +139,7 @@ class Watcher:
         self.cluster = cluster
         self.sources = select(settings.sources.split(","))
         self.view = ClusterView(cluster, self.sources)
+        self.long_lived = LongLivedState()
         self.policies = PolicyView(cluster if settings.home else "")
         self.home: Home | None = None
         """The home role (--home true): publishes the CRs, or keeps copies of them."""
@@ -355,6 +357,10 @@ class Watcher:
                 await publisher.publish(outgoing)
             for resource in listed:
                 self._listed.add(resource)
+            if listed:
+                self.long_lived.settled()  # what a list built stays (shared.collector)
+            else:
+                self.long_lived.changed(len(batch))
             REACHABLE.labels(self.cluster).set(0 if self._problems() else 1)
             self._update_cluster_status()
             sink.done(len(batch))

@@ -36,6 +36,7 @@ from services.watcher.serving import (
 from services.watcher.settings import WatcherSettings
 from services.watcher.view import PolicyView
 from shared import subjects, wire
+from shared.collector import LongLivedState
 from shared.follow import BucketFollower, Change
 from shared.models import (
     GslbService,
@@ -118,6 +119,7 @@ class ServingTracker:
         self._dirty_names: set[str] = set()
         self._dirty_policies: set[str] = set()
         self._changed = asyncio.Event()
+        self.long_lived = LongLivedState()
         SERVING_MEMBERS.tracker = self
         self.followers = [
             BucketFollower(
@@ -144,6 +146,7 @@ class ServingTracker:
     def _service(self, change: Change) -> None:
         if subjects.is_fence_key(change.key):
             return
+        self.long_lived.changed()
         fqdn = subjects.normalize_fqdn(subjects.fqdn_from_key(change.key))
         old = self.names.pop(fqdn, None)
         if old is not None:
@@ -169,6 +172,7 @@ class ServingTracker:
             member, vantage = subjects.split_health_key(change.key)
         except ValueError:
             return
+        self.long_lived.changed()
         written = None
         if change.value is not None:
             try:

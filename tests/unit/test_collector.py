@@ -65,3 +65,13 @@ def test_replacing_every_name_of_a_dns_table_leaves_no_cyclic_garbage() -> None:
     load(32)
 
     assert gc.collect() == 0
+
+
+def test_changes_may_be_counted_in_batches() -> None:
+    gc.unfreeze()
+    state = LongLivedState(freeze_every=10)
+    state.changed(9)
+    assert gc.get_freeze_count() == 0
+    kept = [{"change": index} for index in range(3)]
+    state.changed(2)
+    assert gc.get_freeze_count() >= len(kept)
