@@ -14,8 +14,8 @@ A watcher of 100,000 Ingresses holds a million tracked objects too (0.44 s per c
 it freezes after each list and every 20,000 watch events; the home watcher's `status.serving`
 tracker counts its followers' changes.
 
-The reconciler has its own tuning (services/reconciler/gc_tuning.py: it also pauses the
-collector while planning).
+The reconciler counts its replay here too, and also pauses the collector while planning
+(services/reconciler/gc_tuning.py).
 """
 
 from __future__ import annotations

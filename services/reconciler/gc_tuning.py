@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from services.reconciler.plan import PlanDelta, Planner
+from shared.collector import LongLivedState
 
 FREEZE_EVERY_EVENTS = 20_000
 
@@ -38,16 +39,15 @@ class GcTuning:
     """Freezes what the replay and each full plan built; pauses the collector while planning."""
 
     def __init__(self, freeze_every_events: int = FREEZE_EVERY_EVENTS) -> None:
-        self.freeze_every_events = freeze_every_events
+        self._long_lived = LongLivedState(freeze_every_events)
         self._freeze_due = False
 
-    def event_replayed(self, replayed: int) -> None:
-        """`replayed` events of the replay are applied so far."""
-        if replayed % self.freeze_every_events == 0:
-            gc.freeze()
+    def event_replayed(self) -> None:
+        """One more event of the replay is applied."""
+        self._long_lived.changed()
 
     def replay_done(self) -> None:
-        gc.freeze()
+        self._long_lived.settled()
 
     def replan(self, planner: Planner, limit: int | None = None) -> PlanDelta:
         """`planner.replan(limit)` with the collector paused; what a full plan built is frozen
@@ -57,5 +57,5 @@ class GcTuning:
         self._freeze_due |= delta.full
         if self._freeze_due and not delta.more:
             self._freeze_due = False
-            gc.freeze()
+            self._long_lived.settled()
         return delta

@@ -270,7 +270,7 @@ class Reconciler:
                 # A replay delivers faster than it is applied; let the lease, the ops
                 # endpoint and the NATS reader run in between.
                 await asyncio.sleep(0)
-            self.gc_tuning.event_replayed(self._replayed)
+            self.gc_tuning.event_replayed()
         if not self.caught_up.is_set() and msg.metadata.num_pending == 0:
             self.gc_tuning.replay_done()
             log.info(

@@ -34,7 +34,7 @@ from services.watcher.settings import WatcherSettings
 from services.watcher.sources import BY_NAME, select
 from services.watcher.status_writer import StatusWriter
 from services.watcher.translate import Skip
-from services.watcher.view import ClusterView, Decision, PolicyView, Steps
+from services.watcher.view import ClusterView, Decision, PolicyView, run_steps_in_turns
 from shared import bus, subjects, wire
 from shared.broker import ServiceBroker
 from shared.collector import LongLivedState
@@ -382,7 +382,7 @@ class Watcher:
             if kind is not None:
                 decision = self._policies_listed(kind, item)
             else:
-                decision = await self._in_turns(
+                decision = await run_steps_in_turns(
                     self.view.listed_in_steps(item.resource, item.items)
                 )
             log.info(
@@ -398,16 +398,6 @@ class Watcher:
                 decision = self.view.changed(item.resource, item.type, item.obj)
         self._report(decision)
         return decision
-
-    @staticmethod
-    async def _in_turns(steps: Steps[Decision]) -> Decision:
-        """Do the view's work in parts, letting the event loop turn between them."""
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            await asyncio.sleep(0)
 
     def _policies_listed(self, kind: PolicyKind, listed: kube.Listed) -> Decision:
         """The home role sees every list; the CRs become policy only while it publishes."""

@@ -8,6 +8,7 @@ messages in order, so per subject the stream always ends with the newest word.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -60,6 +61,16 @@ def run_steps(steps: Steps[T]) -> T:
             next(steps)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+
+async def run_steps_in_turns(steps: Steps[T]) -> T:
+    """Do the parts one by one, letting the event loop turn between them."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        await asyncio.sleep(0)
 
 
 Outgoing = tuple[str, WireModel]

@@ -115,9 +115,9 @@ def test_an_incremental_plan_freezes_nothing() -> None:
 def test_the_replay_is_frozen_every_n_events_and_when_it_is_done() -> None:
     tuning = GcTuning(freeze_every_events=3)
     events = []
-    for replayed in range(1, 7):
+    for _ in range(6):
         sentinel = Sentinel()
-        tuning.event_replayed(replayed)
+        tuning.event_replayed()
         events.append(frozen(sentinel))
     sentinel = Sentinel()
     tuning.replay_done()
