@@ -348,8 +348,10 @@ async def test_a_backlog_is_applied_in_parts_with_the_event_loop_turning_between
     try:
         async with following(
             nats_client, apply=lambda change: turns_seen_by_each_change.append(loop_turns)
-        ) as run:
-            await run.caught_up()
+        ):
+            # Not `caught_up`: on a busy server nats-py may mark a watch caught up before
+            # the entries it already received are handed over.
+            await eventually(lambda: len(turns_seen_by_each_change) == changes)
     finally:
         counter.cancel()
 
