@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,19 +20,46 @@ class StartupError(RuntimeError):
     """A part of the stack could not start; the message names the part and why."""
 
 
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_CHOSEN_PORT = 10_000
+_handed_out: set[tuple[str, int]] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in _EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(family, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP right now (used for ephemeral test servers)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise StartupError("no free port found")
+    """A port free for both UDP and TCP right now, for a server started next.
+
+    Chosen below the kernel's ephemeral range: a port there can be taken, between this call
+    and the child's bind, as the local port of any outgoing connection (a service connecting
+    to NATS), and the child then fails with "address already in use". Ports below the range
+    are only ever taken by a bind, and this process hands each one out once."""
+    low, _ = _ephemeral_range()
+    top = max(low, _LOWEST_CHOSEN_PORT + 1_000)
+    for _ in range(200):
+        port = random.randrange(_LOWEST_CHOSEN_PORT, top)
+        if (host, port) in _handed_out or not _bindable(host, port):
+            continue
+        _handed_out.add((host, port))
+        return port
+    raise StartupError(f"no free port found on {host} in {_LOWEST_CHOSEN_PORT}-{top - 1}")
 
 
 def port_in_use(host: str, port: int, udp: bool = False) -> bool:
