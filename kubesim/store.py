@@ -324,8 +324,12 @@ class ClusterStore:
         sorted snapshot, so listing N objects costs O(N log N), not O(N^2 / limit) (a real
         API server serves each page from etcd in O(limit))."""
         cache_key = (rtype.key, rv)
-        cached = self._snapshots.get(cache_key)
+        cached = self._snapshots.pop(cache_key, None)
         if cached is not None:
+            # Least recently used goes first: a 100,000-object list read page by page must
+            # not lose its snapshot to the small lists other clients make meanwhile (evicted
+            # first-in-first-out, it was sorted again dozens of times per list).
+            self._snapshots[cache_key] = cached
             return cached
         items = sorted(self._state_at(rtype, rv).items(), key=lambda kv: kv[0])
         keys = [key for key, _ in items]

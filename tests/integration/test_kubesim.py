@@ -1302,3 +1302,36 @@ def test_paged_lists_of_one_namespace_are_complete_ordered_and_counted() -> None
 
     assert names == [f"ing-{index:02d}" for index in range(17)]
     assert remaining == [12, 7, 2, None]
+
+
+def test_a_paged_list_is_sorted_once_while_other_lists_come_and_go() -> None:
+    """Pages are cut from one sorted snapshot; the small lists other clients make between
+    pages (each at its own resourceVersion) must not evict it, or every page of a 100,000-
+    object list sorts it all again."""
+
+    rebuilt: list[str] = []
+
+    class CountingStore(ClusterStore):
+        def _state_at(self, rtype: Any, rv: int) -> Any:
+            rebuilt.append(rtype.key[1])
+            return super()._state_at(rtype, rv)
+
+    store = CountingStore()
+    store.create(NAMESPACES, None, {"metadata": {"name": "a"}})
+    for index in range(40):
+        store.create(INGRESSES, "a", {"metadata": {"name": f"ing-{index:02d}"}})
+
+    names, token = [], None
+    while True:
+        page = store.list(INGRESSES, "a", limit=2, continue_token=token)
+        names += [o["metadata"]["name"] for o in page.items]
+        token = page.continue_token
+        if token is None:
+            break
+        # Another client: a namespace appears and namespaces are listed at the new revision.
+        store.create(NAMESPACES, None, {"metadata": {"name": f"other-{len(names)}"}})
+        store.list(NAMESPACES, None)
+
+    assert names == [f"ing-{index:02d}" for index in range(40)]
+    assert rebuilt.count("ingresses") == 1
+    assert rebuilt.count("namespaces") == 19
