@@ -5,6 +5,7 @@ and many `hello`-like Ingresses through the watcher subjects."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -116,6 +117,12 @@ class Stack:
         return response.status_code == 200 and "(leader)" in response.text
 
 
+def app_vip(position: int, index: int) -> str:
+    """A distinct loopback VIP per cluster and app, for any number of apps (a cluster's block
+    is 2**20 addresses from 127.20.0.0 on; the changes move apps into 127.99.0.0/16)."""
+    return str(ipaddress.IPv4Address("127.20.0.0") + (position << 20) + index + 1)
+
+
 def app(cluster: str, index: int, vip: str | None = None) -> tuple[str, ObservedObject]:
     position = CLUSTERS.index(cluster)
     ref = ObjectRef(
@@ -126,7 +133,7 @@ def app(cluster: str, index: int, vip: str | None = None) -> tuple[str, Observed
         resource_version="1",
         labels={"app": "gslb"},
         hosts=[f"app{index}.avi.iberia.local"],
-        vips=[vip or f"127.{20 + position}.{index // 250}.{index % 250 + 1}"],
+        vips=[vip or app_vip(position, index)],
     )
     return ref.subject, obj
 

@@ -44,6 +44,8 @@ from services.health.settings import HealthSettings
 from shared import bus, subjects, wire
 from shared.collector import LongLivedState
 from shared.follow import BucketFollower, Change
+from shared.kv_window import ConditionalPut, WindowedPuts
+from shared.metrics import Children
 from shared.models import GslbService, HealthHeartbeat, HealthState, MemberHealth, utcnow
 from shared.runtime import replica_name, run_service
 
@@ -60,6 +62,8 @@ KV_WRITES = Counter(
     "Writes to KV kgslb_health (conflict: another replica wrote first)",
     ["op"],
 )
+PROBE_COUNTS = Children(PROBES)
+WRITE_COUNTS = Children(KV_WRITES)
 BAD_VALUES = Counter(
     "kgslb_health_bad_values_total", "KV values that could not be decoded", ["bucket"]
 )
@@ -78,6 +82,7 @@ class HealthService:
     def __init__(self, settings: HealthSettings, nc: Client) -> None:
         self.settings = settings
         self.nc = nc
+        self._windows = WindowedPuts(nc)
         self.long_lived = LongLivedState()
         self.replica = replica_name(settings)
         self.site = settings.site
@@ -333,7 +338,7 @@ class HealthService:
         state = self.owned.get(target.key)
         if state is None:
             return
-        PROBES.labels(target.monitor.kind.value, result.outcome.value).inc()
+        PROBE_COUNTS(target.monitor.kind.value, result.outcome.value).inc()
         new = advance(state, result, target.monitor, utcnow())
         self.owned[target.key] = new
         if new.state is not state.state:
@@ -416,7 +421,44 @@ class HealthService:
                 batch = list(itertools.islice(self._pending_writes, WRITE_BATCH))
                 for key in batch:
                     del self._pending_writes[key]
-                await asyncio.gather(*(self._write(key) for key in batch))
+                await self._write_window(batch)
+
+    async def _write_window(self, keys: list[str]) -> None:
+        """The verdicts of `keys` that need writing, in one window of conditional puts; a
+        put whose condition fails goes the one-key way (`_write`): a create of a key deleted
+        before needs the tombstone's revision, an update another replica's value."""
+        if self._health_kv is None:
+            return
+        puts: list[tuple[str, MemberHealth, ConditionalPut]] = []
+        for key in keys:
+            state, target = self.owned.get(key), self.targets.get(key)
+            if state is None or target is None:
+                continue
+            known = self.known.get(key)
+            previous = known.health if known else None
+            if not needs_write(previous, state, self.live):
+                continue
+            record = health_record(target, state, self.replica, previous, self.site)
+            kv_key = subjects.health_key(key, self.site)
+            last = known.revision if known is not None else 0
+            puts.append((key, record, ConditionalPut(kv_key, wire.encode(record), last)))
+        if not puts:
+            return
+        outcomes = await self._windows.put(self._health_kv, [put for _, _, put in puts])
+        retry: list[str] = []
+        for (key, record, put), outcome in zip(puts, outcomes, strict=True):
+            if isinstance(outcome, KeyWrongLastSequenceError):
+                retry.append(key)
+            elif isinstance(outcome, Exception):
+                # The next probe of this member tries again.
+                log.warning("could not write health of %s: %s", key, outcome or
+                            type(outcome).__name__, extra={"member": key})  # fmt: skip
+                self.keeper.notice()  # the bucket may be missing
+            else:
+                WRITE_COUNTS("update" if put.last else "create").inc()
+                self._written(key, record, outcome)
+        for key in retry:
+            await self._write(key)
 
     async def _write(self, key: str) -> None:
         state, target = self.owned.get(key), self.targets.get(key)
@@ -432,10 +474,10 @@ class HealthService:
         try:
             if known is None:
                 revision = await self._health_kv.create(kv_key, data)
-                KV_WRITES.labels("create").inc()
+                WRITE_COUNTS("create").inc()
             else:
                 revision = await self._health_kv.update(kv_key, data, last=known.revision)
-                KV_WRITES.labels("update").inc()
+                WRITE_COUNTS("update").inc()
         except KeyWrongLastSequenceError:
             KV_WRITES.labels("conflict").inc()
             await self._reload(key)
@@ -445,10 +487,13 @@ class HealthService:
             log.warning("could not write health of %s: %s", key, exc, extra={"member": key})
             self.keeper.notice()  # the bucket may be missing
             return
+        self._written(key, record, revision)
+
+    def _written(self, key: str, record: MemberHealth, revision: int) -> None:
         current = self.known.get(key)
         if current is None or current.revision < revision:
             self.known[key] = Known(record, revision)
-        if self._live_sent.get(key) == state.state:
+        if self._live_sent.get(key) == record.state:
             del self._live_sent[key]  # the KV holds it: the live copy needs no follow-up
 
     async def _reload(self, key: str) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared.metrics import Children
+
 EVENTS_APPLIED = Counter("kgslb_reconciler_events_total", "Events applied", ["kind"])
+EVENTS_APPLIED_BY_KIND = Children(EVENTS_APPLIED)
 PLANS = Counter(
     "kgslb_reconciler_plans_total", "Plans computed (full: the policies changed)", ["kind"]
 )

@@ -27,7 +27,7 @@ from services.reconciler.lease import Leadership
 from services.reconciler.lease_io import lease_step, release_lease
 from services.reconciler.metrics import (
     DRIFT_REPAIRS,
-    EVENTS_APPLIED,
+    EVENTS_APPLIED_BY_KIND,
     FIRST_SYNC_MISSING,
     FIRST_SYNC_WAIT,
     LEADER,
@@ -263,7 +263,7 @@ class Reconciler:
             self.first_sync.observe(message, time.monotonic())
             if not await self._from_inactive_home(message):
                 self.planner.apply(message)
-                EVENTS_APPLIED.labels(message.KIND).inc()
+                EVENTS_APPLIED_BY_KIND(message.KIND).inc()
         if not self.caught_up.is_set():
             self._replayed += 1
             if self._replayed % YIELD_EVERY_EVENTS == 0:
