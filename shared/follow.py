@@ -275,10 +275,18 @@ class BucketFollower:
         delivered = 0
         async for entry in watcher:
             if entry is None:
-                self._now_caught_up()
+                # nats-py's end-of-values marker. Right after the watch began it is decided
+                # from the consumer's pending count, 0 once the server has sent everything:
+                # on a busy machine it can come before entries the client already received,
+                # and a DNS would call itself loaded with half its table. Then the entry
+                # sent last (nothing pending after it) says it instead.
+                if delivered or await _nothing_sent(watcher):
+                    self._now_caught_up()
                 continue
             self._deliver(entry)
             delivered += 1
+            if entry.delta == 0:
+                self._now_caught_up()  # nothing was pending after this one when it was sent
             if delivered % YIELD_EVERY_CHANGES == 0:
                 # The watcher's queue hands over a backlog without ever suspending, so a
                 # cold start's 100,000 changes would be applied in one go, the DNS's sockets
@@ -372,6 +380,20 @@ class BucketFollower:
             )
         exponent = min(self._failures - 1, 16)
         await asyncio.sleep(min(FIRST_RETRY_SECONDS * 2**exponent, self.max_retry_seconds))
+
+
+async def _nothing_sent(watcher: KeyValue.KeyWatcher) -> bool:
+    """The watch's consumer has sent nothing and has nothing pending (an empty bucket, as
+    far as the filter goes); False when it cannot tell."""
+    subscription = watcher._sub
+    if subscription is None:
+        return False
+    try:
+        info = await subscription.consumer_info()
+    except Exception:
+        return False  # the entry sent last will tell
+    sent = info.delivered.consumer_seq if info.delivered is not None else 0
+    return not info.num_pending and not sent
 
 
 async def read_values(
