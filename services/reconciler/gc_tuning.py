@@ -42,8 +42,8 @@ class GcTuning:
         self._long_lived = LongLivedState(freeze_every_events)
         self._freeze_due = False
 
-    def event_replayed(self) -> None:
-        """One more event of the replay is applied."""
+    def event_applied(self) -> None:
+        """One more event is applied (replayed or live)."""
         self._long_lived.changed()
 
     def replay_done(self) -> None:

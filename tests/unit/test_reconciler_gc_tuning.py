@@ -112,12 +112,12 @@ def test_an_incremental_plan_freezes_nothing() -> None:
     assert (delta.replanned, delta.full, frozen(sentinel)) == (5, False, False)
 
 
-def test_the_replay_is_frozen_every_n_events_and_when_it_is_done() -> None:
+def test_applied_events_are_frozen_every_n_and_the_replay_when_it_is_done() -> None:
     tuning = GcTuning(freeze_every_events=3)
     events = []
     for _ in range(6):
         sentinel = Sentinel()
-        tuning.event_replayed()
+        tuning.event_applied()
         events.append(frozen(sentinel))
     sentinel = Sentinel()
     tuning.replay_done()
