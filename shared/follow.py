@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,6 +35,9 @@ STORE_CHECK_SECONDS = 5.0
 YIELD_EVERY_CHANGES = 64
 """Changes applied between turns of the event loop while a backlog drains (a DNS change costs
 ~50-100 us: the loop waits a few milliseconds at most)."""
+DEFER_AT_MOST_SECONDS = 1.0
+"""A follower that defers to others (`defer_to`) applies a part of its own backlog at least
+this often, however long theirs lasts."""
 STALE_AFTER_SECONDS = 30.0
 """After a lost store: how long after the new bucket's first value the keys it never held
 again are still kept, before they are delivered as deleted."""
@@ -120,6 +123,7 @@ class BucketFollower:
         stale_after_seconds: float = STALE_AFTER_SECONDS,
         on_missing: Callable[[], None] | None = None,
         on_created: Callable[[datetime], None] | None = None,
+        defer_to: Sequence[BucketFollower] = (),
     ) -> None:
         if max_retry_seconds < FIRST_RETRY_SECONDS:
             raise ValueError(
@@ -157,6 +161,21 @@ class BucketFollower:
         self._stale: set[str] = set()
         """Keys held before a loss that the new bucket has not delivered again."""
         self._rebuilt_at: float | None = None
+        self.defer_to = tuple(defer_to)
+        """Once caught up, this follower lets these apply their backlog first (up to
+        `DEFER_AT_MOST_SECONDS` at a time): a DNS applies names before member verdicts that
+        change no answer (the ones that do arrive live, apart from the KV)."""
+        self._watcher: KeyValue.KeyWatcher | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Changes received from NATS and not applied yet (0 while not watching)."""
+        watcher = self._watcher
+        if watcher is None:
+            return 0
+        subscription = watcher._sub
+        pending = subscription.pending_msgs if subscription is not None else 0
+        return watcher._updates.qsize() + pending
 
     @property
     def caught_up(self) -> bool:
@@ -182,7 +201,7 @@ class BucketFollower:
     async def _watch_until_reconnect(self) -> None:
         # Counted before the watch exists, so a reconnect while it is set up is not missed.
         reconnects = self._nc.stats["reconnects"]
-        watcher = await self._open()
+        watcher = self._watcher = await self._open()
         delivering = asyncio.create_task(self._deliver_all(watcher))
         reconnected = asyncio.create_task(self._reconnected_since(reconnects))
         replaced = asyncio.create_task(self._replaced())
@@ -191,6 +210,7 @@ class BucketFollower:
                 {delivering, reconnected, replaced}, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
+            self._watcher = None
             for task in (delivering, reconnected, replaced):
                 task.cancel()
             await asyncio.gather(delivering, reconnected, replaced, return_exceptions=True)
@@ -292,6 +312,15 @@ class BucketFollower:
                 # cold start's 100,000 changes would be applied in one go, the DNS's sockets
                 # unread meanwhile (queries timed out for seconds). Let the loop turn.
                 await asyncio.sleep(0)
+                await self._defer()
+
+    async def _defer(self) -> None:
+        if not self.defer_to or not self.caught_up:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + DEFER_AT_MOST_SECONDS
+        while any(other.backlog for other in self.defer_to) and loop.time() < until:
+            await asyncio.sleep(0)
 
     def _deliver(self, entry: KeyValue.Entry) -> None:
         if subjects.is_fence_key(entry.key):

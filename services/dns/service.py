@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -154,6 +154,7 @@ class DnsService:
         self._live_applied = 0
         """Verdicts applied from core NATS whose KV copy has not arrived yet: per health key,
         the writer and its probe time."""
+        services = self._follower(subjects.KV_SERVICES, self._apply_service)
         self._followers = [
             self._follower(subjects.KV_ZONES, self._apply_zone),
             # Heartbeats before verdicts: a verdict is weighed knowing whether its replica lives.
@@ -164,7 +165,10 @@ class DnsService:
                 subjects.HEALTH_REPLICA_KEYS,
                 on_missing=self.keeper.notice,
             ),
-            self._follower(subjects.KV_HEALTH, self._apply_health),
+            # Names before verdicts (once loaded): a verdict that changes answers comes live
+            # too (`_on_live_health`); a cold start's 300,000 first verdicts change none, and
+            # applied turn about with the names they held the names back.
+            self._follower(subjects.KV_HEALTH, self._apply_health, defer_to=[services]),
             BucketFollower(
                 nc,
                 subjects.KV_LEASES,
@@ -172,7 +176,7 @@ class DnsService:
                 subjects.HOLD_KEYS,
                 on_missing=self.keeper.notice,
             ),
-            self._follower(subjects.KV_SERVICES, self._apply_service),
+            services,
             self._follower(subjects.KV_KEYS, self._apply_keys),
         ]
         self._holds: set[str] = set()
@@ -241,7 +245,10 @@ class DnsService:
             mirrors.cancel()
 
     def _follower(
-        self, bucket: str, apply: Callable[[str, bytes | None, int], None]
+        self,
+        bucket: str,
+        apply: Callable[[str, bytes | None, int], None],
+        defer_to: Sequence[BucketFollower] = (),
     ) -> BucketFollower:
         """Mirror one bucket into the table; after an outage only what changed touches it."""
 
@@ -264,6 +271,7 @@ class DnsService:
             on_loss=self.table.forget_revisions,
             on_missing=self.keeper.notice,
             on_created=created,
+            defer_to=defer_to,
         )
 
     def _decode(self, key: str, value: bytes, model: type[wire.M]) -> wire.M | None:

@@ -105,6 +105,7 @@ class HealthService:
         self._reannounce = asyncio.Event()
         self.keeper = bus.StateKeeper(nc, settings.stream_replicas, settings.state_check_seconds)
         missing = self.keeper.notice
+        services = BucketFollower(nc, subjects.KV_SERVICES, self._apply_service, on_missing=missing)
         self._followers = [
             BucketFollower(
                 nc,
@@ -121,8 +122,10 @@ class HealthService:
                 subjects.health_keys_of_site(self.site),
                 on_loss=self._health_lost,
                 on_missing=missing,
+                # Once loaded, mostly our own writes coming back: members to judge first.
+                defer_to=[services],
             ),
-            BucketFollower(nc, subjects.KV_SERVICES, self._apply_service, on_missing=missing),
+            services,
         ]
         self._started = False
         self._vouched = False

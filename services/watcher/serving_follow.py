@@ -121,6 +121,7 @@ class ServingTracker:
         self._changed = asyncio.Event()
         self.long_lived = LongLivedState()
         SERVING_MEMBERS.tracker = self
+        services = BucketFollower(nc, subjects.KV_SERVICES, self._service, on_missing=on_missing)
         self.followers = [
             BucketFollower(
                 nc,
@@ -132,8 +133,11 @@ class ServingTracker:
             BucketFollower(
                 nc, subjects.KV_LEASES, self._hold, subjects.HOLD_KEYS, on_missing=on_missing
             ),
-            BucketFollower(nc, subjects.KV_HEALTH, self._health, on_missing=on_missing),
-            BucketFollower(nc, subjects.KV_SERVICES, self._service, on_missing=on_missing),
+            # Names before verdicts, as the DNS does (shared.follow, `defer_to`).
+            BucketFollower(
+                nc, subjects.KV_HEALTH, self._health, on_missing=on_missing, defer_to=[services]
+            ),
+            services,
         ]
 
     async def run(self) -> None:

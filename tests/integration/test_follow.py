@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -361,3 +362,51 @@ async def test_a_backlog_is_applied_in_parts_with_the_event_loop_turning_between
         for _, run_of_changes in itertools.groupby(turns_seen_by_each_change)
     )
     assert longest_run_without_a_turn <= follow.YIELD_EVERY_CHANGES
+
+
+def _write_both(url: str, counts: int) -> None:
+    """Another process's writes (its own connection and loop): names and verdicts at once."""
+
+    async def write() -> None:
+        nc = await bus.connect(NatsSettings(nats_url=url), "kgslb-test-writer")
+        js = nc.jetstream()
+        names, verdicts = await js.key_value("defer-names"), await js.key_value("defer-verdicts")
+        for index in range(counts):
+            await names.put(f"n{index}", b"v")
+            await verdicts.put(f"v{index}", b"v")
+        await nc.drain()
+
+    asyncio.run(write())
+
+
+async def test_once_caught_up_a_deferring_follower_lets_the_other_apply_its_backlog_first(
+    nats_client: Client, nats_server: NatsServer
+) -> None:
+    for bucket in ("defer-names", "defer-verdicts"):
+        await create_bucket(nats_client, bucket)
+    order: list[str] = []
+    names = BucketFollower(nats_client, "defer-names", lambda c: order.append("name"))
+    verdicts = BucketFollower(
+        nats_client, "defer-verdicts", lambda c: order.append("verdict"), defer_to=[names]
+    )
+    tasks = [asyncio.create_task(f.run()) for f in (names, verdicts)]
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(names.wait_caught_up(), verdicts.wait_caught_up()), 15
+        )
+        count = 3000
+        # The writes pile up unread while this loop is busy, as at a cold start.
+        writer = threading.Thread(target=_write_both, args=(nats_server.url, count))
+        writer.start()
+        writer.join()
+        await eventually(lambda: len(order) == 2 * count, timeout_seconds=30)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    last_name = len(order) - 1 - order[::-1].index("name")
+    verdicts_before = order[:last_name].count("verdict")
+    # Turn about, half of the verdicts would come before the last name; deferring, only the
+    # parts let through while the names' backlog was not yet read from the socket.
+    assert verdicts_before < count // 4, verdicts_before
