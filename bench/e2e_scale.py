@@ -44,6 +44,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import httpx
+import nats
 from _stack import (
     CLUSTERS,
     SHARED_VIPS,
@@ -62,6 +63,8 @@ from dns_stack import Nsd, gslb_service, require_tools, run_dnsperf, seed_zone
 
 from kubesim import KubeSim
 from kubesim.resources import INGRESSES
+from shared import subjects, wire
+from shared.models import Lease
 
 MEMBERS = tuple((SHARED_VIPS[c], c, w) for c, w in zip(CLUSTERS, (6, 4, 2), strict=True))
 
@@ -156,6 +159,55 @@ def converge(
             continue
         time.sleep(0.1)
     raise SystemExit(f"not converged within {timeout_seconds:.0f} s")
+
+
+def elsewhere(stack: E2EStack) -> list[str]:
+    """Lower to nice 19 what the other sites would run on their own machines and what is
+    not on the measured path: their DNS and health replicas, and the reconcilers that do not
+    lead (the leader, whichever site's, plans and writes for all). The nats-servers (the
+    replication under test) and the watchers (each publishes its cluster in both layouts)
+    keep their priority."""
+    if not stack.sites:
+        raise SystemExit("--other-sites-elsewhere needs --sites")
+    pids = {
+        process.process.pid: name
+        for name, process in stack.processes.items()
+        if name.startswith("reconciler") and process.process is not None
+    }
+    deadline = time.monotonic() + 30
+    leader = None
+    while leader is None and time.monotonic() < deadline:
+        holder = asyncio.run(lease_holder(stack.nats_url_of(CLUSTERS[0])))
+        if holder:
+            leader = pids.get(int(holder.rpartition("-")[2]))  # replica <host>-<pid>
+        time.sleep(0.05)
+    if leader is None:
+        raise SystemExit("no reconciler holds the lease after 30 s")
+    niced = [
+        name
+        for name in stack.processes
+        if (name.startswith(("dns-", "health-")) or name.startswith("reconciler"))
+        and name != leader
+    ]
+    for name in niced:
+        process = stack.processes[name].process
+        assert process is not None
+        os.setpriority(os.PRIO_PROCESS, process.pid, 19)
+    print(f"nice 19 (as if elsewhere): {', '.join(niced)}; leader {leader}", flush=True)
+    return niced
+
+
+async def lease_holder(url: str) -> str:
+    """The replica holding the reconciler lease now ("" while none does)."""
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_LEASES)
+        entry = await kv.get(subjects.RECONCILER_LEASE_KEY)
+        return wire.decode(entry.value or b"", Lease).holder
+    except Exception:
+        return ""
+    finally:
+        await nc.close()
 
 
 def snapshot(stack: E2EStack, elapsed: float, dns_names: float) -> dict[str, Any]:
@@ -345,6 +397,13 @@ def main() -> None:
     parser.add_argument(
         "--keep", type=Path, help="run in this directory and keep it (the services' logs)"
     )
+    parser.add_argument(
+        "--other-sites-elsewhere",
+        action="store_true",
+        help="with --sites: run the DNS and health replicas of the second and third sites, "
+        "and the standby reconcilers, at the lowest CPU priority (nice 19), as if those sites "
+        "had machines of their own; what is measured is the first site's answers",
+    )
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
@@ -370,6 +429,8 @@ def main() -> None:
         cpu_before = stack.cpu_seconds()
         started = time.monotonic()
         stack.start_all(health=True, page_size=args.page_size)
+        if args.other_sites_elsewhere:
+            results["elsewhere"] = elsewhere(stack)
         profilers = start_profilers(stack, args.profile, args.profile_seconds)
         trace: list[dict[str, Any]] = []
         passes: list[dict[str, Any]] = []
