@@ -32,6 +32,7 @@ from services.watcher.backoff import Backoff
 from services.watcher.sources import SOURCES
 from services.watcher.sources.base import Source
 from services.watcher.translate import POLICY_PLURALS
+from shared.collector import LongLivedState
 from shared.models import PolicyKind, PolicyRef
 from shared.policies import API_GROUP, API_VERSION
 
@@ -383,6 +384,7 @@ class ListWatch:
         self.stopping = threading.Event()
         self._relist = threading.Event()
         self._response: urllib3.HTTPResponse | None = None
+        self._built = LongLivedState()
         self._thread = threading.Thread(target=self._run, name=f"watch-{resource}", daemon=True)
 
     def relist(self) -> None:
@@ -484,7 +486,11 @@ class ListWatch:
                 page = json.loads(response.data)
             finally:
                 response.release_conn()
-            items.extend(page.get("items") or [])
+            page_items = page.get("items") or []
+            items.extend(page_items)
+            # A list's objects live on: collections during a 100,000-object list would rescan
+            # all the pages read so far (shared.collector).
+            self._built.changed(len(page_items))
             meta = page.get("metadata") or {}
             token = meta.get("continue") or None
             if token is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -34,7 +35,13 @@ from services.watcher.settings import WatcherSettings
 from services.watcher.sources import BY_NAME, select
 from services.watcher.status_writer import StatusWriter
 from services.watcher.translate import Skip
-from services.watcher.view import ClusterView, Decision, PolicyView, run_steps_in_turns
+from services.watcher.view import (
+    LIST_STEP,
+    ClusterView,
+    Decision,
+    PolicyView,
+    run_steps_in_turns,
+)
 from shared import bus, subjects, wire
 from shared.broker import ServiceBroker
 from shared.collector import LongLivedState
@@ -383,7 +390,9 @@ class Watcher:
                 decision = self._policies_listed(kind, item)
             else:
                 decision = await run_steps_in_turns(
-                    self.view.listed_in_steps(item.resource, item.items)
+                    self.view.listed_in_steps(item.resource, item.items),
+                    # What the observing builds lives on too (shared.collector).
+                    between=functools.partial(self.long_lived.changed, LIST_STEP),
                 )
             log.info(
                 "listed %d %s at resourceVersion %s",

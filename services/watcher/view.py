@@ -9,7 +9,7 @@ messages in order, so per subject the stream always ends with the newest word.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,13 +63,16 @@ def run_steps(steps: Steps[T]) -> T:
             return done.value  # type: ignore[no-any-return]
 
 
-async def run_steps_in_turns(steps: Steps[T]) -> T:
-    """Do the parts one by one, letting the event loop turn between them."""
+async def run_steps_in_turns(steps: Steps[T], between: Callable[[], None] | None = None) -> T:
+    """Do the parts one by one, letting the event loop turn between them (after
+    `between()`, if given)."""
     while True:
         try:
             next(steps)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        if between is not None:
+            between()
         await asyncio.sleep(0)
 
 
