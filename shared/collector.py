@@ -11,7 +11,7 @@ stay, which these tables do not make (replacing every name of a DNS table leaves
 tests/unit/test_collector.py).
 
 A watcher of 100,000 Ingresses holds a million tracked objects too (0.44 s per collection):
-it freezes after each list and every 20,000 watch events; the home watcher's `status.serving`
+it freezes after each list and every 5,000 watch events; the home watcher's `status.serving`
 tracker counts its followers' changes.
 
 The reconciler counts its replay here too, and also pauses the collector while planning
@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import gc
 
-FREEZE_EVERY_CHANGES = 20_000
+FREEZE_EVERY_CHANGES = 5_000
+"""A freeze is cheap (the collector's lists are spliced, nothing is scanned); between two,
+collections rescan what was built since the last. Applying 100,000 names to a DNS table took
+47 us a name freezing every 20,000 changes, 42 us every 5,000 (55 us never)."""
 
 
 class LongLivedState:

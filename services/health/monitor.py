@@ -239,9 +239,11 @@ def next_due(due: float, interval_seconds: float, now: float) -> float:
 # Sharding -------------------------------------------------------------------------------------
 
 
-def owner(key: str, replicas: Iterable[str]) -> str | None:
+def owner(key: str, replicas: Collection[str]) -> str | None:
     """The replica that probes `key`: the highest hash of (replica, key). Adding or removing
     one of N replicas moves only the members it gains or loses, about 1/N of them."""
+    if len(replicas) == 1:
+        return next(iter(replicas))  # the usual one replica per site: nothing to hash
     return max(
         replicas, key=lambda replica: (_hash64(f"{replica}\x00{key}"), replica), default=None
     )

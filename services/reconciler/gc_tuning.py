@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from services.reconciler.plan import PlanDelta, Planner
 from shared.collector import LongLivedState
 
-FREEZE_EVERY_EVENTS = 20_000
+FREEZE_EVERY_EVENTS = 5_000
 
 
 @contextmanager
