@@ -166,6 +166,8 @@ class BucketFollower:
         `DEFER_AT_MOST_SECONDS` at a time): a DNS applies names before member verdicts that
         change no answer (the ones that do arrive live, apart from the KV)."""
         self._watcher: KeyValue.KeyWatcher | None = None
+        self._early_marker_at: float | None = None
+        """When nats-py's end-of-values marker came before the values (`_deliver_all`)."""
 
     @property
     def backlog(self) -> int:
@@ -268,6 +270,23 @@ class BucketFollower:
                 continue
             if self._was_replaced(created):
                 return
+            await self._marker_overdue()
+
+    async def _marker_overdue(self) -> None:
+        """After an early end-of-values marker, the entry sent last normally says when the
+        values are in. Should it never come (nats-py leaves out a message it cannot read),
+        the consumer's own count decides, a check period later: nothing left to send."""
+        watcher, since = self._watcher, self._early_marker_at
+        if self.caught_up or since is None or watcher is None:
+            return
+        if asyncio.get_running_loop().time() - since < self.store_check_seconds:
+            return  # entries received may still be waiting to be handed over
+        subscription = watcher._sub
+        with contextlib.suppress(Exception):
+            if subscription is not None and not (await subscription.consumer_info()).num_pending:
+                log.warning("KV %s: the watch's last value never came; caught up by the "
+                            "consumer's count", self.bucket)  # fmt: skip
+                self._now_caught_up()
 
     def _store_lost(self) -> None:
         STORE_LOSSES.labels(self.bucket).inc()
@@ -302,6 +321,8 @@ class BucketFollower:
                 # sent last (nothing pending after it) says it instead.
                 if delivered or await _nothing_sent(watcher):
                     self._now_caught_up()
+                elif self._early_marker_at is None:
+                    self._early_marker_at = asyncio.get_running_loop().time()
                 continue
             self._deliver(entry)
             delivered += 1

@@ -105,3 +105,21 @@ def test_a_marker_with_nothing_sent_is_an_empty_bucket() -> None:
     follower = a_follower([], [])
     asyncio.run(deliver(follower, ScriptedWatch([None], sent=0)))
     assert follower.caught_up
+
+
+def test_a_last_value_that_never_comes_is_settled_by_the_consumers_count_a_period_later() -> None:
+    """nats-py leaves out a message it cannot read: the entry sent last may never come."""
+    follower = a_follower([], [])
+    follower.store_check_seconds = 0.05
+    watch = ScriptedWatch([None], sent=1)
+
+    async def scenario() -> tuple[bool, bool]:
+        await deliver(follower, watch)
+        follower._watcher = cast(KeyValue.KeyWatcher, watch)
+        await follower._marker_overdue()
+        at_once = follower.caught_up
+        await asyncio.sleep(0.06)
+        await follower._marker_overdue()
+        return at_once, follower.caught_up
+
+    assert asyncio.run(scenario()) == (False, True)
