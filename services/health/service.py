@@ -434,14 +434,9 @@ class HealthService:
             return
         puts: list[tuple[str, MemberHealth, ConditionalPut]] = []
         for key in keys:
-            state, target = self.owned.get(key), self.targets.get(key)
-            if state is None or target is None:
+            if (due := self._due(key)) is None:
                 continue
-            known = self.known.get(key)
-            previous = known.health if known else None
-            if not needs_write(previous, state, self.live):
-                continue
-            record = health_record(target, state, self.replica, previous, self.site)
+            record, known = due
             kv_key = subjects.health_key(key, self.site)
             last = known.revision if known is not None else 0
             puts.append((key, record, ConditionalPut(kv_key, wire.encode(record), last)))
@@ -449,29 +444,44 @@ class HealthService:
             return
         outcomes = await self._windows.put(self._health_kv, [put for _, _, put in puts])
         retry: list[str] = []
+        failed: list[tuple[str, Exception]] = []
         for (key, record, put), outcome in zip(puts, outcomes, strict=True):
             if isinstance(outcome, KeyWrongLastSequenceError):
                 retry.append(key)
             elif isinstance(outcome, Exception):
-                # The next probe of this member tries again.
-                log.warning("could not write health of %s: %s", key, outcome or
-                            type(outcome).__name__, extra={"member": key})  # fmt: skip
-                self.keeper.notice()  # the bucket may be missing
+                failed.append((key, outcome))
             else:
                 WRITE_COUNTS("update" if put.last else "create").inc()
                 self._written(key, record, outcome)
+        if failed:
+            # The next probe of these members tries again. One line for the window: NATS
+            # away fails them all alike.
+            key, exc = failed[0]
+            log.warning(
+                "could not write health of %s%s: %s", key,
+                f" and {len(failed) - 1} other member(s)" if len(failed) > 1 else "",
+                exc or type(exc).__name__, extra={"member": key, "failed": len(failed)},
+            )  # fmt: skip
+            self.keeper.notice()  # the bucket may be missing
         for key in retry:
             await self._write(key)
 
-    async def _write(self, key: str) -> None:
+    def _due(self, key: str) -> tuple[MemberHealth, Known | None] | None:
+        """The verdict to write for a member this replica owns, with what the KV holds for
+        it as far as we know; None when nothing needs writing."""
         state, target = self.owned.get(key), self.targets.get(key)
-        if state is None or target is None or self._health_kv is None:
-            return
+        if state is None or target is None:
+            return None
         known = self.known.get(key)
         previous = known.health if known else None
         if not needs_write(previous, state, self.live):
+            return None
+        return health_record(target, state, self.replica, previous, self.site), known
+
+    async def _write(self, key: str) -> None:
+        if self._health_kv is None or (due := self._due(key)) is None:
             return
-        record = health_record(target, state, self.replica, previous, self.site)
+        record, known = due
         data = wire.encode(record)
         kv_key = subjects.health_key(key, self.site)
         try:
@@ -482,7 +492,7 @@ class HealthService:
                 revision = await self._health_kv.update(kv_key, data, last=known.revision)
                 WRITE_COUNTS("update").inc()
         except KeyWrongLastSequenceError:
-            KV_WRITES.labels("conflict").inc()
+            WRITE_COUNTS("conflict").inc()
             await self._reload(key)
             return
         except Exception as exc:
@@ -581,7 +591,7 @@ class HealthService:
         assert self._health_kv is not None
         try:
             await self._health_kv.delete(subjects.health_key(key, self.site))
-            KV_WRITES.labels("delete").inc()
+            WRITE_COUNTS("delete").inc()
         except Exception as exc:
             log.warning("could not delete health of %s: %s", key, exc, extra={"member": key})
 
