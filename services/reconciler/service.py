@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -94,6 +95,23 @@ REBUILT_FROM_MEMORY = frozenset(
     }
 )
 """Streams whose loss makes the leader write the desired state and statuses again."""
+
+
+ENCODE_CHUNK = 2_000
+"""Services encoded between turns of the event loop when a takeover writes the whole plan."""
+
+
+async def encoded_in_turns(services: Mapping[str, GslbService]) -> dict[str, bytes]:
+    """KV key -> encoded value of every service, letting the event loop turn every
+    `ENCODE_CHUNK`: encoded in one go, 100,000 services held the loop for over a second, the
+    lease renewal with it, and with a 1 s lease every takeover lost its lease before writing
+    (a leader that never led: "the lease ran out while taking over", again and again)."""
+    encoded: dict[str, bytes] = {}
+    for index, (fqdn, service) in enumerate(services.items(), 1):
+        encoded[subjects.fqdn_key(fqdn)] = wire.encode(service)
+        if index % ENCODE_CHUNK == 0:
+            await asyncio.sleep(0)
+    return encoded
 
 
 class Reconciler:
@@ -499,9 +517,7 @@ class Reconciler:
     async def _converge_all(self) -> int:
         """Make both buckets hold exactly the plan, comparing every key."""
         assert self._services is not None
-        writes = await self._services.converge(
-            {subjects.fqdn_key(f): wire.encode(s) for f, s in self.planner.services.items()}
-        )
+        writes = await self._services.converge(await encoded_in_turns(self.planner.services))
         writes += await self._write_zones()
         await self._publish_statuses()
         return writes

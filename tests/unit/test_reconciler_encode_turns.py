@@ -1,0 +1,58 @@
+"""A takeover encodes the whole plan in parts, the event loop turning between them: encoded in
+one go, 100,000 services held the loop (and the lease renewal) for over a second, and with a
+1 s lease every takeover lost its lease before it wrote anything."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.reconciler import service as reconciler
+from shared import subjects, wire
+from shared.models import GslbService, Member, PriorityGroup
+
+
+def services(count: int) -> dict[str, GslbService]:
+    return {
+        f"app{index}.avi.iberia.local": GslbService(
+            fqdn=f"app{index}.avi.iberia.local",
+            ttl_seconds=30,
+            groups=[
+                PriorityGroup(
+                    priority=10, members=[Member(ip="127.10.25.46", cluster="s1az1", weight=1)]
+                )
+            ],
+        )
+        for index in range(count)
+    }
+
+
+def test_the_plan_is_encoded_whole_and_as_encoded_one_by_one() -> None:
+    plan = services(50)
+
+    encoded = asyncio.run(reconciler.encoded_in_turns(plan))
+
+    assert encoded == {subjects.fqdn_key(f): wire.encode(s) for f, s in plan.items()}
+
+
+def test_the_event_loop_turns_between_parts_of_the_plan() -> None:
+    plan = services(5 * reconciler.ENCODE_CHUNK)
+    turns = 0
+
+    async def scenario() -> None:
+        nonlocal turns
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.create_task(count_turns())
+        await asyncio.sleep(0)
+        before = turns
+        await reconciler.encoded_in_turns(plan)
+        turns -= before
+        counter.cancel()
+
+    asyncio.run(scenario())
+    assert turns >= 4
