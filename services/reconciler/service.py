@@ -422,12 +422,13 @@ class Reconciler:
                 log.info("planning: %s", verdict.reason, extra=extra)
         return verdict.open
 
-    async def reconcile(self) -> None:
-        started = time.perf_counter()
+    async def _replan_in_parts(self) -> PlanDelta:
+        """Everything applied so far planned, in parts of PLAN_CHUNK_FQDNS: a plan of
+        100,000 FQDNs takes seconds, and in one go it starved the lease renewal and the NATS
+        reader (one synchronous plan lost the lease at that size). Every plan goes this way:
+        the event-driven one, a takeover's and the periodic resync's full one."""
         delta = self.gc_tuning.replan(self.planner, limit=PLAN_CHUNK_FQDNS)
         while delta.more:
-            # A plan of 100,000 FQDNs takes seconds: in parts, the lease renewal and the NATS
-            # reader run in between (one synchronous plan lost the lease at that size).
             await asyncio.sleep(0)
             part = self.gc_tuning.replan(self.planner, limit=PLAN_CHUNK_FQDNS)
             delta.services.update(part.services)
@@ -435,6 +436,11 @@ class Reconciler:
                 delta.services, delta.replanned + part.replanned, delta.full or part.full,
                 part.more,
             )  # fmt: skip
+        return delta
+
+    async def reconcile(self) -> None:
+        started = time.perf_counter()
+        delta = await self._replan_in_parts()
         PLAN_SECONDS.observe(time.perf_counter() - started)
         PLANS.labels("full" if delta.full else "incremental").inc()
         REPLANNED.inc(delta.replanned)
@@ -539,7 +545,7 @@ class Reconciler:
         write only the differences."""
         await self._fence_and_load()
         await self._load_statuses()
-        self.gc_tuning.replan(self.planner)
+        await self._replan_in_parts()
         writes = await self._converge_all()
         self._leading = True
         self._last_resync = time.monotonic()
@@ -574,7 +580,7 @@ class Reconciler:
         await self._services.load()
         await self._zones.load()
         self.planner.invalidate()
-        self.gc_tuning.replan(self.planner)
+        await self._replan_in_parts()
         writes = await self._converge_all()
         RESYNCS.inc()
         if writes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from services.reconciler import service as reconciler
+from services.reconciler.writes import KEYS_PER_WRITER_TURN, WRITES_IN_FLIGHT, in_flight
 from shared import subjects, wire
 from shared.models import GslbService, Member, PriorityGroup
 
@@ -56,3 +57,32 @@ def test_the_event_loop_turns_between_parts_of_the_plan() -> None:
 
     asyncio.run(scenario())
     assert turns >= 4
+
+
+def test_writes_of_unchanged_keys_let_the_event_loop_turn() -> None:
+    """A takeover compares every key; the unchanged ones are skipped without suspending."""
+    turns = 0
+
+    async def unchanged() -> bool:
+        return False
+
+    async def scenario() -> int:
+        nonlocal turns
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                await asyncio.sleep(0)
+                turns += 1
+
+        counter = asyncio.create_task(count_turns())
+        await asyncio.sleep(0)
+        before = turns
+        keys = 20 * KEYS_PER_WRITER_TURN * WRITES_IN_FLIGHT
+        written = await in_flight(unchanged() for _ in range(keys))
+        turns -= before
+        counter.cancel()
+        return written
+
+    assert asyncio.run(scenario()) == 0
+    assert turns >= 10
