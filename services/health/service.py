@@ -346,9 +346,15 @@ class HealthService:
         self.owned[target.key] = new
         if new.state is not state.state:
             TRANSITIONS.labels(new.state.value).inc()
-            log.info(
-                "%s %s -> %s",
-                target.key,
+            # A member's first verdict `up` is news to nobody: at the cold start of a large
+            # install it was a log line per member (300,000 at 100,000 names, several CPU-s).
+            first_up = state.state is HealthState.UNKNOWN and new.state is HealthState.UP
+            log.log(
+                logging.DEBUG if first_up else logging.INFO,
+                "member %s %s (cluster %s): %s -> %s",
+                target.fqdn,
+                target.ip,
+                target.cluster,
                 state.state.value,
                 new.state.value,
                 extra={

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
@@ -258,6 +259,21 @@ async def test_each_kind_of_failure_takes_a_member_down(
     down = (await health_records(nats_client))[key(bad)]
     assert down.last_result == result
     assert down.last_error
+    # The log tells the operator which member went down, by name; a first `up` is no news
+    # (at the cold start of a large install it was one line per member).
+    transitions = [
+        line["msg"]
+        for line in logged(services, "health-a")
+        if line["level"] == "INFO" and line["msg"].startswith("member ")
+    ]
+    assert f"member {FQDN} {bad} (cluster c1): unknown -> down" in transitions
+    assert not [t for t in transitions if t.endswith("-> up")]
+
+
+def logged(services: Services, name: str) -> list[dict[str, str]]:
+    """The JSON log lines a service process wrote so far."""
+    lines = (services.log_dir / f"{name}.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 async def test_member_removed_from_its_service_loses_its_health(
