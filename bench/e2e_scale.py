@@ -226,6 +226,7 @@ def snapshot(stack: E2EStack, elapsed: float, dns_names: float) -> dict[str, Any
     except Exception:
         pass
     point["dns"] = dns_names
+    point["cpu"] = stack.cpu_seconds()
     return point
 
 
@@ -541,14 +542,35 @@ def print_profiles(out_dir: Path, top: int = 8) -> None:
 
 
 def print_trace(trace: list[dict[str, Any]]) -> None:
-    """Every 2 s of the cold timeline: which hop is the bottleneck."""
-    print(f"{'t s':>6} {'watchers ready':>15} {'events':>8} {'planned':>8} {'kv':>8} {'dns':>8}")
-    for point in trace[::4] + trace[-1:]:
+    """Every 2 s of the cold timeline: which hop is the bottleneck, and the CPU each process
+    used since the row before (in CPU-seconds; two cores give at most 4 per 2 s row)."""
+    shown = trace[::4] + trace[-1:]
+    names = sorted({name for point in shown for name in point.get("cpu", {})})
+    print(
+        f"{'t s':>6} {'watchers ready':>15} {'events':>8} {'planned':>8} {'kv':>8} {'dns':>8}  "
+        + " ".join(f"{_short(name):>8}" for name in names)
+    )
+    before: dict[str, float] = trace[0].get("cpu", {}) if trace else {}
+    for point in shown:
         listed = sum(1 for c in CLUSTERS if point.get(f"ready-{c}"))
+        cpu = point.get("cpu", {})
+        used = " ".join(f"{cpu.get(n, 0.0) - before.get(n, 0.0):>8.1f}" for n in names)
+        before = cpu or before
         print(
             f"{point['t']:>6.1f} {listed:>15} {point.get('events', 0):>8} "
-            f"{point.get('planned', 0):>8.0f} {point.get('kv', 0):>8} {point['dns']:>8.0f}"
+            f"{point.get('planned', 0):>8.0f} {point.get('kv', 0):>8} {point['dns']:>8.0f}  "
+            + used
         )
+
+
+def _short(process: str) -> str:
+    """A process name in eight characters: `watcher-s1az2` -> `w-1a2`, `nats-server` -> `nats`."""
+    for long, short in (
+        ("watcher-", "w-"), ("reconciler", "rec"), ("health", "hlth"),
+        ("nats-server", "nats"), ("bench+simulator", "bench"), ("s1az", "1a"), ("-s2", "-2"),
+    ):  # fmt: skip
+        process = process.replace(long, short)
+    return process[:8]
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> None:

@@ -57,7 +57,7 @@ def ingress(cluster: int, index: int, vip: str | None = None) -> ObservedObject:
         resource_version="2" if vip else "1",
         labels={"app": "gslb"},
         hosts=[f"app{index}.avi.iberia.local"],
-        vips=[vip or f"10.{cluster}.{index // 250}.{index % 250 + 1}"],
+        vips=[vip or f"10.{cluster * 4 + index // 62500}.{index // 250 % 250}.{index % 250 + 1}"],
     )
 
 

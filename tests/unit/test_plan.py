@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from services.reconciler.plan import Compactor, construct, plan
 from shared import wire
 from shared.models import (
+    GslbService,
     Member,
     ObjectKind,
     ObjectRef,
@@ -19,6 +20,7 @@ from shared.models import (
     PolicyObject,
     PolicyRef,
     PolicyState,
+    PriorityGroup,
 )
 
 HELLO = "hello.avi.iberia.local"
@@ -815,3 +817,73 @@ def test_compacted_observed_objects_equal_the_received_ones() -> None:
     assert kept == received
     assert kept.ref == received.ref and hash(kept.ref) == hash(received.ref)
     assert wire.encode(kept) == wire.encode(received)
+
+
+LOCATED_CONFIG = {
+    **CONFIG_SPEC,
+    "memberClusters": [
+        {"clusterContext": "s1az1", "location": {"country": "ES", "continent": "EU"}},
+        {"clusterContext": "s1az2", "location": {"latitude": 50.1, "longitude": 8.7}},
+        {"clusterContext": "s2"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "gdp", "rule"),
+    [
+        (CONFIG_SPEC, gdp_spec(), None),
+        (CONFIG_SPEC, gdp_spec(ttl=5, answers=2, manualResume=True), None),
+        (
+            CONFIG_SPEC,
+            gdp_spec(
+                poolAlgorithmSettings={"lbAlgorithm": "ConsistentHash", "hashMask": 20},
+                downResponse={"type": "FALLBACK_IP", "fallbackIP": "127.40.0.1"},
+            ),
+            None,
+        ),
+        (
+            CONFIG_SPEC,
+            gdp_spec(
+                poolAlgorithmSettings={
+                    "lbAlgorithm": "Topology",
+                    "topology": [{"clientSubnet": "10.10.0.0/16", "site": "s1az1"}],
+                    "fallbackAlgorithm": {"lbAlgorithm": "ConsistentHash", "hashMask": 24},
+                }
+            ),
+            None,
+        ),
+        (LOCATED_CONFIG, gdp_spec(poolAlgorithmSettings={"lbAlgorithm": "Geo"}), None),
+        (
+            CONFIG_SPEC,
+            gdp_spec(),
+            {
+                "fqdn": HELLO,
+                "ttl": 7,
+                "trafficSplit": [{"cluster": "s1az1", "weight": 1, "priority": 5}],
+                "publicIP": [{"cluster": "s2", "ip": "127.20.0.1"}],
+                "thirdPartyMembers": [{"vip": "127.30.0.1", "site": "dc3"}],
+            },
+        ),
+    ],
+    ids=["seed", "ttl-answers-resume", "hash-fallback-ip", "topology", "geo", "host-rule"],
+)
+def test_planned_services_equal_the_validated_model(
+    config: dict[str, Any], gdp: dict[str, Any], rule: dict[str, Any] | None
+) -> None:
+    """The planner constructs services without validating them again (their inputs are
+    validated): what it builds must be exactly what validation would build, in value, in
+    types and on the wire."""
+    extra = [policy(RULE, rule)] if rule else []
+    result = plan(SEED_WORLD, policies(policy(CONFIG, config), policy(GDP, gdp), *extra))
+    assert result.statuses[GDP].state == PolicyState.ACCEPTED
+    built = result.services[HELLO]
+
+    validated = GslbService.model_validate(built.model_dump())
+
+    assert built == validated
+    assert wire.encode(built) == wire.encode(validated)
+    for name in GslbService.model_fields:
+        assert type(getattr(built, name)) is type(getattr(validated, name)), name
+    for built_group, group in zip(built.groups, validated.groups, strict=True):
+        assert type(built_group) is PriorityGroup and built_group == group
