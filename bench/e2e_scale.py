@@ -558,8 +558,7 @@ def print_trace(trace: list[dict[str, Any]]) -> None:
         before = cpu or before
         print(
             f"{point['t']:>6.1f} {listed:>15} {point.get('events', 0):>8} "
-            f"{point.get('planned', 0):>8.0f} {point.get('kv', 0):>8} {point['dns']:>8.0f}  "
-            + used
+            f"{point.get('planned', 0):>8.0f} {point.get('kv', 0):>8} {point['dns']:>8.0f}  " + used
         )
 
 
