@@ -287,26 +287,24 @@ def plan_fqdn(
     # Every value below is already validated (the policies, the members): constructing the
     # service skips validating it again, a third of the time of a plan (test_plan.py checks
     # that what is built equals what validation builds, for every kind of service).
-    service = construct(
-        GslbService,
-        _SERVICE_FIELDS,
-        {
-            "fqdn": fqdn,
-            "ttl_seconds": ttl if ttl is not None else _zone_ttl(fqdn, policies.zones),
-            "algorithm": Algorithm(algorithm.get("algorithm", Algorithm.ROUND_ROBIN)),
-            "hash_mask_bits": algorithm.get("hash_mask_bits"),
-            "answers": spec.answers,
-            "topology": algorithm.get("topology", []),
-            "fallback_algorithm": algorithm.get("fallback_algorithm"),
-            "fallback_hash_mask_bits": algorithm.get("fallback_hash_mask_bits"),
-            "site_locations": algorithm.get("site_locations", []),
-            "groups": groups,
-            "health_monitor": monitor or DEFAULT_MONITOR,
-            "down_response": _down((rule and rule.down_response) or spec.down_response),
-            "policies": sorted(str(r) for r in (owner.ref, rule_ref) if r is not None),
-            "manual_resume": resume,
-        },
-    )
+    values: dict[str, Any] = {
+        "fqdn": fqdn,
+        "ttl_seconds": ttl if ttl is not None else _zone_ttl(fqdn, policies.zones),
+        "algorithm": Algorithm.ROUND_ROBIN,
+        "hash_mask_bits": None,
+        "answers": spec.answers,
+        "topology": [],
+        "fallback_algorithm": None,
+        "fallback_hash_mask_bits": None,
+        "site_locations": [],
+        "groups": groups,
+        "health_monitor": monitor or DEFAULT_MONITOR,
+        "down_response": _down((rule and rule.down_response) or spec.down_response),
+        "policies": sorted(str(r) for r in (owner.ref, rule_ref) if r is not None),
+        "manual_resume": resume,
+    }
+    values.update(algorithm)  # (an update keeps the field order)
+    service = construct(GslbService, _SERVICE_FIELDS, values)
     return FqdnPlan(service, owner.ref, tuple(shadowed))
 
 
