@@ -70,6 +70,8 @@ class HomeKeeper:
         self._revision: int | None = None
         self._seen_revision: dict[str, int] = {}
         self.last_heard: dict[str, float] = {}
+        self.listing: dict[str, float] = {}
+        """When a heartbeat of each home's watcher still reading its first lists last came."""
         self._publishing: set[str] = set()
         self._silent: str | None = None
         """The active home while it is unreachable: say so once, not every step."""
@@ -106,6 +108,7 @@ class HomeKeeper:
             watching_since=watching_since,
             fresh_within_seconds=self.settings.home_heartbeat_timeout_seconds,
             publishing=self._publishing,
+            listing=self.listing,
         )
         self._report_silence(choice, current, now, watching_since)
         if choice.active is None:
@@ -181,13 +184,19 @@ class HomeKeeper:
         # the same cluster (started without --home) does not make it a reachable home.
         if seen is not None and heartbeat.home and heartbeat.state == ClusterState.CONNECTED:
             self.last_heard[cluster] = now
+        elif seen is not None and heartbeat.home and heartbeat.state is None:
+            self.listing[cluster] = now
 
     def _report_silence(
         self, choice: HomeChoice, current: str | None, now: float, watching_since: float
     ) -> None:
         if current is None:
             return
-        heard = max(self.last_heard.get(current, watching_since), watching_since)
+        heard = max(
+            self.last_heard.get(current, watching_since),
+            self.listing.get(current, watching_since),
+            watching_since,
+        )
         silent = now - heard > self.settings.home_heartbeat_timeout_seconds
         if silent and self._silent != current:
             self._silent = current

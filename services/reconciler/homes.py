@@ -40,6 +40,7 @@ def choose_active_home(
     watching_since: float,
     fresh_within_seconds: float,
     publishing: Collection[str] = (),
+    listing: Mapping[str, float] | None = None,
 ) -> HomeChoice:
     """The active home cluster, given:
 
@@ -51,7 +52,12 @@ def choose_active_home(
       does not take the silence before it listened for an outage;
     - `fresh_within_seconds`: a home heard this recently is reachable;
     - `publishing`: homes whose heartbeat says they publish their CRs today (before any key,
-      the single home of the setup), so switching homeClusters on keeps that home active.
+      the single home of the setup), so switching homeClusters on keeps that home active;
+    - `listing`: per cluster, when a heartbeat of a home watcher still reading its first lists
+      (no state yet, no API error) last arrived. The active home is not silent while it lists
+      (a first list of 100,000 objects takes longer than homeFailoverSeconds, and a restarted
+      home watcher lists again); a home that lists is no candidate until it is Connected (a
+      home made active publishes what it holds, and it holds nothing yet).
 
     The active home stays until it has been silent for `failover_after_seconds`; then, with
     `automatic` on, the next reachable home after it in list order (wrapping around) takes
@@ -80,10 +86,13 @@ def choose_active_home(
             f"{current} is no longer in homeClusters; {following} "
             "is the first reachable one listed",
         )
-    silent = now - max(last_heard.get(current, -math.inf), watching_since)
+    lists = (listing or {}).get(current, -math.inf)
+    silent = now - max(last_heard.get(current, -math.inf), lists, watching_since)
     if silent < failover_after_seconds:
         if reachable(current):
             return HomeChoice(current, f"{current} is reachable")
+        if now - lists <= fresh_within_seconds:
+            return HomeChoice(current, f"{current} is alive and still reading its first lists")
         return HomeChoice(
             current,
             f"{current} unreachable for {_seconds(silent)}, failover "

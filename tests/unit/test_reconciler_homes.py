@@ -30,6 +30,9 @@ class Case:
     listening_for: float = 600.0
     """Seconds since this replica started listening to heartbeats."""
     publishing: frozenset[str] = field(default_factory=frozenset)
+    listing_ago: dict[str, float] = field(default_factory=dict)
+    """Seconds since each cluster's last heartbeat of a watcher still reading its first
+    lists (absent: none)."""
 
 
 CASES = [
@@ -133,6 +136,29 @@ CASES = [
         expected="s1az1", reason="s1az1 is the first of homeClusters",
     ),
     Case(
+        "the active home reading its first lists is not silent (100,000 objects take longer "
+        "than homeFailoverSeconds)",
+        current="s1az1", heard_ago={"s1az2": 1}, listing_ago={"s1az1": 1}, expected="s1az1",
+        reason="s1az1 is alive and still reading its first lists",
+    ),
+    Case(
+        "a restarted active home listing again is not silent either",
+        current="s1az1", heard_ago={"s1az1": 45, "s1az2": 1}, listing_ago={"s1az1": 2},
+        expected="s1az1", reason="s1az1 is alive and still reading its first lists",
+    ),
+    Case(
+        "a home whose listing heartbeats stopped is silent from the last one",
+        current="s1az1", heard_ago={"s1az2": 1}, listing_ago={"s1az1": 30}, expected="s1az2",
+        reason="s1az1 unreachable for 30 s (homeFailoverSeconds 30); s1az2 is the next "
+        "reachable home cluster",
+    ),
+    Case(
+        "a home still reading its first lists is no candidate: it holds no CRs yet",
+        current="s1az1", heard_ago={"s1az1": 40, "s2": 1}, listing_ago={"s1az2": 1},
+        expected="s2", reason="s1az1 unreachable for 40 s (homeFailoverSeconds 30); s2 is the "
+        "next reachable home cluster",
+    ),
+    Case(
         "the first choice is the first listed when no listed home publishes",
         current=None, heard_ago={"s1az2": 1}, publishing=frozenset({"elsewhere"}),
         expected="s1az1", reason="s1az1 is the first of homeClusters",
@@ -152,6 +178,7 @@ def test_choose_active_home(case: Case) -> None:
         watching_since=NOW - case.listening_for,
         fresh_within_seconds=FRESH,
         publishing=case.publishing,
+        listing={cluster: NOW - ago for cluster, ago in case.listing_ago.items()},
     )
 
     assert (choice.active, choice.reason) == (case.expected, case.reason)
