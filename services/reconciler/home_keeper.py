@@ -182,9 +182,11 @@ class HomeKeeper:
             self._publishing.discard(cluster)
         # Only a watcher with the home role can publish the policy: a member's watcher of
         # the same cluster (started without --home) does not make it a reachable home.
-        if seen is not None and heartbeat.home and heartbeat.state == ClusterState.CONNECTED:
+        if seen is None or not heartbeat.home:
+            return
+        if heartbeat.state == ClusterState.CONNECTED:
             self.last_heard[cluster] = now
-        elif seen is not None and heartbeat.home and heartbeat.state is None:
+        elif heartbeat.state is None:  # alive, its first lists still being read
             self.listing[cluster] = now
 
     def _report_silence(
