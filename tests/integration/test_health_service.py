@@ -19,6 +19,7 @@ from kgslb.backends import Fault, HelloBackends, HelloSite
 from kgslb.embedded import free_port
 from services.health.monitor import owner
 from shared import subjects, wire
+from shared.follow import read_values
 from shared.models import (
     GslbService,
     HealthMonitorSpec,
@@ -70,15 +71,10 @@ async def health_kv(nc: Client) -> KeyValue:
 
 
 async def health_records(nc: Client) -> dict[str, MemberHealth]:
-    kv = await health_kv(nc)
-    records: dict[str, MemberHealth] = {}
-    watcher = await kv.watchall(ignore_deletes=True)
-    async for entry in watcher:
-        if entry is None:
-            break
-        records[entry.key] = wire.decode(entry.value or b"", MemberHealth)
-    await watcher.stop()
-    return records
+    # shared.follow.read_values, not a nats-py watch read up to its "no more pending" marker:
+    # that marker can come before entries already received (a CI run read a key as missing).
+    values = await read_values(nc.jetstream(), subjects.KV_HEALTH)
+    return {key: wire.decode(value, MemberHealth) for key, value in values.items()}
 
 
 async def states_are(nc: Client, expected: dict[str, HealthState]) -> bool:
